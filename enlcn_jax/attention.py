@@ -1,0 +1,76 @@
+"""Non-local attention over flattened positions: ENLA (linear) and exact softmax NLA.
+
+Both take the same arguments, so a model switches between them by name (`model.attention`):
+
+    attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map) -> [B, N, c]
+
+`enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory.
+`softmax` is the quadratic baseline `softmax(q k^T) v` (Eq. 1); it ignores the random features.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from enlcn_jax import features
+
+Array = jax.Array
+AttentionFn = Callable[..., Array]
+
+
+def linear_attention(q_features: Array, k_features: Array, v: Array) -> Array:
+    """Kernelised attention `D^-1 phi(Q) (phi(K)^T V)` with `D = diag(phi(Q) phi(K)^T 1_N)`.
+
+    Args:
+      q_features: `[B, N, m]` non-negative query features.
+      k_features: `[B, N, m]` non-negative key features.
+      v: `[B, N, c]` values.
+    Returns:
+      `[B, N, c]`; row i is the average of the values weighted by `phi(q_i) . phi(k_j)`.
+    """
+    context = jnp.einsum('bnm,bnc->bmc', k_features, v)
+    normaliser = jnp.einsum('bnm,bm->bn', q_features, jnp.sum(k_features, axis=1))
+    return jnp.einsum('bnm,bmc->bnc', q_features, context) / normaliser[..., None]
+
+
+def enla(q: Array, k: Array, v: Array, projection: Array,
+         feature_map: features.FeatureMap = features.softmax_kernel_features) -> Array:
+    """Efficient non-local attention (Eq. 6): linear attention on random features of q and k.
+
+    Args:
+      q, k: `[B, N, d]` (already normalised and amplified by the caller).
+      v: `[B, N, c]`.
+      projection: `[m, d]` random features.
+      feature_map: `phi(x [..., d], F [m, d]) -> [..., m]`.
+    Returns:
+      `[B, N, c]`.
+    """
+    return linear_attention(feature_map(q, projection), feature_map(k, projection), v)
+
+
+def softmax_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
+                      feature_map: features.FeatureMap | None = None) -> Array:
+    """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1). Forms `[B, N, N]`.
+
+    `projection` and `feature_map` are accepted for a common signature with `enla` and unused.
+    """
+    del projection, feature_map
+    weights = jax.nn.softmax(jnp.einsum('bnd,bmd->bnm', q, k), axis=-1)
+    return jnp.einsum('bnm,bmc->bnc', weights, v)
+
+
+ATTENTIONS: dict[str, AttentionFn] = {
+    'enla': enla,
+    'softmax': softmax_attention,
+}
+
+
+def get_attention(name: str) -> AttentionFn:
+    """Returns the attention function registered under `name`."""
+    if name not in ATTENTIONS:
+        raise ValueError(f'unknown attention {name!r}; known: {sorted(ATTENTIONS)} '
+                         "(or 'none' in the model config for no attention modules)")
+    return ATTENTIONS[name]

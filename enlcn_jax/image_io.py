@@ -1,0 +1,106 @@
+"""Image file I/O: every image enters the package as ``uint8 [H, W, 3]`` RGB.
+
+``load_image`` normalises whatever PIL can open to that layout. Grayscale
+(``1``, ``L``, ``I``, ``I;16``, ``F``), palette (``P``) and other colour
+spaces (``CMYK``, ``YCbCr``, ...) are converted to RGB and an alpha channel
+is dropped (not composited); each such conversion emits one ``UserWarning``
+that names the file, so a dataset with odd files is noticed instead of
+silently altered. 16-bit grayscale is rescaled to 8 bits (``v / 257``)
+rather than clipped.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+# Integer grayscale modes whose values span 0..65535 (16-bit PNG / TIFF).
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+class ImageError(ValueError):
+    """An image file exists but cannot be decoded (corrupt, truncated, unsupported)."""
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Decoded PIL image of any mode -> ``uint8 [H, W, 3]``; alpha discarded."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        gray = np.asarray(im, dtype=np.float64) / 257.0
+        gray8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+        return np.repeat(gray8[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Args:
+      path: any format PIL decodes.
+
+    Returns:
+      ``np.ndarray`` of dtype ``uint8`` and shape ``[H, W, 3]``.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ImageError: the file cannot be decoded; the message names ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, alpha = im.mode, _has_alpha(im)
+            rgb = _to_rgb_array(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot decode image {path}: {e}") from e
+    if mode != "RGB" or alpha:
+        what = [f"mode {mode!r} converted to RGB"] if mode not in ("RGB", "RGBA") else []
+        if alpha:
+            what.append("alpha channel dropped")
+        warnings.warn(f"{path}: {', '.join(what)}", UserWarning, stacklevel=2)
+    return rgb
+
+
+def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write ``img`` (``uint8 [H, W, 3]`` or ``[H, W]``) to ``path``; the format
+    follows the suffix and missing parent directories are created."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise ValueError(
+            f"save_image({path}): expected uint8 [H, W, 3] or [H, W], got {img.dtype} {img.shape}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by name.
+
+    Recognised suffixes (case-insensitive): png, jpg, jpeg, bmp, tif, tiff.
+
+    Raises:
+      FileNotFoundError: ``folder`` is missing, not a directory, or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {folder}"
+        )
+    return files

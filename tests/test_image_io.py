@@ -1,0 +1,105 @@
+"""Tests for enlcn_jax.image_io: decoding to uint8 RGB, warnings, errors, listing."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enlcn_jax.image_io import ImageError, list_images, load_image, save_image
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark"
+
+
+def _rgb(h=12, w=17, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_save_load_roundtrip_creates_dirs_without_warning(tmp_path):
+    img = _rgb()
+    path = tmp_path / "a" / "b" / "img.png"
+    save_image(path, img)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = load_image(path)
+    assert out.dtype == np.uint8 and out.shape == (12, 17, 3)
+    np.testing.assert_array_equal(out, img)
+
+
+def test_save_rejects_non_uint8(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        save_image(tmp_path / "x.png", np.zeros((4, 4, 3), np.float32))
+
+
+@pytest.mark.parametrize(
+    "mode, make",
+    [
+        ("L", lambda g: Image.fromarray(g)),
+        ("I;16", lambda g: Image.fromarray(g.astype(np.uint16) * 257)),
+        ("P", lambda g: Image.fromarray(g).convert("P")),
+        ("LA", lambda g: Image.fromarray(np.stack([g, np.full_like(g, 7)], -1), "LA")),
+    ],
+)
+def test_grayscale_converted_to_rgb_with_warning(tmp_path, mode, make):
+    gray = np.random.default_rng(1).integers(0, 256, (9, 13), dtype=np.uint8)
+    path = tmp_path / f"gray_{mode.replace(';', '')}.png"
+    im = make(gray)
+    assert im.mode == mode
+    im.save(path)
+    with pytest.warns(UserWarning, match=str(path.name)) as record:
+        out = load_image(path)
+    assert str(path) in str(record[0].message)
+    assert out.dtype == np.uint8 and out.shape == (9, 13, 3)
+    np.testing.assert_array_equal(out, np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def test_alpha_dropped_with_warning(tmp_path):
+    rgb = _rgb()
+    path = tmp_path / "rgba.png"
+    Image.fromarray(np.concatenate([rgb, np.zeros_like(rgb[:, :, :1])], axis=2)).save(path)
+    with pytest.warns(UserWarning, match="alpha channel dropped"):
+        out = load_image(path)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_corrupt_file_raises_image_error_naming_file(tmp_path):
+    good = tmp_path / "good.png"
+    save_image(good, _rgb(64, 64))
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(good.read_bytes()[:200])  # truncated PNG
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image at all")
+    for path in (bad, garbage):
+        with pytest.raises(ImageError, match=str(path.name)) as info:
+            load_image(path)
+        assert isinstance(info.value, ValueError) and str(path) in str(info.value)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_list_images_sorted_case_insensitive(tmp_path):
+    for name in ["b.PNG", "a.jpg", "c.JpEg", "d.bmp", "e.tif"]:
+        Image.fromarray(_rgb(4, 4)).save(tmp_path / name, format="PNG")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub.png").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "c.JpEg", "d.bmp", "e.tif"]
+
+
+def test_list_images_empty_or_missing_folder(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path.name)):
+        list_images(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        list_images(tmp_path / "missing_dir")
+
+
+@pytest.mark.skipif(not (BENCHMARK / "Set5" / "HR").is_dir(), reason="Set5 not available")
+def test_loads_set5():
+    paths = list_images(BENCHMARK / "Set5" / "HR")
+    assert len(paths) == 5
+    img = load_image(paths[0])
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3

@@ -2,8 +2,18 @@
 
 A *model directory* holds `model_config.json` (keyword arguments of `models.ENLCN`) and
 `variables/` (an orbax StandardCheckpointer tree of `params` and `random_features`). The
-converter writes one; training workdirs hold them too (see `train_lib`), and `load_model`
-reads either.
+converter writes one with `save_model`.
+
+A *training workdir* (see `train_lib.train_and_evaluate`) holds `model_config.json` too, and two
+orbax `CheckpointManager` directories whose steps are composites of items:
+
+    checkpoints/<step>/variables   {'params', 'random_features'}: the model (same tree as above)
+    checkpoints/<step>/train       {'step', 'opt_state', 'rng'}: the rest of the TrainState
+    best/<step>/variables          the model with the best validation PSNR-Y so far
+
+`checkpoints/` keeps the latest `train.keep_checkpoints` steps, `best/` one step. Orbax writes
+each step into a temporary directory and renames it when complete, so a crash during a save
+leaves the previous steps intact. `load_model` reads a model directory or a workdir.
 """
 
 from __future__ import annotations
@@ -11,11 +21,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 MODEL_CONFIG = 'model_config.json'
 VARIABLES = 'variables'
+TRAIN = 'train'
+CHECKPOINTS_DIR = 'checkpoints'
+BEST_DIR = 'best'
+BEST_METRIC = 'psnr_y'
 
 
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:
@@ -39,8 +54,77 @@ def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
                                 f'(needs {MODEL_CONFIG} and {VARIABLES}/)')
     config = json.loads(config_path.read_text())
     with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(directory / VARIABLES)
+        target = _numpy_like(checkpointer.metadata(directory / VARIABLES).item_metadata)
+        variables = checkpointer.restore(directory / VARIABLES, target)
     return config, _as_numpy(variables)
+
+
+def _options(read_only: bool, keep: int, **kwargs) -> ocp.CheckpointManagerOptions:
+    """Writers keep `keep` steps and delete leftovers of interrupted saves; readers touch nothing
+    (a training run may be writing to the same directory)."""
+    if read_only:
+        return ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                            save_interval_steps=0, **kwargs)
+    return ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
+
+
+def latest_manager(workdir: str | Path, keep: int = 3,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+    """The workdir's `checkpoints/` manager: full train states, the latest `keep` kept."""
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / CHECKPOINTS_DIR,
+        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
+                       TRAIN: ocp.StandardCheckpointHandler()},
+        options=_options(read_only, keep))
+
+
+def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.CheckpointManager:
+    """The workdir's `best/` manager: model variables of the highest `metrics['psnr_y']`."""
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / BEST_DIR,
+        item_handlers={VARIABLES: ocp.StandardCheckpointHandler()},
+        options=_options(read_only, 1, best_fn=lambda metrics: metrics[BEST_METRIC],
+                         best_mode='max'))
+
+
+def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
+    """Reads a model from a model directory (`save_model`) or a training workdir.
+
+    Args:
+      path: a model directory, or a training workdir.
+      which: for a workdir, `'latest'` (last saved step of `checkpoints/`) or `'best'` (the step
+        with the best validation PSNR-Y, `best/`). A model directory holds one model and
+        ignores it.
+    Returns:
+      `(model_config, variables)`: keyword arguments of `models.ENLCN`, and
+      `{'params': ..., 'random_features': ...}` as numpy arrays.
+    Raises:
+      FileNotFoundError: `path` is neither, or the workdir has no checkpoint of that kind yet.
+    """
+    if which not in ('latest', 'best'):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    path = Path(path).absolute()
+    if (path / VARIABLES).exists():
+        return load_model_dir(path)
+    if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
+        raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
+                                f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
+                                f'{CHECKPOINTS_DIR}/)')
+    config = json.loads((path / MODEL_CONFIG).read_text())
+    with (best_manager(path, read_only=True) if which == 'best'
+          else latest_manager(path, read_only=True)) as manager:
+        step = manager.best_step() if which == 'best' else manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
+        target = _numpy_like(manager.item_metadata(step)[VARIABLES])
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
+    return config, _as_numpy(restored[VARIABLES])
+
+
+def _numpy_like(metadata):
+    """A numpy target for a saved tree: restores on the host whatever devices saved it."""
+    return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), metadata)
 
 
 def _as_numpy(tree):

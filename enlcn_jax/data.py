@@ -2,7 +2,8 @@
 
 Flow::
 
-    load_folder / load_div2k_tfds  ->  SRDataset (uint8 arrays, decoded once)
+    load_folder / load_div2k_tfds / load_skimage_photos  ->  SRDataset (uint8 arrays, decoded once)
+    iter_folder (lazy, per image)  ->  (hr_path, (hr, lr)) or (hr_path, error), for evaluation
     PatchLoader(dataset, ...)      ->  {'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p*s, p*s, 3]}
     prefetch_to_device(loader, n, put_fn)  ->  the same batches, already on device
 
@@ -119,6 +120,90 @@ def div2k_lr_path(lr_dir: str | os.PathLike, hr_stem: str, scale: int) -> Path:
     return Path(lr_dir) / f"X{scale}" / f"{hr_stem}x{scale}.png"
 
 
+def load_pair(
+    hr_path: str | os.PathLike,
+    scale: int,
+    lr_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one HR image and its LR counterpart (the per-image step of ``load_folder``).
+
+    Args:
+      hr_path: HR image file.
+      scale: integer factor.
+      lr_dir: optional DIV2K-style LR root; the LR is ``div2k_lr_path(lr_dir, stem, scale)``
+        and must be ``floor(HR / scale)`` in size. Without it LR is ``bicubic_downscale(HR, scale)``.
+      cache_dir: where a generated LR image is stored as PNG and reused (only without ``lr_dir``).
+
+    Returns:
+      ``(hr uint8 [h * scale, w * scale, 3], lr uint8 [h, w, 3])``, HR modcropped.
+
+    Raises:
+      FileNotFoundError: a missing HR or LR file.
+      ValueError: an LR image whose size is not HR / scale (names the file).
+      image_io.ImageError: an undecodable image (names the file).
+    """
+    scale = _check_scale(scale)
+    hr_path = Path(hr_path)
+    hr = load_image(hr_path)
+    if lr_dir is None:
+        return _bicubic_lr(hr, hr_path, scale, None if cache_dir is None else Path(cache_dir))
+    lr_path = div2k_lr_path(lr_dir, hr_path.stem, scale)
+    if not lr_path.is_file():
+        raise FileNotFoundError(
+            f"LR image for {hr_path} not found: expected {lr_path} "
+            f"(DIV2K layout <lr_dir>/X{scale}/<stem>x{scale}.png)"
+        )
+    lr = load_image(lr_path)
+    return _match_pair(hr, lr, scale, f"{lr_path} (HR {hr_path})"), lr
+
+
+def iter_folder(
+    hr_dir: str | os.PathLike,
+    scale: int,
+    lr_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    prefetch: int = 2,
+) -> Iterator[tuple[Path, tuple[np.ndarray, np.ndarray] | Exception]]:
+    """Lazy ``load_folder``: one image pair at a time, for streaming evaluation.
+
+    A background thread loads up to ``prefetch`` images ahead of the consumer. An image
+    that cannot be loaded does not end the iteration: its error is yielded in place of
+    the pair, so the caller can report it and go on.
+
+    Args:
+      hr_dir, scale, lr_dir, cache_dir: as ``load_folder``.
+      prefetch: images decoded ahead, >= 0.
+
+    Yields:
+      ``(hr_path, (hr, lr))`` as ``load_pair`` returns them, or ``(hr_path, error)`` with the
+      ``OSError`` / ``ValueError`` (``ImageError`` included) that ``load_pair`` raised; in
+      sorted file order.
+
+    Raises:
+      FileNotFoundError: ``hr_dir`` is missing or holds no image (before the first item).
+    """
+    if prefetch < 0:
+        raise ValueError(f"iter_folder: prefetch must be >= 0, got {prefetch}")
+    scale = _check_scale(scale)
+    hr_paths = list_images(hr_dir)
+
+    def result(path: Path, future: concurrent.futures.Future):
+        try:
+            return path, future.result()
+        except (OSError, ValueError) as e:
+            return path, e
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="iter_folder") as pool:
+        pending: collections.deque = collections.deque()
+        for path in hr_paths:
+            pending.append((path, pool.submit(load_pair, path, scale, lr_dir, cache_dir)))
+            if len(pending) > prefetch:
+                yield result(*pending.popleft())
+        while pending:
+            yield result(*pending.popleft())
+
+
 def load_folder(
     hr_dir: str | os.PathLike,
     scale: int,
@@ -148,23 +233,8 @@ def load_folder(
     """
     scale = _check_scale(scale)
     hr_paths = list_images(hr_dir)
-    cache = None if cache_dir is None else Path(cache_dir)
-
-    def load(hr_path: Path) -> tuple[np.ndarray, np.ndarray]:
-        hr = load_image(hr_path)
-        if lr_dir is None:
-            return _bicubic_lr(hr, hr_path, scale, cache)
-        lr_path = div2k_lr_path(lr_dir, hr_path.stem, scale)
-        if not lr_path.is_file():
-            raise FileNotFoundError(
-                f"LR image for {hr_path} not found: expected {lr_path} "
-                f"(DIV2K layout <lr_dir>/X{scale}/<stem>x{scale}.png)"
-            )
-        lr = load_image(lr_path)
-        return _match_pair(hr, lr, scale, f"{lr_path} (HR {hr_path})"), lr
-
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        pairs = list(pool.map(load, hr_paths))
+        pairs = list(pool.map(lambda path: load_pair(path, scale, lr_dir, cache_dir), hr_paths))
     return SRDataset(
         names=[p.stem for p in hr_paths],
         hr=[hr for hr, _ in pairs],
@@ -230,6 +300,43 @@ def load_div2k_tfds(split: str, scale: int, data_dir: str | os.PathLike | None =
         hrs.append(_match_pair(np.asarray(example["hr"], dtype=np.uint8), lr, scale, f"{name} {pair_name}"))
         lrs.append(lr)
         names.append(pair_name)
+    return SRDataset(names=names, hr=hrs, lr=lrs, scale=scale)
+
+
+def load_skimage_photos(names: Iterable[str], scale: int) -> SRDataset:
+    """Photos bundled with scikit-image (no download) as HR, with bicubic LR.
+
+    Args:
+      names: ``skimage.data`` functions returning a bundled image, e.g. ``"astronaut"``,
+        ``"chelsea"``, ``"coffee"``, ``"rocket"``, ``"immunohistochemistry"``,
+        ``"hubble_deep_field"``. Grayscale photos are repeated to RGB, alpha is dropped.
+      scale: integer factor; LR is ``bicubic_downscale(HR, scale)``.
+
+    Returns:
+      ``SRDataset`` named after the photos, in the given order.
+
+    Raises:
+      DatasetNotFoundError: an unknown name, or a photo that is not bundled (skimage would
+        have to download it).
+    """
+    scale = _check_scale(scale)
+    import skimage.data
+
+    names, hrs, lrs = list(names), [], []
+    for name in names:
+        try:
+            image = np.asarray(getattr(skimage.data, name)())
+        except Exception as e:  # AttributeError, or pooch's errors without network
+            raise DatasetNotFoundError(
+                f"skimage.data.{name}() is not available offline: {type(e).__name__}: {e}"
+            ) from e
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DatasetNotFoundError(f"skimage.data.{name}() is not an 8-bit photo: "
+                                       f"{image.dtype} {list(image.shape)}")
+        rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+        hr, lr = bicubic_downscale(np.ascontiguousarray(rgb), scale)
+        hrs.append(hr)
+        lrs.append(lr)
     return SRDataset(names=names, hr=hrs, lr=lrs, scale=scale)
 
 

@@ -90,8 +90,9 @@ class ENLCA(nn.Module):
 
     Q, K, V are 1x1 convs; Q and K (C / reduction channels) are L2-normalised over channels
     (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the attention output
-    is added back as `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]`
-    each, which is what the contrastive loss needs.
+    is added back as `out * res_scale + x`. `kernel_eps` is passed to the feature map as `eps`
+    (None: the feature map's own default, 1e-4 for `softmax` as released). Also returns q and k,
+    `[B, H W, C / reduction]` each, which is what the contrastive loss needs.
     """
     reduction: int = 4
     num_random_features: int = 128
@@ -101,6 +102,7 @@ class ENLCA(nn.Module):
     feature_map: str = 'softmax'
     projection: str = 'orthogonal'
     norm_eps: float = 5e-5
+    kernel_eps: float | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -113,6 +115,8 @@ class ENLCA(nn.Module):
             raise ValueError(f'ENLCA: {c} channels / reduction {self.reduction} leaves no embedding')
         attend = attention_lib.get_attention(self.attention)
         feature_map = features.get_feature_map(self.feature_map)
+        if self.kernel_eps is not None:
+            feature_map = functools.partial(feature_map, eps=self.kernel_eps)
         sampler = features.get_projection(self.projection)
 
         def embed(name: str, width: int) -> Array:
@@ -136,9 +140,10 @@ class ENLCA(nn.Module):
 class ENLCN(nn.Module):
     """EDSR backbone with ENLCA modules: one first, then one after every `attention_every` blocks.
 
-    With `attention='none'` this is plain EDSR. Input `[B, H, W, 3]` in [0, 1]; output
-    `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k) of every ENLCA module in body
-    order when `return_embeddings=True`.
+    With `attention='none'` this is plain EDSR. `norm_eps` and `kernel_eps` are passed to every
+    ENLCA module (the SPEC's "normalisation eps" and "feature map" rows). Input `[B, H, W, 3]`
+    in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k) of every ENLCA
+    module in body order when `return_embeddings=True`.
     """
     scale: int = 2
     n_resblocks: int = 32
@@ -151,6 +156,8 @@ class ENLCN(nn.Module):
     amplification: float = 6.0
     feature_map: str = 'softmax'
     projection: str = 'orthogonal'
+    norm_eps: float = 5e-5
+    kernel_eps: float | None = None
     rgb_range: float = 1.0
     rgb_mean: Sequence[float] = DIV2K_RGB_MEAN
     rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
@@ -179,7 +186,8 @@ class ENLCN(nn.Module):
         enlca = functools.partial(
             ENLCA, reduction=self.reduction, num_random_features=self.num_random_features,
             amplification=self.amplification, res_scale=self.res_scale, attention=self.attention,
-            feature_map=self.feature_map, projection=self.projection, dtype=self.dtype)
+            feature_map=self.feature_map, projection=self.projection, norm_eps=self.norm_eps,
+            kernel_eps=self.kernel_eps, dtype=self.dtype)
         embeddings = []
         res = x
         for i, kind in enumerate(self.body_layout()):

@@ -1,0 +1,98 @@
+"""The released code's training recipe (EDSR-PyTorch + ENLCN), shared by x2.py, x3.py and x4.py.
+
+Every row of SPEC.md's "paper vs released code" table is a key here; the default is always the
+released code (the pretrained weights came from it), the comment gives the paper's value:
+
+| SPEC row                      | key                                            | code          | paper           |
+| ----------------------------- | ---------------------------------------------- | ------------- | --------------- |
+| contrastive sets / form       | train.contrastive.variant                      | 'code'        | 'paper'         |
+| contrastive warm-up           | train.contrastive.start_epoch                  | 100           | 150             |
+| LR patch size                 | data.lr_patch                                  | 48            | 46 (x2), 28 (x4)|
+| Adam betas                    | train.betas                                    | (0.9, 0.999)  | (0.9, 0.99)     |
+| LR decay                      | train.lr_decay_epochs                          | (200,...,800) | (200,)          |
+| random-feature redraw         | train.redraw.every / train.redraw.steps        | 'steps' / 640 | 'epoch'         |
+| epoch length                  | train.steps_per_epoch                          | 1000          | -               |
+| feature-map constant          | model.kernel_eps                               | 1e-4          | 0.0             |
+| normalisation eps             | model.norm_eps                                 | 5e-5          | -               |
+| orthogonal random features    | model.projection                               | 'orthogonal'  | 'orthogonal' / 'iid' |
+
+The one exception is `train.redraw.every`: the brief for this port asks for a redraw at every epoch
+start (the paper's schedule, and a deterministic function of the epoch); set
+`--config.train.redraw.every=steps` for the code's every-640-forward-calls schedule.
+
+Run: `python train.py --config configs/x2.py --config.data.hr_dir=... ` (see `data` below).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """ENLCN (32 blocks, 256 features, 5 ENLCA modules) at x2 on DIV2K, released-code recipe."""
+    config = ml_collections.ConfigDict()
+    # Call jax.distributed.initialize() first (multi-host training; one process per host).
+    config.distributed = False
+
+    # Keyword arguments of models.ENLCN, saved as <workdir>/model_config.json for evaluation.
+    config.model = ml_collections.ConfigDict()
+    config.model.scale = 2                  # SR factor: 2, 3 or 4
+    config.model.n_resblocks = 32           # EDSR residual blocks
+    config.model.n_feats = 256              # channels C
+    config.model.res_scale = 0.1            # residual scaling of blocks and ENLCA outputs
+    config.model.attention = 'enla'         # 'enla' (linear ENLCA), 'softmax' (exact NLA), 'none' (EDSR)
+    config.model.attention_every = 8        # an ENLCA first, then one after every 8th block
+    config.model.reduction = 4              # attention embedding C / 4 = 64
+    config.model.num_random_features = 128  # m
+    config.model.amplification = 6.0       # k: Q and K scaled to norm sqrt(k)
+    config.model.feature_map = 'softmax'    # positive random features of exp(q.k); or 'relu'
+    config.model.projection = 'orthogonal'  # code and paper: orthogonal blocks; 'iid' Gaussian rows
+    config.model.norm_eps = 5e-5            # code: ||x|| clamped at 5e-5 (paper: unspecified)
+    config.model.kernel_eps = 1e-4          # code: (exp(.) + 1e-4) / sqrt(m); paper: 0.0
+    config.model.rgb_range = 255.0          # EDSR's internal pixel scale (255 in the released code)
+
+    config.data = ml_collections.ConfigDict()
+    # Training images: 'tfds' (prepared div2k/bicubic_x{scale}, train split), 'folder' (HR images,
+    # LR from lr_dir in the DIV2K layout or made by MATLAB bicubic), 'skimage' (photos bundled
+    # with scikit-image; see quickstart.py).
+    config.data.source = 'tfds'
+    config.data.hr_dir = ''                 # folder source: e.g. /data/DIV2K_train_HR
+    config.data.lr_dir = ''                 # folder source: e.g. /data/DIV2K_train_LR_bicubic ('' = make LR)
+    config.data.tfds_data_dir = ''          # tfds source: data_dir ('' = ~/tensorflow_datasets)
+    config.data.cache_dir = ''              # where generated LR images are kept ('' = not kept)
+    config.data.photos = ('astronaut',)     # skimage source: names of skimage.data photos
+    config.data.lr_patch = 48               # LR patch side; HR patch = 48 * scale (paper: 46 x2, 28 x4)
+    config.data.batch_size = 16             # global batch, split over all devices
+    config.data.num_workers = 4             # threads decoding images and cutting patches
+    # Validation images: 'tfds' (DIV2K validation split), 'folder' (val_hr_dir, val_lr_dir),
+    # 'skimage' (val_photos) or 'none'. EDSR validates on DIV2K 801-810: the first 10.
+    config.data.val_source = 'tfds'
+    config.data.val_hr_dir = ''
+    config.data.val_lr_dir = ''
+    config.data.val_photos = ('chelsea',)
+    config.data.val_limit = 10              # first N validation images (0 = all)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 1000
+    config.train.steps_per_epoch = 1000     # EDSR's test_every: an "epoch" is 1000 batches
+    config.train.lr = 1e-4
+    config.train.lr_decay_epochs = (200, 400, 600, 800)  # lr *= factor at each (paper: (200,))
+    config.train.lr_decay_factor = 0.5
+    config.train.betas = (0.9, 0.999)       # Adam (paper: (0.9, 0.99))
+    config.train.eps = 1e-8                 # Adam epsilon
+    config.train.grad_clip = 0.0            # clip by global norm; 0 = off (the released code: off)
+    config.train.contrastive = ml_collections.ConfigDict()
+    config.train.contrastive.weight = 1e-3  # L = L1 + weight * mean over ENLCA modules of L_cl
+    config.train.contrastive.start_epoch = 100  # L1 only before this epoch (paper: 150)
+    config.train.contrastive.variant = 'code'   # 'code' or 'paper' (see losses.py)
+    config.train.contrastive.block_size = 1024  # query rows scored at once (memory O(block N))
+    config.train.redraw = ml_collections.ConfigDict()
+    # Random features: 'epoch' (new draw at every epoch start, paper), 'steps' (every
+    # redraw.steps steps; the code redraws every 640 forward calls), 'never' (keep the init draw).
+    # Draw i uses fold_in(key, i): a resumed run redraws exactly as a straight one.
+    config.train.redraw.every = 'epoch'
+    config.train.redraw.steps = 640
+    config.train.seed = 0                   # parameters, random features and patch sampling
+    config.train.log_every = 100            # steps between train-metric logs (and NaN checks)
+    config.train.checkpoint_every_steps = 1000
+    config.train.keep_checkpoints = 3       # latest checkpoints kept (the best one is kept apart)
+    config.train.eval_every_epochs = 1      # validation PSNR-Y every N epochs and at the end
+    return config

@@ -1,0 +1,532 @@
+"""ENLCN training: TrainState, schedules, the train/eval steps and the training loop.
+
+Modelled on Flax `examples/imagenet/train.py`. One step:
+
+    batch {'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}, sharded over the 'data' axis
+      -> ENLCN(lr / 255, return_embeddings=True) -> sr, [(q, k) per ENLCA module]
+      -> loss = L1(sr, hr / 255) + w(step) * mean_modules contrastive(q, k)
+      -> Adam(lr(step)) update, gradients averaged over the global batch by the compiler
+
+Data parallelism is `jax.jit` over a one-axis `Mesh` of every device ('data'): the batch is split
+on its first axis, the state replicated. With `config.distributed`, `train.py` first calls
+`jax.distributed.initialize()` and each process feeds its share of the global batch.
+
+Schedules are pure functions of the step, so a run resumed from a checkpoint repeats a straight
+run exactly (same batches, same random features, same learning rate, same contrastive weight):
+
+  * learning rate: `train.lr`, times `lr_decay_factor` from the first step of each epoch in
+    `lr_decay_epochs` (`optax.piecewise_constant_schedule`);
+  * contrastive weight: 0 before epoch `contrastive.start_epoch`, `contrastive.weight` from it;
+    a traced scalar, so the step compiles once, and `lax.cond` skips the contrastive loss
+    (O(B N^2 d) per module) while it is 0;
+  * random features: redrawn from `fold_in(state.rng, i)` at the start of draw period i (epochs,
+    every `redraw.steps` steps, or never) and kept in the state, so evaluation and checkpoints
+    see the features the parameters were trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from absl import logging
+from flax.training import train_state
+from tensorboardX import SummaryWriter
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from enlcn_jax import checkpoints
+from enlcn_jax import data as data_lib
+from enlcn_jax import losses
+from enlcn_jax import metrics as metrics_lib
+from enlcn_jax import models
+from enlcn_jax.imresize import imresize
+
+Array = jax.Array
+DATA_AXIS = 'data'
+SOURCES = ('tfds', 'folder', 'skimage')
+REDRAW_SCHEDULES = ('epoch', 'steps', 'never')
+METRICS_FILE = 'metrics.jsonl'
+CONFIG_FILE = 'config.json'
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus the ENLCA random features and the key they are redrawn from.
+
+    Attributes (besides `step`, `params`, `opt_state`, `apply_fn`, `tx`):
+      random_features: `{'body_<i>': {'projection': float32 [m, d]}}`, one per ENLCA module
+        (`{}` without attention).
+      rng: uint32 [2] base key; draw i of the random features uses `fold_in(rng, i)`.
+    """
+    random_features: Any
+    rng: Array
+
+    @property
+    def variables(self) -> dict:
+        """`{'params', 'random_features'}`: what `ENLCN.apply` and `checkpoints` take."""
+        variables = {'params': self.params}
+        if self.random_features:
+            variables[models.RANDOM_FEATURES] = self.random_features
+        return variables
+
+
+def create_model(config: ml_collections.ConfigDict) -> models.ENLCN:
+    """`models.ENLCN(**config.model)`."""
+    return models.ENLCN(**config.model.to_dict())
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step decay: `lr * factor^(number of lr_decay_epochs <= step // steps_per_epoch)`."""
+    train = config.train
+    boundaries = {int(epoch) * train.steps_per_epoch: train.lr_decay_factor
+                  for epoch in train.lr_decay_epochs}
+    return optax.piecewise_constant_schedule(train.lr, boundaries)
+
+
+def create_contrastive_weight_fn(config: ml_collections.ConfigDict) -> Callable[[Any], Array]:
+    """`step -> float32 weight`: 0 before epoch `contrastive.start_epoch`, `weight` from it."""
+    start = config.train.contrastive.start_epoch * config.train.steps_per_epoch
+    weight = config.train.contrastive.weight
+
+    def weight_fn(step):
+        return jnp.where(step >= start, jnp.float32(weight), jnp.float32(0.0))
+
+    return weight_fn
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+    """Adam with the step-decay schedule, after global-norm clipping if `grad_clip > 0`."""
+    train = config.train
+    adam = optax.adam(learning_rate_fn, b1=train.betas[0], b2=train.betas[1], eps=train.eps)
+    if train.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(train.grad_clip), adam)
+    return adam
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.ENLCN,
+                       key: Array) -> TrainState:
+    """Initial state on the default device: parameters and first random features from `key`."""
+    init_key, redraw_key = jax.random.split(key)
+    patch = config.data.lr_patch
+    variables = models.init_variables(model, init_key, (patch, patch))
+    return TrainState.create(
+        apply_fn=model.apply, params=variables['params'],
+        tx=create_optimizer(config, create_learning_rate_fn(config)),
+        random_features=variables.get(models.RANDOM_FEATURES, {}), rng=redraw_key)
+
+
+def redraw_index(step: int, config: ml_collections.ConfigDict) -> int | None:
+    """Index of the random-feature draw that starts at 0-based `step`, or None (keep them).
+
+    `'epoch'`: draw e at the first step of epoch e; `'steps'`: draw i at step `i * redraw.steps`;
+    `'never'`: always None (the features drawn at initialisation stay).
+    """
+    every = config.train.redraw.every
+    if every == 'never':
+        return None
+    period = config.train.steps_per_epoch if every == 'epoch' else config.train.redraw.steps
+    return step // period if step % period == 0 else None
+
+
+def draw_random_features(random_features: Any, rng: Array, index: Array,
+                         projection: str) -> Any:
+    """Draw `index` of every module's features: `models.redraw` with `fold_in(rng, index)`."""
+    variables = models.redraw({models.RANDOM_FEATURES: random_features},
+                              jax.random.fold_in(rng, index), projection)
+    return variables[models.RANDOM_FEATURES]
+
+
+def contrastive_term(embeddings: list[tuple[Array, Array]],
+                     config: ml_collections.ConfigDict) -> Array:
+    """Mean over ENLCA modules of the contrastive loss of `(q, k)`, each `[B, N, d]`.
+
+    Computed per image under `vmap` (the same value as `losses.contrastive_loss` on the whole
+    batch): the batch axis stays a parallel axis that the compiler can split over devices,
+    where `contrastive_loss`'s loop over images would be run whole on every device.
+    """
+    contrastive = config.train.contrastive
+    per_image = jax.vmap(lambda q, k: losses.contrastive_loss(
+        q[None], k[None], contrastive.variant, block_size=contrastive.block_size))
+    return jnp.mean(jnp.stack([jnp.mean(per_image(q, k)) for q, k in embeddings]))
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *,
+               learning_rate_fn: optax.Schedule,
+               contrastive_weight_fn: Callable[[Any], Array],
+               contrastive_fn: Callable[[list], Array]) -> tuple[TrainState, dict[str, Array]]:
+    """One Adam step on L1 + w(step) * contrastive.
+
+    Args:
+      state: the current state (replicated).
+      batch: `{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}`.
+      learning_rate_fn: `step -> lr`, for the metrics (the optimiser holds its own copy).
+      contrastive_weight_fn: `step -> weight`; the contrastive loss is only computed when > 0.
+      contrastive_fn: `[(q, k)] -> scalar`, e.g. `contrastive_term` with the config bound.
+    Returns:
+      `(new_state, metrics)` with float32 scalars `loss`, `l1`, `contrastive` (0 while its weight
+      is 0), `contrastive_weight`, `lr` and `grad_norm`.
+    """
+    lr_images = batch['lr'].astype(jnp.float32) / 255.0
+    hr_images = batch['hr'].astype(jnp.float32) / 255.0
+    weight = contrastive_weight_fn(state.step)
+
+    def loss_fn(params):
+        variables = {'params': params, models.RANDOM_FEATURES: state.random_features}
+        sr, embeddings = state.apply_fn(variables, lr_images, return_embeddings=True)
+        l1 = losses.l1_loss(sr, hr_images)
+        if embeddings:
+            cl = jax.lax.cond(weight > 0, lambda: contrastive_fn(embeddings),
+                              lambda: jnp.float32(0.0))
+        else:
+            cl = jnp.float32(0.0)
+        return l1 + weight * cl, (l1, cl)
+
+    (loss, (l1, cl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    metrics = {'loss': loss, 'l1': l1, 'contrastive': cl, 'contrastive_weight': weight,
+               'lr': learning_rate_fn(state.step), 'grad_norm': optax.global_norm(grads)}
+    return new_state, metrics
+
+
+def eval_step(variables: dict, lr_images: Array, *, model: models.ENLCN) -> Array:
+    """Super-resolves uint8 `[B, h, w, 3]` to float32 `[B, h s, w s, 3]` clipped to [0, 1]."""
+    sr = model.apply(variables, lr_images.astype(jnp.float32) / 255.0)
+    return jnp.clip(sr, 0.0, 1.0)
+
+
+def create_mesh(devices: list | None = None) -> Mesh:
+    """One-axis mesh ('data') over `devices` (default: all devices of all processes)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+    """`train_step` jitted over `mesh`: state replicated (and donated), batch split on 'data'."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step_fn = functools.partial(
+        train_step, learning_rate_fn=create_learning_rate_fn(config),
+        contrastive_weight_fn=create_contrastive_weight_fn(config),
+        contrastive_fn=functools.partial(contrastive_term, config=config))
+    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def compile_redraw(config: ml_collections.ConfigDict,
+                   mesh: Mesh) -> Callable[[TrainState, int], TrainState]:
+    """`(state, index) -> state` with draw `index` of the random features, replicated on `mesh`."""
+    draw = jax.jit(functools.partial(draw_random_features, projection=config.model.projection),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def redraw(state: TrainState, index: int) -> TrainState:
+        return state.replace(random_features=draw(state.random_features, state.rng, index))
+
+    return redraw
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
+    """This process's rows of the global batch -> global arrays split over `mesh` on 'data'."""
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _require_dir(key: str, value: str, why: str) -> None:
+    if not value or not Path(value).is_dir():
+        raise data_lib.DatasetNotFoundError(f'config.{key}={value!r} is not a directory ({why})')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Cheap checks of a config before anything is loaded or compiled.
+
+    Raises:
+      ValueError: an unknown choice, a non-positive count, a patch too small for the contrastive
+        loss, a batch that does not split over the devices, ...
+      data_lib.DatasetNotFoundError: a dataset folder that does not exist.
+    """
+    model, data, train = config.model, config.data, config.train
+    if data.source not in SOURCES:
+        raise ValueError(f'config.data.source={data.source!r}; choose one of {SOURCES}')
+    if data.val_source not in SOURCES + ('none',):
+        raise ValueError(f"config.data.val_source={data.val_source!r}; choose one of "
+                         f"{SOURCES + ('none',)}")
+    if data.source == 'folder':
+        _require_dir('data.hr_dir', data.hr_dir, 'data.source=folder needs the HR training images')
+        if data.lr_dir:
+            _require_dir('data.lr_dir', data.lr_dir, "DIV2K-layout LR images, or '' to make them")
+    if data.val_source == 'folder':
+        _require_dir('data.val_hr_dir', data.val_hr_dir, 'data.val_source=folder needs HR images')
+        if data.val_lr_dir:
+            _require_dir('data.val_lr_dir', data.val_lr_dir, "LR images, or '' to make them")
+    if data.tfds_data_dir and 'tfds' in (data.source, data.val_source):
+        _require_dir('data.tfds_data_dir', data.tfds_data_dir, 'the prepared TFDS data_dir')
+    for key in ('data.lr_patch', 'data.batch_size', 'train.epochs', 'train.steps_per_epoch',
+                'train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
+                'train.eval_every_epochs', 'train.redraw.steps'):
+        section, *rest = key.split('.')
+        value = functools.reduce(getattr, rest, config[section])
+        if value < 1:
+            raise ValueError(f'config.{key} must be >= 1, got {value}')
+    if data.batch_size % jax.device_count():
+        raise ValueError(f'config.data.batch_size={data.batch_size} does not split over '
+                         f'{jax.device_count()} devices')
+    if train.redraw.every not in REDRAW_SCHEDULES:
+        raise ValueError(f'config.train.redraw.every={train.redraw.every!r}; choose one of '
+                         f'{REDRAW_SCHEDULES}')
+    if list(train.lr_decay_epochs) != sorted(train.lr_decay_epochs):
+        raise ValueError(f'config.train.lr_decay_epochs must be increasing, got '
+                         f'{train.lr_decay_epochs}')
+    if model.attention != 'none' and train.contrastive.weight > 0:
+        # Raises for an unknown variant or fewer LR patch positions than its rank windows need.
+        losses.rank_windows(train.contrastive.variant, data.lr_patch ** 2)
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset,
+                                                               data_lib.SRDataset | None]:
+    """`(train, validation or None)` as configured; `validation` cut to `data.val_limit` images."""
+    data, scale = config.data, config.model.scale
+
+    def load(source: str, split: str, hr_dir: str, lr_dir: str, photos) -> data_lib.SRDataset:
+        if source == 'folder':
+            return data_lib.load_folder(hr_dir, scale, lr_dir or None, data.cache_dir or None,
+                                        data.num_workers)
+        if source == 'tfds':
+            return data_lib.load_div2k_tfds(split, scale, data.tfds_data_dir or None)
+        return data_lib.load_skimage_photos(photos, scale)
+
+    train_ds = load(data.source, 'train', data.hr_dir, data.lr_dir, data.photos)
+    if data.val_source == 'none':
+        return train_ds, None
+    split = f'validation[:{data.val_limit}]' if data.val_limit else 'validation'
+    val_ds = load(data.val_source, split, data.val_hr_dir, data.val_lr_dir, data.val_photos)
+    if data.val_limit:
+        n = data.val_limit
+        val_ds = data_lib.SRDataset(val_ds.names[:n], val_ds.hr[:n], val_ds.lr[:n], val_ds.scale)
+    return train_ds, val_ds
+
+
+def evaluate(eval_fn: Callable, variables: dict, dataset: data_lib.SRDataset) -> float:
+    """Mean PSNR-Y (dB) of `eval_fn(variables, lr[None])` over `dataset`, shave = scale.
+
+    One image at a time: each distinct image size compiles `eval_fn` once.
+    """
+    scores = []
+    for lr, hr in zip(dataset.lr, dataset.hr):
+        sr = np.asarray(eval_fn(variables, lr[None]))[0]
+        scores.append(metrics_lib.psnr_y(metrics_lib.quantize(sr), hr, dataset.scale))
+    return float(np.mean(scores))
+
+
+def bicubic_psnr_y(dataset: data_lib.SRDataset) -> float:
+    """Mean PSNR-Y (dB) of MATLAB-bicubic upscaling over `dataset`: the baseline to beat."""
+    return float(np.mean([
+        metrics_lib.psnr_y(imresize(lr, scale=dataset.scale), hr, dataset.scale)
+        for lr, hr in zip(dataset.lr, dataset.hr)]))
+
+
+class MetricLogger:
+    """Appends scalars to `<workdir>/metrics.jsonl` (one object per call) and to TensorBoard.
+
+    Disabled (a no-op) on processes other than 0.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            self._jsonl = open(workdir / METRICS_FILE, 'a', encoding='utf-8')
+            self._tensorboard = SummaryWriter(str(workdir))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._tensorboard.add_scalar(name, value, step)
+        self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+def _train_items(state: TrainState) -> dict:
+    return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
+    """Saves `state` as step `state.step` of the `checkpoints/` manager (asynchronously)."""
+    manager.save(int(state.step), args=ocp.args.Composite(**{
+        checkpoints.VARIABLES: ocp.args.StandardSave(state.variables),
+        checkpoints.TRAIN: ocp.args.StandardSave(_train_items(state))}))
+
+
+def save_best(manager: ocp.CheckpointManager, state: TrainState, psnr_y: float) -> None:
+    """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
+    manager.save(int(state.step), metrics={checkpoints.BEST_METRIC: psnr_y},
+                 args=ocp.args.Composite(**{
+                     checkpoints.VARIABLES: ocp.args.StandardSave(state.variables)}))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
+    """`state` with everything replaced by the latest step of `manager` (if there is one).
+
+    `state` gives the tree structure, dtypes and shardings the arrays are restored with.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return state
+    target = {checkpoints.VARIABLES: state.variables, checkpoints.TRAIN: _train_items(state)}
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+        for name, tree in target.items()}))
+    variables, train = restored[checkpoints.VARIABLES], restored[checkpoints.TRAIN]
+    return state.replace(params=variables['params'],
+                         random_features=variables.get(models.RANDOM_FEATURES, {}),
+                         step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
+
+
+def _loader_seed(seed: int) -> int:
+    """Patch-sampling seed of this process, derived from `(seed, process_index)`."""
+    return int(np.random.SeedSequence([seed, jax.process_index()]).generate_state(1)[0])
+
+
+def _first_non_finite(history: list[dict[str, float]]) -> int | None:
+    for i, scalars in enumerate(history):
+        if not (math.isfinite(scalars['loss']) and math.isfinite(scalars['grad_norm'])):
+            return i
+    return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+    """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
+
+    Workdir:
+      config.json          the full config
+      model_config.json    `models.ENLCN` keyword arguments (for `checkpoints.load_model`)
+      metrics.jsonl        one JSON object per logged step / validation (`step` + scalars)
+      events.out.tfevents.*  the same scalars for TensorBoard
+      checkpoints/, best/  see `checkpoints`
+
+    Raises:
+      FloatingPointError: a non-finite loss or gradient; the message names the step and the
+        last checkpoint, which was saved before it and is left as it was.
+    Returns:
+      the final state.
+    """
+    validate_config(config)
+    workdir = Path(workdir).absolute()
+    train_cfg = config.train
+    is_main = jax.process_index() == 0
+    train_ds, val_ds = load_datasets(config)
+
+    model = create_model(config)
+    mesh = create_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.device_put(
+        create_train_state(config, model, jax.random.PRNGKey(train_cfg.seed)), replicated)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
+        (workdir / checkpoints.MODEL_CONFIG).write_text(
+            json.dumps(config.model.to_dict(), indent=2, sort_keys=True))
+    latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
+    best = checkpoints.best_manager(workdir)
+    state = restore_checkpoint(latest, state)
+    start_step = int(state.step)
+    total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
+    if start_step:
+        logging.info('Resuming from step %d of %d (%s).', start_step, total_steps, latest.directory)
+
+    p_train_step = compile_train_step(config, mesh)
+    redraw = compile_redraw(config, mesh)
+    p_eval_step = jax.jit(functools.partial(eval_step, model=model))
+    learning_rate_fn = create_learning_rate_fn(config)
+    logger = MetricLogger(workdir, is_main)
+    bicubic = bicubic_psnr_y(val_ds) if val_ds is not None else None
+    loader = data_lib.PatchLoader(
+        train_ds, config.data.batch_size // jax.process_count(), config.data.lr_patch,
+        seed=_loader_seed(train_cfg.seed), start_step=start_step,
+        num_workers=config.data.num_workers)
+    batches = data_lib.prefetch_to_device(loader, 2, lambda b: shard_batch(b, mesh))
+    pending: list[dict[str, Array]] = []
+    progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,
+                         dynamic_ncols=True)
+    last_flush = (start_step, time.perf_counter())
+
+    def flush(step: int) -> None:
+        """Checks and logs the metrics of the steps since the last flush (`step` is the last)."""
+        nonlocal pending, last_flush
+        if not pending:
+            return
+        history = jax.device_get(pending)
+        pending = []
+        bad = _first_non_finite(history)
+        first = step - len(history) + 1
+        if bad is not None:
+            latest.wait_until_finished()
+            kept = latest.latest_step()
+            raise FloatingPointError(
+                f'non-finite loss {history[bad]["loss"]} (gradient norm '
+                f'{history[bad]["grad_norm"]}) at step {first + bad}: training stopped. ' + (
+                    f'The last checkpoint, step {kept} in {latest.directory}, was saved before '
+                    'it and is intact.' if kept is not None else 'No checkpoint was saved.'))
+        now = time.perf_counter()
+        steps_per_s = (step - last_flush[0]) / (now - last_flush[1])
+        last_flush = (step, now)
+        scalars = {f'train/{k}': float(np.mean([h[k] for h in history])) for k in history[0]}
+        scalars['train/steps_per_s'] = steps_per_s
+        scalars['train/images_per_s'] = steps_per_s * config.data.batch_size
+        logger.write(step, scalars)
+        progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
+                             lr=f'{float(learning_rate_fn(step - 1)):.2e}',
+                             steps_per_s=f'{steps_per_s:.2f}')
+
+    val_psnr = None
+    try:
+        for step in range(start_step, total_steps):
+            index = redraw_index(step, config)
+            if index is not None:
+                state = redraw(state, index)
+            state, step_metrics = p_train_step(state, next(batches))
+            pending.append(step_metrics)
+            done = step + 1
+            progress.update()
+            epochs_done, in_epoch = divmod(done, train_cfg.steps_per_epoch)
+            do_eval = val_ds is not None and (done == total_steps or (
+                in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
+            do_save = done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
+            if done % train_cfg.log_every == 0 or do_save or do_eval:
+                flush(done)
+            if do_save:
+                save_checkpoint(latest, state)
+            if do_eval:
+                local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+                val_psnr = evaluate(p_eval_step, local, val_ds)
+                save_best(best, state, val_psnr)
+                logger.write(done, {'val/psnr_y': val_psnr, 'val/bicubic_psnr_y': bicubic})
+                logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)',
+                             done, val_psnr, bicubic)
+                last_flush = (done, time.perf_counter())
+    finally:
+        progress.close()
+        loader.close()
+        latest.wait_until_finished()
+        best.wait_until_finished()
+        latest.close()
+        best.close()
+        logger.close()
+    if val_psnr is not None:
+        logging.info('final validation PSNR-Y %.3f dB vs bicubic %.3f dB (%+.3f dB) on %d image(s)',
+                     val_psnr, bicubic, val_psnr - bicubic, len(val_ds))
+    return state

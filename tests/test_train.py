@@ -1,0 +1,345 @@
+"""Training: schedules, the train step, data parallelism, checkpoints, failures, the CLI.
+
+Everything runs a tiny ENLCN (2 blocks, 16 features, 12x12 LR patches) on one skimage photo.
+Subprocesses (a fresh process to resume in, forced host devices, the CLI) share a persistent
+compilation cache, so only the first of them compiles the train step.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default, quickstart
+from enlcn_jax import checkpoints, data, models, train_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides of configs/quickstart.py shared by the in-process and the subprocess runs.
+TINY = {
+    'model.n_resblocks': 2, 'model.n_feats': 16, 'model.num_random_features': 16,
+    'data.photos': ('coffee',), 'data.lr_patch': 12, 'data.batch_size': 4,
+    'train.epochs': 2, 'train.steps_per_epoch': 3, 'train.lr_decay_epochs': (1,),
+    'train.contrastive.start_epoch': 1, 'train.log_every': 1,
+    'train.checkpoint_every_steps': 3, 'train.eval_every_epochs': 1,
+}
+
+
+def tiny_config(**overrides):
+    """configs/quickstart.py with TINY and `overrides` ('train__epochs' for 'train.epochs')."""
+    config = quickstart.get_config()
+    config.update_from_flattened_dict(
+        {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}})
+    return config
+
+
+def cli_overrides(**overrides) -> list[str]:
+    flat = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+    return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
+            for k, v in flat.items()]
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    """Environment of the subprocesses: repo importable, one compilation cache."""
+    cache = tmp_path_factory.mktemp('jax_cache')
+    return {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_COMPILATION_CACHE_DIR': str(cache),
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
+
+
+def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    if check and result.returncode:
+        raise AssertionError(f'{args[:3]} failed:\n{result.stderr[-3000:]}')
+    return result
+
+
+def train_cli(workdir, env, **overrides) -> subprocess.CompletedProcess:
+    return run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
+                *cli_overrides(**overrides)], env)
+
+
+def read_metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+
+
+def train_losses(workdir) -> dict[int, float]:
+    return {m['step']: m['train/loss'] for m in read_metrics(workdir) if 'train/loss' in m}
+
+
+def assert_trees_close(a, b, rtol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=0)
+
+
+# --- schedules -------------------------------------------------------------------------------
+
+def test_learning_rate_halves_at_the_first_step_of_each_decay_epoch():
+    lr_fn = train_lib.create_learning_rate_fn(default.get_config())
+    steps = [0, 199_999, 200_000, 399_999, 400_000, 600_000, 800_000, 999_999]
+    expected = [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6, 6.25e-6]
+    np.testing.assert_allclose([float(lr_fn(s)) for s in steps], expected, rtol=1e-6)
+
+
+def test_contrastive_weight_is_off_before_the_warm_up_epoch_and_on_from_it():
+    config = default.get_config()
+    weight_fn = train_lib.create_contrastive_weight_fn(config)
+    start = 100 * 1000
+    assert [float(weight_fn(s)) for s in (0, start - 1, start, 10 * start)] == \
+        [0.0, 0.0, pytest.approx(1e-3), pytest.approx(1e-3)]
+
+
+def test_redraw_schedule():
+    config = tiny_config()  # 3 steps per epoch
+    assert [train_lib.redraw_index(s, config) for s in range(7)] == \
+        [0, None, None, 1, None, None, 2]
+    config.train.redraw.every, config.train.redraw.steps = 'steps', 2
+    assert [train_lib.redraw_index(s, config) for s in range(5)] == [0, None, 1, None, 2]
+    config.train.redraw.every = 'never'
+    assert {train_lib.redraw_index(s, config) for s in range(5)} == {None}
+
+
+# --- the train step --------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def tiny_setup():
+    config = tiny_config()
+    model = train_lib.create_model(config)
+    state = train_lib.create_train_state(config, model, jax.random.PRNGKey(0))
+    mesh = train_lib.create_mesh(jax.devices()[:1])
+    dataset = data.load_skimage_photos(config.data.photos, config.model.scale)
+    batch = data.PatchLoader(dataset, 4, config.data.lr_patch, num_workers=1).batch(0)
+    return config, state, mesh, batch
+
+
+def test_train_step_adds_the_contrastive_loss_from_its_start_epoch(tiny_setup):
+    config, state, mesh, batch = tiny_setup
+    step_fn = train_lib.compile_train_step(config, mesh)
+    start = config.train.contrastive.start_epoch * config.train.steps_per_epoch
+    # The step donates its state: give it copies.
+    _, before, _, after = jax.device_get([
+        *step_fn(jax.tree.map(jnp.copy, state.replace(step=start - 1)), batch),
+        *step_fn(jax.tree.map(jnp.copy, state.replace(step=start)), batch)])
+    assert before['contrastive_weight'] == 0 and before['contrastive'] == 0
+    assert before['loss'] == before['l1']
+    assert after['contrastive_weight'] == pytest.approx(1e-3) and after['contrastive'] > 0
+    assert after['loss'] == pytest.approx(after['l1'] + 1e-3 * after['contrastive'], rel=1e-6)
+    assert after['l1'] == pytest.approx(before['l1'], rel=1e-6)
+
+
+def test_redraw_is_deterministic_and_changes_every_module(tiny_setup):
+    config, state, mesh, _ = tiny_setup
+    redraw = train_lib.compile_redraw(config, mesh)
+    first, again, second = (redraw(state, i).random_features for i in (1, 1, 2))
+    assert len(jax.tree.leaves(first)) == 2  # ENLCA modules
+    assert_trees_close(first, again, rtol=0)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+        assert a.shape == b.shape and not np.allclose(a, b)
+
+
+# --- data parallelism ------------------------------------------------------------------------
+
+DATA_PARALLEL = """
+import sys
+import jax, numpy as np
+from tests.test_train import tiny_config
+from enlcn_jax import checkpoints, data, train_lib
+assert jax.device_count() == 4, jax.devices()
+config = tiny_config(data__batch_size=8, train__contrastive__start_epoch=0)
+model = train_lib.create_model(config)
+dataset = data.load_skimage_photos(config.data.photos, config.model.scale)
+loader = data.PatchLoader(dataset, 8, config.data.lr_patch, num_workers=1)
+params, losses = [], []
+for devices in (jax.devices()[:1], jax.devices()):
+    mesh = train_lib.create_mesh(devices)
+    state = jax.device_put(train_lib.create_train_state(config, model, jax.random.PRNGKey(0)),
+                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    step_fn = train_lib.compile_train_step(config, mesh)
+    state = train_lib.compile_redraw(config, mesh)(state, 0)
+    for step in range(3):
+        batch = train_lib.shard_batch(loader.batch(step), mesh)
+        assert {s.data.shape[0] for s in batch['lr'].addressable_shards} == {8 // len(devices)}
+        state, metrics = step_fn(state, batch)
+        losses.append(float(metrics['loss']))
+    leaves = jax.tree.leaves(jax.device_get(state.params))
+    params.append(np.concatenate([p.ravel() for p in leaves]))
+print('LOSSES', losses)
+print('MAXREL', float(np.max(np.abs(params[0] - params[1])) / np.max(np.abs(params[0]))))
+manager = checkpoints.latest_manager(sys.argv[1])
+train_lib.save_checkpoint(manager, state)
+manager.wait_until_finished()
+"""
+
+
+def test_four_devices_match_one_device(tmp_path, env):
+    result = run(['-c', DATA_PARALLEL, str(tmp_path)], {
+        **env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+    # Max |difference| over all parameters, relative to the largest parameter. (Per tensor, a
+    # zero-initialised bias that Adam moved by ~2e-3 differs by up to ~1e-5 of itself.)
+    max_rel = float(result.stdout.split('MAXREL')[-1])
+    assert max_rel < 1e-5
+    losses = json.loads(result.stdout.split('LOSSES')[-1].split('MAXREL')[0])
+    np.testing.assert_allclose(losses[:3], losses[3:], rtol=1e-5)
+    # A checkpoint of the 4-device run loads in this 1-device process.
+    (tmp_path / checkpoints.MODEL_CONFIG).write_text(json.dumps(tiny_config().model.to_dict()))
+    _, variables = checkpoints.load_model(tmp_path)
+    assert variables['params']['head']['kernel'].shape == (3, 3, 3, 16)
+
+
+# --- checkpoints, resume, failures -----------------------------------------------------------
+
+def test_resume_in_a_new_process_repeats_a_straight_run(tmp_path, env):
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    train_cli(straight, env)                     # steps 1-6
+    train_cli(resumed, env, train__epochs=1)     # steps 1-3
+    assert checkpoints.latest_manager(resumed, read_only=True).latest_step() == 3
+    train_cli(resumed, env)                      # steps 4-6, in a new process
+    assert train_losses(resumed) == train_losses(straight)
+    assert sorted(train_losses(straight)) == list(range(1, 7))
+    for which in ('latest', 'best'):
+        config_a, variables_a = checkpoints.load_model(straight, which)
+        config_b, variables_b = checkpoints.load_model(resumed, which)
+        assert config_a == config_b
+        assert_trees_close(variables_a, variables_b, rtol=1e-6)
+
+
+def test_quickstart_cli_end_to_end(tmp_path, env):
+    train_cli(tmp_path, env)
+    assert json.loads((tmp_path / 'config.json').read_text())['train']['epochs'] == 2
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['3', '6']
+    records = read_metrics(tmp_path)
+    evals = [r for r in records if 'val/psnr_y' in r]
+    assert [r['step'] for r in evals] == [3, 6]
+    assert all(r['val/bicubic_psnr_y'] > 30 and np.isfinite(r['val/psnr_y']) for r in evals)
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
+    model_config, variables = checkpoints.load_model(tmp_path)
+    sr = models.ENLCN(**model_config).apply(variables, jnp.zeros((1, 8, 8, 3)))
+    assert sr.shape == (1, 16, 16, 3)
+    # Random features: the epoch-1 draw, made at step 3.
+    config = tiny_config()
+    state = train_lib.create_train_state(config, train_lib.create_model(config),
+                                         jax.random.PRNGKey(config.train.seed))
+    expected = train_lib.draw_random_features(state.random_features, state.rng, 1,
+                                              config.model.projection)
+    assert_trees_close(variables[models.RANDOM_FEATURES], expected, rtol=1e-6)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    config = tiny_config(train__lr=1e30, train__checkpoint_every_steps=1, train__epochs=1,
+                         train__contrastive__start_epoch=5)
+    with pytest.raises(FloatingPointError, match=r'at step 2\b.*step 1 in'):
+        train_lib.train_and_evaluate(config, tmp_path)
+    manager = checkpoints.latest_manager(tmp_path, read_only=True)
+    assert manager.all_steps() == [1]
+    _, variables = checkpoints.load_model(tmp_path)
+    assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import jax
+from orbax.checkpoint._src.path import atomicity
+from tests.test_train import tiny_config
+from enlcn_jax import checkpoints, train_lib
+config = tiny_config()
+state = train_lib.create_train_state(config, train_lib.create_model(config), jax.random.PRNGKey(0))
+manager = checkpoints.latest_manager(sys.argv[1])
+train_lib.save_checkpoint(manager, state.replace(step=1))
+manager.wait_until_finished()
+
+async def killed(self):  # everything is written, the commit (rename) never happens
+    os.kill(os.getpid(), signal.SIGKILL)
+
+atomicity.AtomicRenameTemporaryPath.finalize = killed
+changed = jax.tree.map(lambda p: p + 1, state.params)
+train_lib.save_checkpoint(manager, state.replace(step=2, params=changed))
+manager.wait_until_finished()
+"""
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, env):
+    result = run(['-c', KILLED_SAVE, str(tmp_path)], env, check=False)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert any('tmp' in p.name for p in (tmp_path / 'checkpoints').iterdir())  # the partial save
+    config = tiny_config()
+    state = train_lib.create_train_state(config, train_lib.create_model(config),
+                                         jax.random.PRNGKey(0))
+    manager = checkpoints.latest_manager(tmp_path)
+    assert manager.all_steps() == [1]
+    restored = train_lib.restore_checkpoint(manager, state)
+    manager.close()
+    assert int(restored.step) == 1
+    assert_trees_close(restored.params, state.params, rtol=0)
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1']  # cleaned up
+
+
+def test_best_checkpoint_tracks_the_highest_validation_psnr(tmp_path):
+    config = tiny_config()
+    state = train_lib.create_train_state(config, train_lib.create_model(config),
+                                         jax.random.PRNGKey(0))
+    (tmp_path / checkpoints.MODEL_CONFIG).write_text(json.dumps(config.model.to_dict()))
+    latest = checkpoints.latest_manager(tmp_path, keep=2)
+    best = checkpoints.best_manager(tmp_path)
+    for step, psnr in zip(range(1, 5), (20.0, 25.0, 22.0, 24.0)):
+        stepped = state.replace(step=step, params=jax.tree.map(lambda p: p + step, state.params))
+        train_lib.save_checkpoint(latest, stepped)
+        train_lib.save_best(best, stepped, psnr)
+    for manager in (latest, best):
+        manager.wait_until_finished()
+        manager.close()
+    assert checkpoints.latest_manager(tmp_path, read_only=True).all_steps() == [3, 4]
+    assert checkpoints.best_manager(tmp_path, read_only=True).all_steps() == [2]
+    head = state.params['head']['bias']
+    _, best_variables = checkpoints.load_model(tmp_path, 'best')
+    _, latest_variables = checkpoints.load_model(tmp_path, 'latest')
+    np.testing.assert_allclose(best_variables['params']['head']['bias'], head + 2)
+    np.testing.assert_allclose(latest_variables['params']['head']['bias'], head + 4)
+
+
+# --- configs and the CLI ---------------------------------------------------------------------
+
+@pytest.mark.parametrize('overrides, message', [
+    (['--config.train.nonexistent=1'],
+     "unknown config key 'nonexistent' in --config.train.nonexistent=1"),
+    (['--config.train.epochs=abc'], "flag --config.train.epochs=abc: invalid literal for int()"),
+    (['--config.data.source=folder', '--config.data.hr_dir=/no/such/dir'],
+     "config.data.hr_dir='/no/such/dir' is not a directory"),
+])
+def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, tmp_path):
+    result = run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(tmp_path),
+                  *overrides], env, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'data.lr_patch': 8}, 'needs at least 65 positions'),
+    ({'data.batch_size': 0}, 'data.batch_size must be >= 1'),
+    ({'train.redraw.every': 'sometimes'}, 'redraw.every'),
+    ({'train.lr_decay_epochs': (4, 2)}, 'must be increasing'),
+    ({'data.val_source': 'web'}, 'data.val_source'),
+])
+def test_validate_config(overrides, message):
+    config = tiny_config()
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        train_lib.validate_config(config)
+
+
+@pytest.mark.parametrize('module', ['default', 'x2', 'x3', 'x4', 'quickstart'])
+def test_configs_build_their_model_and_pass_validation(module):
+    config = __import__(f'configs.{module}', fromlist=['get_config']).get_config()
+    if config.data.source != 'skimage':
+        config.data.source = config.data.val_source = 'skimage'
+    train_lib.validate_config(config)
+    model = train_lib.create_model(config)
+    assert model.body_layout().count('enlca') == (5 if config.model.n_resblocks == 32 else 3)

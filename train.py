@@ -1,0 +1,69 @@
+"""Trains ENLCN: `python train.py --config configs/x2.py [--workdir DIR] [--config.KEY=VALUE ...]`.
+
+The config file's `get_config()` gives every hyper-parameter (see configs/default.py); any key can
+be overridden on the command line, e.g. `--config.train.epochs=10`. Running the same command again
+resumes from the latest checkpoint in the workdir (default `./workdirs/<config file name>`).
+"""
+
+import logging as std_logging
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from enlcn_jax import data as data_lib
+from enlcn_jax import train_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Checkpoints, logs and metrics; default '
+                    './workdirs/<config file name>.')
+flags.mark_flags_as_required(['config'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a clear message for an override of a key the config does not have."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:  # how config_flags reports an unknown key
+        while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+            e = e.args[0]
+        key, _, hint = str(e.args[0] if e.args else e).lstrip("'").partition("'")
+        overrides = [a for a in argv[1:] if a.startswith('--config.')
+                     and key in a.split('=')[0].split('.')]
+        sys.exit(f'FATAL Flags parsing error: unknown config key {key!r} in '
+                 f'{" ".join(overrides) or "a --config.* override"}: the config has no such '
+                 f'field.{hint.rstrip()} See the config file for the valid keys.')
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+    """Keeps orbax's warnings and errors, drops its per-save INFO lines."""
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    logging.get_absl_handler().addFilter(_not_orbax_info)
+    config = FLAGS.config
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = FLAGS.workdir or str(
+        Path('workdirs') / Path(config_flags.get_config_filename(FLAGS['config'])).stem)
+    logging.info('JAX process %d / %d, local devices %s; workdir %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices(), workdir)
+    try:
+        train_lib.validate_config(config)
+    except (ValueError, data_lib.DatasetNotFoundError) as e:
+        sys.exit(f'FATAL invalid config: {e}')
+    try:
+        train_lib.train_and_evaluate(config, workdir)
+    except data_lib.DatasetNotFoundError as e:
+        sys.exit(f'FATAL dataset not found: {e}')
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=parse_flags)

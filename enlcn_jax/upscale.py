@@ -1,0 +1,66 @@
+"""Super-resolves one image file with a trained model.
+
+    python -m enlcn_jax.upscale in.png out.png --checkpoint DIR [--which best] [--self_ensemble]
+        [--tile 256 --tile_overlap 16] [--bucket 1]
+
+Any size and any image PIL reads: grayscale and palette images are converted to RGB and an
+alpha channel is dropped, with a warning (`image_io.load_image`). The output is RGB, `scale`
+times larger, written in the format of its suffix. Inference as `evaluate.ModelUpscaler`
+(bucket padding, tiling, self-ensemble).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from enlcn_jax import evaluate, image_io
+
+
+def upscale_file(src: str | Path, dst: str | Path, upscaler: evaluate.ModelUpscaler) -> np.ndarray:
+    """Reads `src`, writes its SR image to `dst` and returns it (uint8 `[H s, W s, 3]`)."""
+    sr = upscaler(image_io.load_image(src))
+    image_io.save_image(dst, sr)
+    return sr
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog='python -m enlcn_jax.upscale',
+                                     description=__doc__.split('\n')[0])
+    parser.add_argument('input', help='image to super-resolve')
+    parser.add_argument('output', help='where to write the SR image (format from the suffix)')
+    parser.add_argument('--checkpoint', required=True, help='model directory or training workdir')
+    parser.add_argument('--which', choices=('latest', 'best'), default='latest',
+                        help='checkpoint of a training workdir')
+    parser.add_argument('--self_ensemble', action='store_true',
+                        help='average the 8 dihedral transforms')
+    parser.add_argument('--tile', type=int, default=None, help='LR tile side (default: whole image)')
+    parser.add_argument('--tile_overlap', type=int, default=16, help='LR overlap between tiles')
+    parser.add_argument('--bucket', type=int, default=1,
+                        help='pad LR sides to a multiple of this (1: exact, no padding)')
+    args = parser.parse_args(argv)
+    if args.bucket < 1:
+        parser.error(f'--bucket must be >= 1, got {args.bucket}')
+    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
+        parser.error(f'--tile_overlap {args.tile_overlap} must be in [0, --tile {args.tile})')
+    try:
+        upscaler = evaluate.load_upscaler(args.checkpoint, args.which, bucket=args.bucket,
+                                          tile=args.tile, tile_overlap=args.tile_overlap,
+                                          self_ensemble=args.self_ensemble)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f'--checkpoint {args.checkpoint}: {e}')
+    start = time.perf_counter()
+    try:
+        sr = upscale_file(args.input, args.output, upscaler)
+    except (FileNotFoundError, image_io.ImageError) as e:
+        sys.exit(f'upscale: {e}')
+    print(f'wrote {args.output}: {sr.shape[1]}x{sr.shape[0]} (x{upscaler.scale}) '
+          f'in {time.perf_counter() - start:.1f} s')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,245 @@
+"""Evaluation: the protocol through the eval path, inference options, the eval.py CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import BENCHMARK, state_dict
+from enlcn_jax import checkpoints, convert, data, evaluate, image_io, metrics, models
+from enlcn_jax.imresize import bicubic_downscale
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_fixture_model(reference, directory: Path, scale: int = 2) -> Path:
+    """The authors' small x2/x4 ENLCN (8 blocks, 32 features), converted, as a model directory."""
+    config, variables = convert.convert_state_dict(state_dict(reference, f'x{scale}'), scale)
+    return checkpoints.save_model(directory, config, variables)
+
+
+@pytest.fixture(scope='module')
+def x2_checkpoint(reference, tmp_path_factory):
+    return save_fixture_model(reference, tmp_path_factory.mktemp('x2_model'))
+
+
+def benchmark_source(name: str, scale: int) -> evaluate.DatasetSource:
+    if not (BENCHMARK / name / 'HR').is_dir():
+        pytest.skip(f'{BENCHMARK / name / "HR"} not found')
+    return evaluate.find_dataset(name, scale, BENCHMARK)
+
+
+def write_crops(folder: Path, count: int = 2, size: tuple[int, int] = (50, 46)) -> list[Path]:
+    """The top-left crops of the first Set5 images as a small HR folder."""
+    paths = sorted((BENCHMARK / 'Set5' / 'HR').glob('*.png'))[:count]
+    if len(paths) < count:
+        pytest.skip('Set5 images not found')
+    for path in paths:
+        image_io.save_image(folder / path.name, image_io.load_image(path)[:size[0], :size[1]])
+    return [folder / p.name for p in paths]
+
+
+def edsr(seed: int = 0, **kwargs) -> tuple[models.ENLCN, dict]:
+    """A tiny random EDSR (attention='none'): translation-equivariant away from the borders.
+
+    Weights are drawn in NumPy (fan-in scaled) on the shapes of `init_variables`: Flax's
+    initialisers take seconds to compile on a small CPU.
+    """
+    model = models.EDSR(**{'scale': 2, 'n_resblocks': 1, 'n_feats': 8, **kwargs})
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+    return model, jax.tree_util.tree_map(draw, shapes)
+
+
+def random_lr(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- protocol: bicubic rows
+
+
+@pytest.mark.parametrize('scale, psnr, ssim', [(2, 33.66, 0.9299), (3, 30.39, 0.8682),
+                                               (4, 28.42, 0.8104)])
+def test_bicubic_rows_on_set5(scale, psnr, ssim):
+    result = evaluate.evaluate_dataset(benchmark_source('Set5', scale),
+                                       evaluate.BicubicUpscaler(scale), progress=False)
+    row = result.summary()
+    assert row['images'] == 5 and row['skipped'] == 0 and row['compiles'] == 0
+    assert row['psnr'] == pytest.approx(psnr, abs=0.03)
+    assert row['ssim'] == pytest.approx(ssim, abs=0.002)
+
+
+def test_bicubic_row_on_set14_x2():
+    row = evaluate.evaluate_dataset(benchmark_source('Set14', 2), evaluate.BicubicUpscaler(2),
+                                    progress=False).summary()
+    assert row['images'] == 14
+    assert row['psnr'] == pytest.approx(30.24, abs=0.15)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def test_missing_dataset_lists_every_place_looked(tmp_path, monkeypatch):
+    with pytest.raises(data.DatasetNotFoundError) as error:
+        evaluate.find_dataset('urban100', 2, tmp_path)
+    message = str(error.value)
+    for place in (tmp_path / 'Urban100' / 'HR', tmp_path / 'benchmark' / 'Urban100' / 'HR'):
+        assert str(place.absolute()) in message
+    assert 'benchmark.tar' in message and 'ENLCN_DATA' in message
+    monkeypatch.setenv(evaluate.DATA_ENV, str(tmp_path / 'env'))
+    with pytest.raises(data.DatasetNotFoundError, match='DIV2K_valid_HR') as error:
+        evaluate.find_dataset('DIV2K', 2)
+    assert str((tmp_path / 'env' / 'DIV2K' / 'DIV2K_valid_HR').absolute()) in str(error.value)
+    with pytest.raises(data.DatasetNotFoundError, match="unknown dataset 'Set6'"):
+        evaluate.find_dataset('Set6', 2, tmp_path)
+
+
+def test_benchmark_layout_uses_its_lr_images(tmp_path):
+    folder = tmp_path / 'benchmark' / 'Set5'
+    write_crops(folder / 'HR', count=1)
+    generated = evaluate.find_dataset('Set5', 2, tmp_path)
+    assert generated.lr_dir is None and generated.hr_dir == folder / 'HR'
+    # An LR_bicubic/X2 folder is used as is: a black LR image scores far below bicubic.
+    image_io.save_image(folder / 'LR_bicubic' / 'X2' / 'img_001x2.png', np.zeros((25, 23, 3), np.uint8))
+    given = evaluate.find_dataset('Set5', 2, tmp_path)
+    assert given.lr_dir == folder / 'LR_bicubic'
+    bicubic = evaluate.BicubicUpscaler(2)
+    psnr = lambda source: evaluate.evaluate_dataset(source, bicubic, progress=False).summary()['psnr']
+    assert psnr(given) < psnr(generated) - 10
+    # DIV2K validation: HR folder with the LR folder beside it.
+    valid = tmp_path / 'DIV2K' / 'DIV2K_valid_HR'
+    write_crops(valid, count=1)
+    (tmp_path / 'DIV2K' / 'DIV2K_valid_LR_bicubic' / 'X2').mkdir(parents=True)
+    source = evaluate.find_dataset('div2k', 2, tmp_path)
+    assert (source.name, source.hr_dir, source.lr_dir) == (
+        'DIV2K', valid, tmp_path / 'DIV2K' / 'DIV2K_valid_LR_bicubic')
+
+
+def test_corrupt_image_is_skipped_and_named(tmp_path, capsys):
+    write_crops(tmp_path / 'set')
+    (tmp_path / 'set' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not an image')
+    source = evaluate.find_dataset(str(tmp_path / 'set'), 2)
+    result = evaluate.evaluate_dataset(source, evaluate.BicubicUpscaler(2), progress=False)
+    assert [r['name'] for r in result.images] == ['img_001', 'img_002']
+    assert [s['name'] for s in result.skipped] == ['broken']
+    assert 'broken.png' in result.skipped[0]['error'] and 'broken.png' in capsys.readouterr().err
+    row = evaluate.markdown_table([result]).splitlines()[-1]
+    assert row.startswith('| set | x2 | bicubic |') and '| 2 | 1 |' in row
+    json_path, csv_path, md_path = evaluate.write_results([result], tmp_path / 'r' / 'out.json')
+    assert json.loads(json_path.read_text())['skipped'][0]['name'] == 'broken'
+    assert csv_path.read_text().count('\n') == 3 and '- set x2 broken: ' in md_path.read_text()
+
+
+# ---------------------------------------------------------------- inference
+
+
+def test_bucket_padding_compiles_once_per_bucket():
+    model, variables = edsr()
+    sizes = [(17, 20), (30, 25), (32, 32), (18, 31)]
+    bucketed = evaluate.ModelUpscaler(model, variables, bucket=16)
+    exact = evaluate.ModelUpscaler(model, variables, bucket=1)
+    for size in sizes:
+        lr = random_lr(size)
+        assert bucketed(lr).shape == exact(lr).shape == (2 * size[0], 2 * size[1], 3)
+    assert bucketed.compiled_shapes == [(1, 32, 32, 3)]
+    assert len(exact.compiled_shapes) == len(sizes)
+
+
+def test_bucket_1_is_the_plain_forward(x2_checkpoint):
+    upscaler = evaluate.load_upscaler(x2_checkpoint, bucket=1)
+    lr = random_lr((21, 19))
+    plain = np.asarray(upscaler.model.apply(upscaler.variables, lr[None].astype(np.float32) / 255.0))
+    np.testing.assert_allclose(upscaler.predict(lr), plain[0], atol=1e-6)  # jit vs eager
+    # Padding to 32x32: the convolutions near the bottom/right borders see reflected pixels
+    # instead of zeros, and the attention everywhere sees the padded positions too.
+    change = np.abs(evaluate.load_upscaler(x2_checkpoint, bucket=16).predict(lr) - plain[0])
+    assert 0 < change[:30, :26].max() < 2e-3 < change.max()
+
+
+def test_a_tile_covering_the_image_gives_the_whole_image_output(x2_checkpoint):
+    whole = evaluate.load_upscaler(x2_checkpoint, bucket=1)
+    tiled = evaluate.load_upscaler(x2_checkpoint, bucket=1, tile=24, tile_overlap=8)
+    lr = random_lr((24, 20))
+    np.testing.assert_array_equal(tiled.predict(lr), whole.predict(lr))
+
+
+def test_overlapping_tiles_match_the_whole_image_for_a_convolutional_model():
+    # Receptive-field radius in LR pixels: 5 LR convs (head, 2 in the block, body, upsampler)
+    # plus 1 for the HR tail conv = 6, so cuts with 12 pixels of overlap see full context.
+    model, variables = edsr()
+    lr = random_lr((40, 37))
+    whole = evaluate.ModelUpscaler(model, variables, bucket=1).predict(lr)
+    tiled = evaluate.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=12)
+    np.testing.assert_allclose(tiled.predict(lr), whole, atol=1e-5)
+    assert tiled.compiled_shapes == [(1, 20, 20, 3)]
+    short = evaluate.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=4)
+    assert np.abs(short.predict(lr) - whole).max() > 1e-4
+
+
+def symmetrised(variables: dict, scale: int) -> dict:
+    """Every 3x3 kernel averaged over the 8 symmetries of the square, and the upsampler's
+    r*r sub-pixel channels of each feature made equal (pixel shuffle = nearest upsampling):
+    the network then commutes with flips and transposes."""
+    def fix(path, leaf):
+        names = [getattr(p, 'key', None) for p in path]
+        if names[-1] == 'kernel' and leaf.shape[:2] == (3, 3):
+            leaf = np.mean([data.dihedral(leaf, k, axes=(0, 1)) for k in range(8)], axis=0)
+        if 'tail_upsample' in names:
+            sub = leaf.reshape(*leaf.shape[:-1], -1, scale * scale)
+            leaf = np.broadcast_to(sub[..., :1], sub.shape).reshape(leaf.shape)
+        return np.asarray(leaf, np.float32)
+    return jax.tree_util.tree_map_with_path(fix, jax.tree_util.tree_map(np.asarray, variables))
+
+
+def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
+    model, variables = edsr(n_resblocks=2)
+    lr = random_lr((18, 13))
+    equivariant = symmetrised(variables, 2)
+    plain = evaluate.ModelUpscaler(model, equivariant, bucket=1).predict(lr)
+    ensemble = evaluate.ModelUpscaler(model, equivariant, bucket=1, self_ensemble=True)
+    np.testing.assert_allclose(ensemble.predict(lr), plain, atol=1e-5)
+    assert len(ensemble.compiled_shapes) == 2  # 18x13 and, transposed, 13x18
+    generic = evaluate.ModelUpscaler(model, variables, bucket=1)
+    generic_ensemble = evaluate.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
+    assert np.abs(generic_ensemble.predict(lr) - generic.predict(lr)).max() > 1e-4
+
+
+# ---------------------------------------------------------------- results and the CLI
+
+
+def test_busiest_crop_finds_the_textured_corner():
+    hr = np.full((40, 50, 3), 128, np.uint8)
+    hr[25:35, 30:40] = random_lr((10, 10))
+    assert evaluate.busiest_crop(hr, 10) == (25, 30)
+
+
+def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
+    crops = write_crops(tmp_path / 'tiny')
+    out = tmp_path / 'out'
+    result = subprocess.run(
+        [sys.executable, 'eval.py', '--dataset', str(tmp_path / 'tiny'), '--checkpoint',
+         str(x2_checkpoint), '--output', str(out / 'results.json'), '--save_images',
+         str(out / 'sr'), '--compare', 'img_002'], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '| tiny | x2 | enlcn |' in result.stdout
+    report = json.loads((out / 'results.json').read_text())
+    assert report['summary'][0]['images'] == 2 and report['summary'][0]['compiles'] == 1
+    assert report['config']['compiled'][0]['shapes'] == [[1, 32, 32, 3]]
+    assert (out / 'results.csv').read_text().count('\n') == 3
+    assert '| tiny | x2 | enlcn |' in (out / 'results.md').read_text()
+    # The saved SR images are the library's output, and the scores are the protocol's.
+    upscaler = evaluate.load_upscaler(x2_checkpoint)
+    for crop, row in zip(crops, report['images']):
+        hr, lr = bicubic_downscale(image_io.load_image(crop), 2)
+        sr = image_io.load_image(out / 'sr' / 'tiny' / 'X2' / crop.name)
+        np.testing.assert_array_equal(sr, upscaler(lr))
+        assert row['name'] == crop.stem
+        assert row['psnr'] == pytest.approx(metrics.psnr_y(sr, hr, 2))
+        assert row['ssim'] == pytest.approx(metrics.ssim_y(sr, hr, 2))
+    panel = image_io.load_image(out / 'compare_tiny_x2_img_002.png')
+    assert panel.shape[1] > 3 * panel.shape[0] * 0.8  # three crops side by side

@@ -1,6 +1,8 @@
 """Benchmarks: each prints a markdown table and writes a JSON file.
 
     python -m enlcn_jax.bench attention [--sizes 50,100,150,200] [--out bench_results]
+    python -m enlcn_jax.bench train [--configs quickstart,x2] [--steps 20,1]
+    python -m enlcn_jax.bench eval [--sizes 256,512] [--repeats 3]
 
 `attention`: a jit-compiled ENLCA block (64 channels, m = 128) with ENLA against the same block
 with exact softmax NLA, forward and forward+backward, at several square feature-map sizes:
@@ -123,11 +125,27 @@ def main(argv: list[str] | None = None) -> None:
     attn.add_argument('--repeats', type=int, default=5)
     attn.add_argument('--max_gib', type=float, default=8.0,
                       help='skip running programs whose XLA memory estimate exceeds this')
-    attn.add_argument('--out', default='bench_results', help='directory for the JSON file')
+    train = sub.add_parser('train', help='training steps/s, images/s and input-pipeline patches/s')
+    train.add_argument('--configs', default='quickstart,x2', help='modules of configs/')
+    train.add_argument('--steps', default='20,1', help='timed steps per config')
+    train.add_argument('--batch_size', type=int, default=16)
+    train.add_argument('--lr_patch', type=int, default=48)
+    evaluation = sub.add_parser('eval', help='eval throughput of the paper model (SR MP/s)')
+    evaluation.add_argument('--sizes', default='256,512', help='square LR sides')
+    evaluation.add_argument('--repeats', type=int, default=3)
+    for p in (attn, train, evaluation):
+        p.add_argument('--out', default='bench_results', help='directory for the JSON file')
     args = parser.parse_args(argv)
+    ints = lambda text: [int(v) for v in text.split(',')]
     if args.command == 'attention':
-        attention_bench([int(s) for s in args.sizes.split(',')], args.channels, args.m,
-                        args.repeats, args.max_gib, args.out)
+        attention_bench(ints(args.sizes), args.channels, args.m, args.repeats, args.max_gib, args.out)
+    elif args.command == 'train':
+        from enlcn_jax import bench_train  # pylint: disable=import-outside-toplevel
+        bench_train.train_throughput_bench(args.configs.split(','), ints(args.steps),
+                                           args.batch_size, args.lr_patch, out_dir=args.out)
+    else:
+        from enlcn_jax import bench_eval  # pylint: disable=import-outside-toplevel
+        bench_eval.eval_throughput_bench(ints(args.sizes), args.out, args.repeats)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,82 @@
+"""Research tools: attention maps and the random-feature approximation study."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from enlcn_jax import features, models, visualize
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_softmax_rows_sum_to_one_and_match_a_direct_softmax():
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=8).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    row = np.asarray(visualize.attention_row(jnp.asarray(q), jnp.asarray(k), 'softmax'))
+    direct = np.exp(k @ q) / np.exp(k @ q).sum()
+    np.testing.assert_allclose(row, direct, rtol=1e-5)
+    assert abs(row.sum() - 1) < 1e-6
+
+
+def test_model_maps_are_distributions_over_the_image():
+    model = models.ENLCN(scale=2, n_resblocks=2, n_feats=16, attention_every=1, num_random_features=32)
+    variables = models.init_variables(model, jax.random.key(0))
+    image = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    maps = visualize.query_attention_maps(model, variables, image, (3, 7), module=1)
+    assert set(maps) == set(visualize.MAP_KINDS)
+    for weights in maps.values():
+        assert weights.shape == (12, 10) and weights.min() >= 0
+        np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-5)
+
+
+def test_random_feature_maps_approach_exact_maps_as_m_grows():
+    rng = np.random.default_rng(2)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    k = jnp.asarray(np.sqrt(2.0) * unit(rng.normal(size=(400, 16))), jnp.float32)
+    q = k[:20]
+    errors = []
+    for m in (16, 128, 1024):
+        err = []
+        for i in range(20):
+            projection = features.orthogonal_gaussian_projection(jax.random.key(i), m, 16)
+            exact = visualize.attention_row(q[i], k, 'softmax')
+            approx = visualize.attention_row(q[i], k, 'random_features', projection)
+            err.append(float(jnp.abs(approx - exact).sum()))  # total variation x 2
+        errors.append(np.mean(err))
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.15, errors
+
+
+def test_study_reproduces_eq7_on_gaussian_inputs():
+    rng = np.random.default_rng(3)
+    theta = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+    delta = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
+    value = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+    rows = visualize.approximation_study(theta, delta, value, ks=[0.5, 1.0], ms=[16], draws=4000,
+                                         pairs=64)
+    iid = [r for r in rows if r['features'] == 'iid']
+    for row in iid:
+        assert abs(row['kernel_rel_var'] / row['eq7_rel_var'] - 1) < 0.1, row
+    # The variance grows with the amplification k (Eq. 7).
+    assert iid[1]['eq7_rel_var'] > iid[0]['eq7_rel_var']
+    assert iid[1]['kernel_rel_var'] > iid[0]['kernel_rel_var']
+
+
+def test_cli_writes_png_and_json(tmp_path):
+    common = ['--max_side', '20', '--module', '1']
+    for command, extra in (('maps', ['--pixel', '5,4']),
+                           ('variance', ['--ks', '1,6', '--ms', '4,16', '--draws', '8'])):
+        out = tmp_path / command
+        result = subprocess.run([sys.executable, '-m', 'enlcn_jax.visualize', command, *common,
+                                 *extra, '--out', str(out)], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert out.with_suffix('.png').stat().st_size > 1000
+        summary = json.loads(out.with_suffix('.json').read_text())
+        assert summary
+    rows = json.loads((tmp_path / 'variance.json').read_text())
+    assert len(rows) == 2 * 2 * 2

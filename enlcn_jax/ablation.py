@@ -1,0 +1,117 @@
+"""Table 2 as a script: one backbone trained under each attention variant, then evaluated.
+
+    python -m enlcn_jax.ablation --config configs/ablation_small.py --workdir workdirs/ablation
+
+Each variant trains in `<workdir>/<variant>` with `train_lib.train_and_evaluate` (same steps,
+same seed; a finished or interrupted variant resumes), is scored on `config.ablation.datasets`
+with the standard protocol (whole images, no padding), and the results go to
+`<workdir>/ablation.md` (a Table-2-like markdown table: PSNR per dataset, parameters, train
+time) and `<workdir>/ablation.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from enlcn_jax import checkpoints, evaluate, models, train_lib
+
+# Overrides applied to the base config for each row of the table.
+VARIANTS: dict[str, dict] = {
+    'none': {'model.attention': 'none'},
+    'enla': {'model.attention': 'enla', 'model.amplification': 1.0,
+             'train.contrastive.weight': 0.0},
+    'enla_k': {'model.attention': 'enla', 'train.contrastive.weight': 0.0},
+    'enla_k_cl': {'model.attention': 'enla'},
+    'softmax': {'model.attention': 'softmax', 'model.amplification': 1.0,
+                'train.contrastive.weight': 0.0},
+}
+DESCRIPTIONS = {
+    'none': 'EDSR baseline (no attention)',
+    'enla': '+ ENLA (k = 1)',
+    'enla_k': '+ ENLA, k',
+    'enla_k_cl': '+ ENLA, k, contrastive (ENLCA)',
+    'softmax': '+ exact non-local attention (NLA)',
+}
+
+
+def variant_config(base: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """`base` with the overrides of `VARIANTS[name]` (ValueError naming the known variants)."""
+    if name not in VARIANTS:
+        raise ValueError(f'unknown ablation variant {name!r}; known: {sorted(VARIANTS)}')
+    config = ml_collections.ConfigDict(base.to_dict())
+    for key, value in VARIANTS[name].items():
+        section, field = key.rsplit('.', 1)
+        target = config
+        for part in section.split('.'):
+            target = target[part]
+        target[field] = value
+    return config
+
+
+def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
+    """Trains and evaluates every variant of `base.ablation.variants` (all if empty)."""
+    workdir = Path(workdir)
+    names = [n for n in base.ablation.variants.split(',') if n] or list(VARIANTS)
+    datasets = [d for d in base.ablation.datasets.split(',') if d]
+    sources = [evaluate.find_dataset(d, base.model.scale, base.ablation.data_dir) for d in datasets]
+    rows = []
+    for name in names:
+        config = variant_config(base, name)
+        start = time.perf_counter()
+        train_lib.train_and_evaluate(config, workdir / name)
+        train_seconds = time.perf_counter() - start
+        model_config, variables = checkpoints.load_model(workdir / name, 'latest')
+        upscaler = evaluate.ModelUpscaler(models.ENLCN(**model_config), variables, bucket=1,
+                                          name=name)
+        row = {'variant': name, 'description': DESCRIPTIONS[name],
+               'params': models.count_params(variables['params']),
+               'train_seconds': train_seconds}
+        for source in sources:
+            result = evaluate.evaluate_dataset(source, upscaler, progress=False).summary()
+            row[f'{source.name} PSNR'] = result['psnr']
+            row[f'{source.name} SSIM'] = result['ssim']
+        rows.append(row)
+        write_table(rows, datasets, base, workdir)
+    return rows
+
+
+def write_table(rows: list[dict], datasets: list[str], base: ml_collections.ConfigDict,
+                workdir: Path) -> None:
+    """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant)."""
+    steps = base.train.epochs * base.train.steps_per_epoch
+    head = ['variant', *[f'{d} PSNR' for d in datasets], 'params', 'train min']
+    lines = [f'Ablation x{base.model.scale}: {base.model.n_resblocks} blocks, {base.model.n_feats} '
+             f'features, {steps} steps of {base.data.batch_size} x {base.data.lr_patch}^2 LR patches, '
+             f'{jax.devices()[0].device_kind} ({time.strftime("%Y-%m-%d")}).', '',
+             '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in rows:
+        cells = [row['description'], *[f"{row[f'{d} PSNR']:.2f}" if row.get(f'{d} PSNR') else '-'
+                                        for d in datasets],
+                 f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}"]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    (workdir / 'ablation.md').write_text('\n'.join(lines) + '\n')
+    (workdir / 'ablation.json').write_text(json.dumps(rows, indent=2))
+    print('\n'.join(lines))
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Ablation config (configs/ablation_small.py).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', 'workdirs/ablation', 'One sub-directory per variant.')
+
+
+def main(argv):
+    del argv
+    run_ablation(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+    flags.mark_flags_as_required(['config'])
+    app.run(main)

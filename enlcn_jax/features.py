@@ -16,6 +16,7 @@ by name in the config (`model.feature_map`, `model.projection`).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -95,9 +96,13 @@ def _lookup(table: dict, kind: str, name: str):
     return table[name]
 
 
-def get_feature_map(name: str) -> FeatureMap:
-    """Returns the feature map registered under `name` (ValueError naming the known ones)."""
-    return _lookup(FEATURE_MAPS, 'feature map', name)
+def get_feature_map(name: str, eps: float | None = None) -> FeatureMap:
+    """Returns the feature map registered under `name` (ValueError naming the known ones).
+
+    `eps`, if given, replaces the map's own additive constant (`eps` keyword).
+    """
+    feature_map = _lookup(FEATURE_MAPS, 'feature map', name)
+    return feature_map if eps is None else functools.partial(feature_map, eps=eps)
 
 
 def get_projection(name: str) -> ProjectionSampler:

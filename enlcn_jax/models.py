@@ -114,9 +114,7 @@ class ENLCA(nn.Module):
         if d < 1:
             raise ValueError(f'ENLCA: {c} channels / reduction {self.reduction} leaves no embedding')
         attend = attention_lib.get_attention(self.attention)
-        feature_map = features.get_feature_map(self.feature_map)
-        if self.kernel_eps is not None:
-            feature_map = functools.partial(feature_map, eps=self.kernel_eps)
+        feature_map = features.get_feature_map(self.feature_map, self.kernel_eps)
         sampler = features.get_projection(self.projection)
 
         def embed(name: str, width: int) -> Array:

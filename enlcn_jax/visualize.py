@@ -86,9 +86,9 @@ def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray
         raise ValueError(f'--pixel {x},{y} is outside the {w}x{h} image')
     theta, delta, _, name = module_embeddings(model, variables, image, module)
     projection = variables[models.RANDOM_FEATURES][name]['projection']
-    feature_map = features.get_feature_map(model.feature_map)
+    feature_map = features.get_feature_map(model.feature_map, model.kernel_eps)
     i = y * w + x
-    unit = lambda e: models.l2_normalize(e, 5e-5)
+    unit = lambda e: models.l2_normalize(e, model.norm_eps)
     amp = jnp.sqrt(jnp.float32(model.amplification))
     q1, k1 = unit(theta), unit(delta)
     rows = {

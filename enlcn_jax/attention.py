@@ -5,7 +5,8 @@ Both take the same arguments, so a model switches between them by name (`model.a
     attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map) -> [B, N, c]
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory.
-`softmax` is the quadratic baseline `softmax(q k^T) v` (Eq. 1); it ignores the random features.
+`softmax` is the quadratic baseline `softmax(q k^T) v` (Eq. 1), O(N^2) time but blocked over
+queries so its memory is O(query_block N); it ignores the random features.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from enlcn_jax import features
 
 Array = jax.Array
 AttentionFn = Callable[..., Array]
+
+# Queries per block of exact softmax attention: [B, 4096, N] floats at a time.
+SOFTMAX_QUERY_BLOCK = 4096
 
 
 def linear_attention(q_features: Array, k_features: Array, v: Array) -> Array:
@@ -52,14 +56,35 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
 
 
 def softmax_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
-                      feature_map: features.FeatureMap | None = None) -> Array:
-    """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1). Forms `[B, N, N]`.
+                      feature_map: features.FeatureMap | None = None,
+                      query_block: int = SOFTMAX_QUERY_BLOCK) -> Array:
+    """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1): O(N^2) time.
 
+    Queries are processed `query_block` at a time (each block rematerialised in the backward
+    pass), so the largest intermediate is `[B, query_block, N]` rather than `[B, N, N]`: exact
+    NLA evaluates on whole benchmark images. With `N <= query_block` it is one block.
     `projection` and `feature_map` are accepted for a common signature with `enla` and unused.
+
+    Args:
+      q, k: `[B, N, d]`.
+      v: `[B, N, c]`.
+    Returns:
+      `[B, N, c]`.
     """
     del projection, feature_map
-    weights = jax.nn.softmax(jnp.einsum('bnd,bmd->bnm', q, k), axis=-1)
-    return jnp.einsum('bnm,bmc->bnc', weights, v)
+
+    def attend(q_block: Array) -> Array:  # [B, n, d] -> [B, n, c]
+        weights = jax.nn.softmax(jnp.einsum('bnd,bmd->bnm', q_block, k), axis=-1)
+        return jnp.einsum('bnm,bmc->bnc', weights, v)
+
+    b, n, d = q.shape
+    if n <= query_block:
+        return attend(q)
+    n_blocks = -(-n // query_block)
+    padded = jnp.pad(q, ((0, 0), (0, n_blocks * query_block - n), (0, 0)))
+    blocks = padded.reshape(b, n_blocks, query_block, d).swapaxes(0, 1)
+    out = jax.lax.map(jax.checkpoint(attend), blocks)       # [n_blocks, B, query_block, c]
+    return out.swapaxes(0, 1).reshape(b, n_blocks * query_block, -1)[:, :n]
 
 
 ATTENTIONS: dict[str, AttentionFn] = {

@@ -5,7 +5,6 @@ be overridden on the command line, e.g. `--config.train.epochs=10`. Running the 
 resumes from the latest checkpoint in the workdir (default `./workdirs/<config file name>`).
 """
 
-import logging as std_logging
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from enlcn_jax import checkpoints
 from enlcn_jax import data as data_lib
 from enlcn_jax import train_lib
 
@@ -39,15 +39,10 @@ def parse_flags(argv: list[str]) -> list[str]:
                  f'field.{hint.rstrip()} See the config file for the valid keys.')
 
 
-def _not_orbax_info(record: std_logging.LogRecord) -> bool:
-    """Keeps orbax's warnings and errors, drops its per-save INFO lines."""
-    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    logging.get_absl_handler().addFilter(_not_orbax_info)
+    checkpoints.quiet_orbax_logs()
     config = FLAGS.config
     if config.distributed:
         jax.distributed.initialize()

@@ -4,7 +4,9 @@
 
 Each variant trains in `<workdir>/<variant>` with `train_lib.train_and_evaluate` (same steps,
 same seed; a finished or interrupted variant resumes), is scored on `config.ablation.datasets`
-with the standard protocol (whole images, no padding), and the results go to
+with the standard protocol (no padding; whole images, or for every variant alike `ablation.tile`
+x `ablation.tile` LR tiles overlapping by `ablation.tile_overlap` where exact softmax attention
+on whole images is beyond the budget), and the results go to
 `<workdir>/ablation.md` (a Table-2-like markdown table: PSNR per dataset, parameters, train
 time) and `<workdir>/ablation.json`.
 """
@@ -68,15 +70,18 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         train_lib.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
         model_config, variables = checkpoints.load_model(workdir / name, 'latest')
-        upscaler = evaluate.ModelUpscaler(models.ENLCN(**model_config), variables, bucket=1,
-                                          name=name)
+        upscaler = evaluate.ModelUpscaler(
+            models.ENLCN(**model_config), variables, bucket=1, name=name,
+            tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)
         row = {'variant': name, 'description': DESCRIPTIONS[name],
                'params': models.count_params(variables['params']),
                'train_seconds': train_seconds}
+        start = time.perf_counter()
         for source in sources:
             result = evaluate.evaluate_dataset(source, upscaler, progress=False).summary()
             row[f'{source.name} PSNR'] = result['psnr']
             row[f'{source.name} SSIM'] = result['ssim']
+        row['eval_seconds'] = time.perf_counter() - start
         rows.append(row)
         write_table(rows, datasets, base, workdir)
     return rows
@@ -86,15 +91,19 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
                 workdir: Path) -> None:
     """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant)."""
     steps = base.train.epochs * base.train.steps_per_epoch
-    head = ['variant', *[f'{d} PSNR' for d in datasets], 'params', 'train min']
+    head = ['variant', *[f'{d} PSNR' for d in datasets], 'params', 'train min', 'eval min']
+    tiles = (f'{base.ablation.tile}^2 LR tiles overlapping by {base.ablation.tile_overlap}'
+             if base.ablation.tile else 'whole images')
     lines = [f'Ablation x{base.model.scale}: {base.model.n_resblocks} blocks, {base.model.n_feats} '
-             f'features, {steps} steps of {base.data.batch_size} x {base.data.lr_patch}^2 LR patches, '
-             f'{jax.devices()[0].device_kind} ({time.strftime("%Y-%m-%d")}).', '',
+             f'features, {steps} steps of {base.data.batch_size} x {base.data.lr_patch}^2 LR patches; '
+             f'evaluated on {tiles}; {jax.devices()[0].device_kind} ({time.strftime("%Y-%m-%d")}).',
+             '',
              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in rows:
         cells = [row['description'], *[f"{row[f'{d} PSNR']:.2f}" if row.get(f'{d} PSNR') else '-'
                                         for d in datasets],
-                 f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}"]
+                 f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}",
+                 f"{row['eval_seconds'] / 60:.1f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
     (workdir / 'ablation.md').write_text('\n'.join(lines) + '\n')
     (workdir / 'ablation.json').write_text(json.dumps(rows, indent=2))
@@ -109,6 +118,7 @@ flags.DEFINE_string('workdir', 'workdirs/ablation', 'One sub-directory per varia
 
 def main(argv):
     del argv
+    checkpoints.quiet_orbax_logs()
     run_ablation(FLAGS.config, FLAGS.workdir)
 
 

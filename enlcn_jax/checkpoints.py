@@ -19,11 +19,13 @@ leaves the previous steps intact. `load_model` reads a model directory or a work
 from __future__ import annotations
 
 import json
+import logging as std_logging
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 MODEL_CONFIG = 'model_config.json'
 VARIABLES = 'variables'
@@ -31,6 +33,16 @@ TRAIN = 'train'
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr_y'
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+    """Keeps orbax's warnings and errors, drops its per-save INFO lines."""
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    """Drops orbax's INFO lines (a dozen per save) from the absl log; warnings stay."""
+    logging.get_absl_handler().addFilter(_not_orbax_info)
 
 
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:

@@ -39,11 +39,13 @@ def test_ablation_runs_end_to_end_at_a_tiny_size(tmp_path):
     config.train.log_every = config.train.checkpoint_every_steps = 2
     config.train.eval_every_epochs = 1
     config.ablation.datasets = str(tmp_path / 'test')
+    config.ablation.tile, config.ablation.tile_overlap = 16, 4     # 24^2 LR test images: 4 tiles
     rows = ablation.run_ablation(config, tmp_path / 'work')
     assert [r['variant'] for r in rows] == list(ablation.VARIANTS)
     assert all(np.isfinite(r['test PSNR']) and r['params'] > 0 for r in rows)
     table = (tmp_path / 'work' / 'ablation.md').read_text()
     assert table.count('\n| ') == 1 + len(rows) and 'exact non-local attention' in table
+    assert 'evaluated on 16^2 LR tiles overlapping by 4' in table
     assert len(json.loads((tmp_path / 'work' / 'ablation.json').read_text())) == len(rows)
     # EDSR has fewer parameters than the variants with attention modules.
     assert rows[0]['params'] < rows[1]['params'] == rows[3]['params']

@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from enlcn_jax import features
+from enlcn_jax import blockwise, features
 
 Array = jax.Array
 AttentionFn = Callable[..., Array]
@@ -73,18 +73,14 @@ def softmax_attention(q: Array, k: Array, v: Array, projection: Array | None = N
     """
     del projection, feature_map
 
-    def attend(q_block: Array) -> Array:  # [B, n, d] -> [B, n, c]
-        weights = jax.nn.softmax(jnp.einsum('bnd,bmd->bnm', q_block, k), axis=-1)
-        return jnp.einsum('bnm,bmc->bnc', weights, v)
+    def attend(q_block: Array, k: Array, v: Array) -> Array:  # [n, d] -> [n, c]
+        weights = jax.nn.softmax(q_block @ k.T, axis=-1)
+        return weights @ v
 
-    b, n, d = q.shape
-    if n <= query_block:
-        return attend(q)
-    n_blocks = -(-n // query_block)
-    padded = jnp.pad(q, ((0, 0), (0, n_blocks * query_block - n), (0, 0)))
-    blocks = padded.reshape(b, n_blocks, query_block, d).swapaxes(0, 1)
-    out = jax.lax.map(jax.checkpoint(attend), blocks)       # [n_blocks, B, query_block, c]
-    return out.swapaxes(0, 1).reshape(b, n_blocks * query_block, -1)[:, :n]
+    if q.shape[1] <= query_block:
+        return jax.vmap(attend)(q, k, v)
+    return jax.vmap(lambda q, k, v: blockwise.map_row_blocks(
+        lambda q_block: attend(q_block, k, v), q, query_block))(q, k, v)
 
 
 ATTENTIONS: dict[str, AttentionFn] = {

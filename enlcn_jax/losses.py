@@ -21,6 +21,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from enlcn_jax import blockwise
+
 Array = jax.Array
 
 
@@ -84,15 +86,11 @@ def contrastive_loss(q: Array, k: Array, variant: str = 'code', *, block_size: i
     Returns:
       scalar float32.
     """
-    b, n, d = q.shape
-    windows = rank_windows(variant, n, **window_kwargs)
-    block = min(block_size, n)
-    pad = -n % block
-    q_blocks = jnp.pad(q, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, block, d)
-    row_loss = jax.checkpoint(lambda qb, kb: _row_losses(qb, kb, windows))
+    windows = rank_windows(variant, q.shape[1], **window_kwargs)
 
     def per_image(args):
         q_img, k_img = args
-        return jax.lax.map(lambda qb: row_loss(qb, k_img), q_img).reshape(-1)[:n]
+        return blockwise.map_row_blocks(lambda qb: _row_losses(qb, k_img, windows), q_img,
+                                        block_size)
 
-    return jnp.mean(jax.lax.map(per_image, (q_blocks, k)))
+    return jnp.mean(jax.lax.map(per_image, (q, k)))

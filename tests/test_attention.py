@@ -25,7 +25,7 @@ def test_softmax_attention_matches_direct_formula():
 
 
 def test_blocked_softmax_attention_equals_one_block_with_gradients():
-    q, k, v = normalized_qkv(jax.random.key(3), 2, 70, 8, 5)   # 70 = 4 blocks of 16, padded
+    q, k, v = normalized_qkv(jax.random.key(3), 2, 70, 8, 5)   # 70 = 5 blocks of 16, the last padded
     blocked = lambda q, k, v: attention.softmax_attention(q, k, v, query_block=16)
     whole = lambda q, k, v: attention.softmax_attention(q, k, v, query_block=70)
     np.testing.assert_allclose(blocked(q, k, v), whole(q, k, v), rtol=1e-5, atol=1e-6)

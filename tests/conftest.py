@@ -1,22 +1,80 @@
-"""Shared test fixtures: paths to ../shared and the PyTorch reference outputs."""
+"""Shared test helpers: where the test data lives, the PyTorch reference outputs, comparisons.
 
+Data that ships with the repository (`tests/data/`): both PyTorch fixture files (see
+`tests/data/FIXTURES.md`) and Set5. The larger benchmark and training images (Set14, B100,
+Sun-Hays 80) are read from `../shared/data` when it is there. A test whose data is missing is
+skipped and listed at the end of the run; with `CI=true` it fails instead, so CI cannot pass on
+tests that did not run.
+"""
+
+from __future__ import annotations
+
+import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
-FIXTURE = SHARED / 'fixtures' / 'pytorch_reference.npz'
-BENCHMARK = SHARED / 'data' / 'benchmark'
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TEST_DATA = TESTS / 'data'
+SHARED = REPO.parent / 'shared'
+FIXTURE = TEST_DATA / 'pytorch_reference.npz'
+FIXTURE_EXTRA = TEST_DATA / 'pytorch_reference_extra.npz'
+SHARED_BENCHMARK = SHARED / 'data' / 'benchmark'
+TRAIN_IMAGES = SHARED / 'data' / 'train'
+
+_MISSING_DATA: list[str] = []
+
+
+def require_data(path: Path) -> Path:
+    """`path` if it exists; else skips the test (fails it under `CI=true`), naming the path."""
+    if not Path(path).exists():
+        message = f'test data not found: {path}'
+        _MISSING_DATA.append(message)
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(f'{message} (CI=true: missing data fails the run)')
+        pytest.skip(message)
+    return Path(path)
+
+
+def benchmark_root(name: str) -> Path:
+    """The folder that holds `<name>/HR`: `tests/data/benchmark` for Set5, else ../shared."""
+    local = TEST_DATA / 'benchmark'
+    root = local if (local / name).is_dir() else SHARED_BENCHMARK
+    require_data(root / name / 'HR')
+    return root
+
+
+def benchmark_images(name: str) -> list[Path]:
+    """Sorted HR image paths of a benchmark set (skips or fails when it is missing)."""
+    return sorted((benchmark_root(name) / name / 'HR').glob('*.png'))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MISSING_DATA:
+        terminalreporter.section('tests skipped for missing data')
+        for line in sorted(set(_MISSING_DATA)):
+            terminalreporter.write_line(line)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(require_data(path)) as data:
+        return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope='session')
 def reference():
-    """The authors' PyTorch outputs (see ../shared/fixtures/README.md)."""
-    if not FIXTURE.exists():
-        pytest.skip(f'{FIXTURE} not found')
-    with np.load(FIXTURE) as data:
-        return {k: data[k] for k in data.files}
+    """The authors' PyTorch outputs, x2 / x4 ENLCN and one ENLCA (tests/data/FIXTURES.md)."""
+    return _load_npz(FIXTURE)
+
+
+@pytest.fixture(scope='session')
+def reference_extra():
+    """A scale-3 ENLCN at rgb_range 255 and an ENLCA with active hinge rows (FIXTURES.md)."""
+    return _load_npz(FIXTURE_EXTRA)
 
 
 def state_dict(reference, prefix):
@@ -25,7 +83,32 @@ def state_dict(reference, prefix):
     return {k[len(head):]: v for k, v in reference.items() if k.startswith(head)}
 
 
+def save_fixture_model(reference, directory: Path, scale: int = 2) -> Path:
+    """The authors' small x2/x4 ENLCN (8 blocks, 32 features), converted, as a model directory."""
+    from enlcn_jax import checkpoints, convert
+    config, variables = convert.convert_state_dict(state_dict(reference, f'x{scale}'), scale)
+    return checkpoints.save_model(directory, config, variables)
+
+
+def nhwc(x) -> jax.Array:
+    """NCHW numpy -> NHWC jax array."""
+    return jnp.asarray(np.transpose(x, (0, 2, 3, 1)))
+
+
+def nchw(x) -> np.ndarray:
+    """NHWC -> NCHW numpy array."""
+    return np.transpose(np.asarray(x), (0, 3, 1, 2))
+
+
 def rel_err(ours, ref):
     """max |ours - ref| / max |ref|."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def unit_embeddings(key, shape, amplification=6.0):
+    """Two arrays of `shape` `[..., d]`: Gaussian rows normalised to norm sqrt(amplification)."""
+    kq, kk = jax.random.split(key)
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    s = np.sqrt(amplification)
+    return s * unit(jax.random.normal(kq, shape)), s * unit(jax.random.normal(kk, shape))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import ablation_small
-from conftest import BENCHMARK
+from conftest import benchmark_images
 from enlcn_jax import ablation, image_io
 
 
@@ -22,9 +22,7 @@ def test_variant_overrides():
 
 
 def test_ablation_runs_end_to_end_at_a_tiny_size(tmp_path):
-    if not (BENCHMARK / 'Set5' / 'HR').is_dir():
-        pytest.skip(f'{BENCHMARK / "Set5" / "HR"} not found')
-    images = image_io.list_images(BENCHMARK / 'Set5' / 'HR')[:2]
+    images = benchmark_images('Set5')[:2]
     for split, size in (('train', 96), ('test', 48)):
         for path in images:
             image_io.save_image(tmp_path / split / path.name, image_io.load_image(path)[:size, :size])

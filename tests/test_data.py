@@ -2,7 +2,6 @@
 
 import itertools
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ from enlcn_jax.data import (
 )
 from enlcn_jax.image_io import save_image
 from enlcn_jax.imresize import bicubic_downscale
+from conftest import benchmark_images
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark"
 SCALE = 2
 
 
@@ -241,12 +240,12 @@ def test_prefetch_to_device_order_and_lookahead():
         prefetch_to_device(iter([]), 0, lambda x: x)
 
 
-@pytest.mark.skipif(not (BENCHMARK / "Set5" / "HR").is_dir(), reason="Set5 not available")
 def test_set5_folder_to_batches(tmp_path):
+    set5 = {p.name: p for p in benchmark_images("Set5")}
     hr_dir = tmp_path / "hr"
     hr_dir.mkdir()
     for name in ("img_002.png", "img_003.png"):
-        shutil.copy(BENCHMARK / "Set5" / "HR" / name, hr_dir / name)
+        shutil.copy(set5[name], hr_dir / name)
     ds = load_folder(hr_dir, SCALE, cache_dir=tmp_path / "cache")
     assert ds.names == ["img_002", "img_003"]
     assert [lr.shape for lr in ds.lr] == [(144, 144, 3), (128, 128, 3)]

@@ -9,17 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import BENCHMARK, state_dict
-from enlcn_jax import checkpoints, convert, data, evaluate, image_io, metrics, models
+from conftest import benchmark_images, benchmark_root, save_fixture_model
+from enlcn_jax import data, evaluate, image_io, metrics, models
 from enlcn_jax.imresize import bicubic_downscale
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def save_fixture_model(reference, directory: Path, scale: int = 2) -> Path:
-    """The authors' small x2/x4 ENLCN (8 blocks, 32 features), converted, as a model directory."""
-    config, variables = convert.convert_state_dict(state_dict(reference, f'x{scale}'), scale)
-    return checkpoints.save_model(directory, config, variables)
 
 
 @pytest.fixture(scope='module')
@@ -28,16 +22,12 @@ def x2_checkpoint(reference, tmp_path_factory):
 
 
 def benchmark_source(name: str, scale: int) -> evaluate.DatasetSource:
-    if not (BENCHMARK / name / 'HR').is_dir():
-        pytest.skip(f'{BENCHMARK / name / "HR"} not found')
-    return evaluate.find_dataset(name, scale, BENCHMARK)
+    return evaluate.find_dataset(name, scale, benchmark_root(name))
 
 
 def write_crops(folder: Path, count: int = 2, size: tuple[int, int] = (50, 46)) -> list[Path]:
     """The top-left crops of the first Set5 images as a small HR folder."""
-    paths = sorted((BENCHMARK / 'Set5' / 'HR').glob('*.png'))[:count]
-    if len(paths) < count:
-        pytest.skip('Set5 images not found')
+    paths = benchmark_images('Set5')[:count]
     for path in paths:
         image_io.save_image(folder / path.name, image_io.load_image(path)[:size[0], :size[1]])
     return [folder / p.name for p in paths]

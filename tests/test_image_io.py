@@ -1,15 +1,14 @@
 """Tests for enlcn_jax.image_io: decoding to uint8 RGB, warnings, errors, listing."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import benchmark_root
 from enlcn_jax.image_io import ImageError, list_images, load_image, save_image
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark"
 
 
 def _rgb(h=12, w=17, seed=0):
@@ -97,9 +96,8 @@ def test_list_images_empty_or_missing_folder(tmp_path):
         list_images(tmp_path / "missing_dir")
 
 
-@pytest.mark.skipif(not (BENCHMARK / "Set5" / "HR").is_dir(), reason="Set5 not available")
 def test_loads_set5():
-    paths = list_images(BENCHMARK / "Set5" / "HR")
+    paths = list_images(benchmark_root("Set5") / "Set5" / "HR")
     assert len(paths) == 5
     img = load_image(paths[0])
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +9,13 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import structural_similarity
 
+from conftest import benchmark_images
 from enlcn_jax.metrics import psnr, psnr_y, quantize, rgb_to_y, shave, ssim, ssim_y
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark"
 
 
 def set5_images() -> list[np.ndarray]:
-    paths = sorted((BENCHMARK / "Set5" / "HR").glob("*.png"))
-    if not paths:
-        pytest.skip(f"Set5 images not found under {BENCHMARK / 'Set5' / 'HR'}")
-    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return [np.asarray(Image.open(p).convert("RGB")) for p in benchmark_images("Set5")]
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:

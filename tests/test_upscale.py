@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from enlcn_jax import evaluate, image_io, upscale
-from test_evaluate import save_fixture_model
+from conftest import save_fixture_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

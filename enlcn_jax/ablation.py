@@ -61,8 +61,11 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
     """Trains and evaluates every variant of `base.ablation.variants` (all if empty)."""
     workdir = Path(workdir)
     names = [n for n in base.ablation.variants.split(',') if n] or list(VARIANTS)
-    datasets = [d for d in base.ablation.datasets.split(',') if d]
-    sources = [evaluate.find_dataset(d, base.model.scale, base.ablation.data_dir) for d in datasets]
+    sources = [evaluate.find_dataset(d, base.model.scale, base.ablation.data_dir)
+               for d in base.ablation.datasets.split(',') if d]
+    # The rows and the table both use the resolved names ('set5' -> 'Set5', a folder path -> the
+    # folder's name), never the names as typed.
+    datasets = [source.name for source in sources]
     rows = []
     for name in names:
         config = variant_config(base, name)
@@ -89,7 +92,11 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
 
 def write_table(rows: list[dict], datasets: list[str], base: ml_collections.ConfigDict,
                 workdir: Path) -> None:
-    """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant)."""
+    """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant).
+
+    `datasets` are the resolved dataset names (`evaluate.DatasetSource.name`) the rows' PSNR
+    keys (`'<name> PSNR'`) use.
+    """
     steps = base.train.epochs * base.train.steps_per_epoch
     head = ['variant', *[f'{d} PSNR' for d in datasets], 'params', 'train min', 'eval min']
     tiles = (f'{base.ablation.tile}^2 LR tiles overlapping by {base.ablation.tile_overlap}'
@@ -100,8 +107,7 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
              '',
              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in rows:
-        cells = [row['description'], *[f"{row[f'{d} PSNR']:.2f}" if row.get(f'{d} PSNR') else '-'
-                                        for d in datasets],
+        cells = [row['description'], *[f"{row[f'{d} PSNR']:.2f}" for d in datasets],
                  f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}",
                  f"{row['eval_seconds'] / 60:.1f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')

@@ -2,9 +2,9 @@
 
 Data that ships with the repository (`tests/data/`): both PyTorch fixture files (see
 `tests/data/FIXTURES.md`) and Set5. The larger benchmark and training images (Set14, B100,
-Sun-Hays 80) are read from `../shared/data` when it is there. A test whose data is missing is
-skipped and listed at the end of the run; with `CI=true` it fails instead, so CI cannot pass on
-tests that did not run.
+Sun-Hays 80) are read from `../shared/data` (or `$ENLCN_SHARED/data`) when it is there. A test
+whose data is missing is skipped and listed at the end of the run; with `CI=true` it fails
+instead, so CI cannot pass on tests that did not run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 TEST_DATA = TESTS / 'data'
-SHARED = REPO.parent / 'shared'
+SHARED = Path(os.environ.get('ENLCN_SHARED', REPO.parent / 'shared'))  # Set14, B100, ...
 FIXTURE = TEST_DATA / 'pytorch_reference.npz'
 FIXTURE_EXTRA = TEST_DATA / 'pytorch_reference_extra.npz'
 SHARED_BENCHMARK = SHARED / 'data' / 'benchmark'

@@ -108,6 +108,21 @@ def test_amplification_is_applied_to_queries_and_keys():
     np.testing.assert_allclose(jnp.linalg.norm(k, axis=-1), np.sqrt(6), rtol=1e-5)
 
 
+def test_embedding_norm_is_clamped_at_the_released_5e5():
+    """`F.normalize(x, eps=5e-5)`: below norm 5e-5 an embedding is divided by 5e-5, not its norm."""
+    module = models.ENLCA(amplification=6.0, num_random_features=8)
+    x = jnp.ones((1, 2, 2, 8))
+    variables = module.init({'params': jax.random.key(1), 'random_features': jax.random.key(2)}, x)
+    conv = variables['params']['conv_match1']
+    for norm in (1e-5, 1e-3):
+        bias = jnp.zeros_like(conv['bias']).at[0].set(norm)
+        params = {**variables['params'],
+                  'conv_match1': {'kernel': jnp.zeros_like(conv['kernel']), 'bias': bias}}
+        _, (q, _) = module.apply({**variables, 'params': params}, x)
+        expected = np.sqrt(6) * norm / max(norm, 5e-5)
+        np.testing.assert_allclose(jnp.linalg.norm(q, axis=-1), expected, rtol=1e-5)
+
+
 def test_bad_inputs_are_clear_errors():
     model = models.ENLCN(**TINY)
     variables = models.init_variables(model, jax.random.key(0))

@@ -199,6 +199,43 @@ def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
     assert np.abs(generic_ensemble.predict(lr) - generic.predict(lr)).max() > 1e-4
 
 
+def test_self_ensemble_is_the_mean_of_the_8_back_transformed_outputs():
+    """On a generic EDSR, the ensemble's pre-quantisation output is the mean over the 8
+    symmetries T of the square (written here with np.rot90 / flips) of T^-1(model(T(lr))).
+    The tail conv is scaled down so the output lies in (0, 1) and every pixel is quantised."""
+    model, variables = edsr()
+    variables['params']['tail_conv'] = {n: 0.1 * a for n, a in variables['params']['tail_conv'].items()}
+    lr = random_lr((9, 7))
+    plain = evaluate.ModelUpscaler(model, variables, bucket=1)
+    outputs = []
+    for flip in (False, True):
+        for turns in range(4):
+            transformed = np.rot90(lr[:, ::-1] if flip else lr, turns)
+            back = np.rot90(plain.predict(np.ascontiguousarray(transformed)), -turns)
+            outputs.append(back[:, ::-1] if flip else back)
+    expected = np.mean(outputs, axis=0)
+    assert 0 < expected.min() and expected.max() < 1
+    assert min(np.abs(out - expected).max() for out in outputs) > 1e-3  # not equivariant
+    ensemble = evaluate.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
+    np.testing.assert_allclose(ensemble.predict(lr), expected, atol=1e-6)
+    # Quantised once, after averaging (float32 vs float64 means may split a rounding tie).
+    quantized = ensemble(lr).astype(int) - metrics.quantize(expected)
+    assert np.abs(quantized).max() <= 1 and np.count_nonzero(quantized) <= 2
+
+
+def test_bucketed_output_is_the_unpadded_forward_cropped():
+    """Padding 21 x 19 up to 32 x 32 and cropping back: the exact SR shape, and away from the
+    bottom/right borders (receptive-field radius 6 LR pixels) the unpadded forward's pixels."""
+    model, variables = edsr()
+    lr = random_lr((21, 19), seed=1)
+    exact = evaluate.ModelUpscaler(model, variables, bucket=1).predict(lr)
+    bucketed = evaluate.ModelUpscaler(model, variables, bucket=16)
+    sr = bucketed.predict(lr)
+    assert bucketed.compiled_shapes == [(1, 32, 32, 3)] and sr.shape == (42, 38, 3)
+    np.testing.assert_allclose(sr[:2 * (21 - 6), :2 * (19 - 6)], exact[:30, :26], atol=1e-5)
+    assert np.abs(sr - exact).max() > 1e-3  # the reflected padding is seen near the borders
+
+
 # ---------------------------------------------------------------- results and the CLI
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import default, quickstart
-from enlcn_jax import checkpoints, data, models, train_lib
+from enlcn_jax import checkpoints, data, losses, models, train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,10 @@ def assert_trees_close(a, b, rtol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=0)
 
 
+def flatten(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
 # --- schedules -------------------------------------------------------------------------------
 
 def test_learning_rate_halves_at_the_first_step_of_each_decay_epoch():
@@ -119,19 +125,98 @@ def tiny_setup():
     return config, state, mesh, batch
 
 
-def test_train_step_adds_the_contrastive_loss_from_its_start_epoch(tiny_setup):
-    config, state, mesh, batch = tiny_setup
-    step_fn = train_lib.compile_train_step(config, mesh)
+@pytest.fixture(scope='module')
+def tiny_step(tiny_setup):
+    """The tiny config's train step, compiled once for the module."""
+    config, _, mesh, _ = tiny_setup
+    return train_lib.compile_train_step(config, mesh)
+
+
+def initial_state_at(tiny_setup, step: int) -> train_lib.TrainState:
+    """A copy of the initial state (the step donates its input) at `step`, placed on the mesh as
+    the step returns states, so that feeding them back does not compile the step again."""
+    _, state, mesh, _ = tiny_setup
+    state = jax.tree.map(jnp.copy, state.replace(step=jnp.int32(step)))
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+
+
+@pytest.fixture(scope='module')
+def around_contrastive_start(tiny_setup, tiny_step):
+    """`[(metrics, gradient)]` of the first Adam step from the initial parameters, taken at the
+    step before the contrastive loss starts and at its start step.
+
+    The gradient is read back from Adam's first moment, `(1 - b1) g` after a first step.
+    """
+    config, _, _, batch = tiny_setup
     start = config.train.contrastive.start_epoch * config.train.steps_per_epoch
-    # The step donates its state: give it copies.
-    _, before, _, after = jax.device_get([
-        *step_fn(jax.tree.map(jnp.copy, state.replace(step=start - 1)), batch),
-        *step_fn(jax.tree.map(jnp.copy, state.replace(step=start)), batch)])
+    results = []
+    for step in (start - 1, start):
+        new_state, metrics = tiny_step(initial_state_at(tiny_setup, step), batch)
+        mu = optax.tree_utils.tree_get(new_state.opt_state, 'mu')
+        results.append((jax.device_get(metrics), flatten(mu) / (1 - config.train.betas[0])))
+    return results
+
+
+@pytest.fixture(scope='module')
+def direct_losses(tiny_setup):
+    """`(per-module contrastive losses, gradient of L1, gradient of their mean)` on the batch,
+    from `losses` and `jax.jacrev` of `model.apply` directly, not through `train_lib`'s step."""
+    config, state, _, batch = tiny_setup
+    model = models.ENLCN(**config.model.to_dict())
+    lr_images = batch['lr'].astype(np.float32) / 255
+    hr_images = batch['hr'].astype(np.float32) / 255
+
+    def l1_and_contrastive(params):
+        sr, embeddings = model.apply({**state.variables, 'params': params}, lr_images,
+                                     return_embeddings=True)
+        per_module = jnp.stack([losses.contrastive_loss(q, k, 'code') for q, k in embeddings])
+        return jnp.stack([losses.l1_loss(sr, hr_images), jnp.mean(per_module)]), per_module
+
+    jacobian, per_module = jax.jit(jax.jacrev(l1_and_contrastive, has_aux=True))(state.params)
+    grad_l1, grad_contrastive = (flatten(jax.tree.map(lambda j: j[i], jacobian)) for i in (0, 1))
+    return np.asarray(per_module), grad_l1, grad_contrastive
+
+
+def test_train_step_adds_the_contrastive_loss_from_its_start_epoch(around_contrastive_start):
+    (before, _), (after, _) = around_contrastive_start
     assert before['contrastive_weight'] == 0 and before['contrastive'] == 0
     assert before['loss'] == before['l1']
     assert after['contrastive_weight'] == pytest.approx(1e-3) and after['contrastive'] > 0
     assert after['loss'] == pytest.approx(after['l1'] + 1e-3 * after['contrastive'], rel=1e-6)
     assert after['l1'] == pytest.approx(before['l1'], rel=1e-6)
+
+
+def test_train_steps_on_a_fixed_batch_lower_the_l1_loss(tiny_setup, tiny_step):
+    """Five steps from initialisation: every step lowers L1, by more than 20 % in all."""
+    state, batch = initial_state_at(tiny_setup, 0), tiny_setup[3]
+    l1 = []
+    for _ in range(5):
+        state, metrics = tiny_step(state, batch)
+        l1.append(float(metrics['l1']))  # before the step's update
+    assert np.all(np.diff(l1) < 0) and l1[-1] < 0.8 * l1[0], l1
+
+
+def test_train_step_gradient_is_l1_plus_weight_times_mean_contrastive(
+        tiny_setup, around_contrastive_start, direct_losses):
+    """The step's gradient is the gradient of L1 before the contrastive start step, and from it
+    that plus `weight` times the gradient of the mean over modules of `contrastive_loss`."""
+    config = tiny_setup[0]
+    (_, grad_before), (_, grad_after) = around_contrastive_start
+    _, grad_l1, grad_contrastive = direct_losses
+    np.testing.assert_allclose(grad_before, grad_l1, rtol=0, atol=1e-5 * np.abs(grad_l1).max())
+    # Weighted, the contrastive gradient is ~3e-4 of the L1 one in norm: compare it alone.
+    expected = config.train.contrastive.weight * grad_contrastive
+    error = np.linalg.norm(grad_after - grad_before - expected)
+    assert error < 0.01 * np.linalg.norm(expected), (error, np.linalg.norm(expected))
+
+
+def test_logged_contrastive_loss_is_the_mean_over_enlca_modules(around_contrastive_start,
+                                                                 direct_losses):
+    _, (after, _) = around_contrastive_start
+    per_module = direct_losses[0]
+    # Both modules have active hinge rows and losses far apart: a mean over part of them fails.
+    assert len(per_module) == 2 and 0 < per_module.min() < per_module.max() / 2, per_module
+    assert after['contrastive'] == pytest.approx(per_module.mean(), rel=1e-5)
 
 
 def test_redraw_is_deterministic_and_changes_every_module(tiny_setup):

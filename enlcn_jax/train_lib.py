@@ -195,7 +195,7 @@ def train_step(state: TrainState, batch: dict[str, Array], *,
     (loss, (l1, cl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads)
     metrics = {'loss': loss, 'l1': l1, 'contrastive': cl, 'contrastive_weight': weight,
-               'lr': learning_rate_fn(state.step), 'grad_norm': optax.global_norm(grads)}
+               'lr': learning_rate_fn(state.step), 'grad_norm': optax.tree.norm(grads)}
     return new_state, metrics
 
 

@@ -1,0 +1,305 @@
+"""Mutation check: does the suite fail when the math, the training or the evaluation is wrong?
+
+Each mutant below is one small semantic change to the package (a constant, an index, a sign, a
+window) of the kind a port or a refactor gets wrong. The script applies each, one at a time, to
+a copy of the repository (the working tree is never modified), runs the tests that should catch
+it, and reports whether at least one failed ("killed") or all passed ("SURVIVED": a missing
+test, unless the mutant is shown to be equivalent). Not part of the default test run:
+
+    python tests/mutants.py                      # every mutant; table to stdout
+    python tests/mutants.py --only eps_1e-3,gradient_sign
+    python tests/mutants.py --list               # names and targets only
+
+The kill table is written as `<out_dir>/mutants.md` and `mutants.json` (default
+`workdirs/mutants`). Exit status 1 if any mutant survived or could not be applied.
+`tests/test_mutants.py` (in the default run) checks that every mutant still applies, so the
+list cannot rot silently when the code it mutates changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COPY_IGNORE = shutil.ignore_patterns('.git', '.venv', '__pycache__', 'workdirs', 'bench_results',
+                                     'results', '.pytest_cache', '*.pyc')
+TIMEOUT_S = 900
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """Replace `old` (which must occur exactly once in `path`) by `new`; `tests` should fail."""
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+PARITY = ('tests/test_parity.py',)
+FEATURES = ('tests/test_features.py',)
+LOSSES = ('tests/test_losses.py::test_closed_form_value_with_two_score_levels',
+          'tests/test_losses.py::test_code_variant_matches_full_sort_with_active_rows',
+          'tests/test_losses.py::test_paper_variant_matches_eq10_with_percentages',
+          'tests/test_losses.py::test_gradient_matches_full_sort_autodiff')
+METRICS = ('tests/test_metrics.py',)
+IMRESIZE = ('tests/test_imresize.py',)
+TRAIN_STEP = ('tests/test_train.py', '-k', 'not cli and not resume and not four_devices '
+              'and not killed and not nan_loss and not best_checkpoint')
+EVALUATE = ('tests/test_evaluate.py', '-k', 'not cli')
+VISUALIZE = ('tests/test_visualize.py', '-k', 'not cli')
+
+MUTANTS: tuple[Mutant, ...] = (
+    # --- random features and attention -------------------------------------------------------
+    Mutant('kernel_eps_1e-3', 'enlcn_jax/features.py',
+           'SOFTMAX_KERNEL_EPS = 1e-4', 'SOFTMAX_KERNEL_EPS = 1e-3', PARITY),
+    Mutant('kernel_eps_0', 'enlcn_jax/features.py',
+           'SOFTMAX_KERNEL_EPS = 1e-4', 'SOFTMAX_KERNEL_EPS = 0.0', PARITY),
+    Mutant('feature_sqrt_m', 'enlcn_jax/features.py',
+           'return (jnp.exp(proj - sq_norm) + eps) * (m ** -0.5)',
+           'return (jnp.exp(proj - sq_norm) + eps) * (m ** -0.25)', FEATURES),
+    Mutant('feature_norm_sign', 'enlcn_jax/features.py',
+           'jnp.exp(proj - sq_norm)', 'jnp.exp(proj + sq_norm)', PARITY),
+    Mutant('feature_half_norm', 'enlcn_jax/features.py',
+           'sq_norm = 0.5 * jnp.sum(x * x', 'sq_norm = 1.0 * jnp.sum(x * x', FEATURES + PARITY),
+    Mutant('chi_norms_constant', 'enlcn_jax/features.py',
+           'norms = jnp.linalg.norm(jax.random.normal(norm_key, (m, d), jnp.float32), axis=-1)',
+           'norms = jnp.full((m,), jnp.sqrt(d), jnp.float32)', FEATURES),
+    Mutant('orthogonal_blocks_not_orthogonal', 'enlcn_jax/features.py',
+           'q, _ = jnp.linalg.qr(gaussian)', 'q = gaussian / jnp.sqrt(jnp.float32(d))', FEATURES),
+    Mutant('relu_map_abs', 'enlcn_jax/features.py',
+           "(jax.nn.relu(jnp.einsum('...d,md->...m', x, projection)) + eps)",
+           "(jnp.abs(jnp.einsum('...d,md->...m', x, projection)) + eps)", FEATURES),
+    Mutant('normaliser_mean', 'enlcn_jax/attention.py',
+           'jnp.sum(k_features, axis=1)', 'jnp.mean(k_features, axis=1)', PARITY),
+    Mutant('normaliser_sqrt', 'enlcn_jax/attention.py',
+           '/ normaliser[..., None]', '/ jnp.sqrt(normaliser[..., None])', PARITY),
+    Mutant('exact_attention_temperature', 'enlcn_jax/attention.py',
+           'jax.nn.softmax(q_block @ k.T, axis=-1)', 'jax.nn.softmax(q_block @ k.T / 2, axis=-1)',
+           ('tests/test_attention.py',)),
+    # --- the network ---------------------------------------------------------------------------
+    Mutant('amplification_not_sqrt', 'enlcn_jax/models.py',
+           'scale = jnp.sqrt(jnp.float32(self.amplification))',
+           'scale = jnp.float32(self.amplification)', PARITY),
+    Mutant('norm_clamp_added', 'enlcn_jax/models.py',
+           'return x / jnp.maximum(norm, eps)', 'return x / (norm + eps)',
+           ('tests/test_models.py',) + PARITY),
+    Mutant('norm_clamp_constant', 'enlcn_jax/models.py',
+           'norm_eps: float = 5e-5\n    kernel_eps: float | None = None\n    dtype',
+           'norm_eps: float = 5e-3\n    kernel_eps: float | None = None\n    dtype',
+           ('tests/test_models.py',) + PARITY),
+    Mutant('pixel_shuffle_order', 'enlcn_jax/models.py',
+           'x.transpose(0, 1, 4, 2, 5, 3)', 'x.transpose(0, 1, 5, 2, 4, 3)', PARITY),
+    Mutant('upsampler_one_step_for_4', 'enlcn_jax/models.py',
+           'factors = [2] * (self.scale.bit_length() - 1)', 'factors = [self.scale]', PARITY),
+    Mutant('upsampler_no_scale_3', 'enlcn_jax/models.py',
+           'if self.scale == 3:', 'if self.scale == 9:', PARITY),
+    Mutant('resblock_res_scale', 'enlcn_jax/models.py',
+           'return x + self.res_scale * y', 'return x + y', PARITY),
+    Mutant('enlca_res_scale', 'enlcn_jax/models.py',
+           'return y.astype(x.dtype) * self.res_scale + x, (q, k)',
+           'return y.astype(x.dtype) + x, (q, k)', PARITY),
+    Mutant('no_mean_shift', 'enlcn_jax/models.py',
+           'x = (x.astype(jnp.float32) * self.rgb_range - mean) / std',
+           'x = (x.astype(jnp.float32) * self.rgb_range) / std', PARITY),
+    Mutant('no_rgb_range_in', 'enlcn_jax/models.py',
+           'x = (x.astype(jnp.float32) * self.rgb_range - mean) / std',
+           'x = (x.astype(jnp.float32) - mean) / std', PARITY),
+    Mutant('no_rgb_range_out', 'enlcn_jax/models.py',
+           'sr = (y * std + mean) / self.rgb_range', 'sr = (y * std + mean) / 255.0', PARITY),
+    Mutant('no_global_residual', 'enlcn_jax/models.py',
+           "res = conv3x3(self.n_feats, 'body_conv', self.dtype)(res) + x",
+           "res = conv3x3(self.n_feats, 'body_conv', self.dtype)(res)", PARITY),
+    Mutant('conv_kernel_layout', 'enlcn_jax/convert.py',
+           "weight.transpose(2, 3, 1, 0)", "weight.transpose(3, 2, 1, 0)", PARITY),
+    # --- the contrastive loss ------------------------------------------------------------------
+    Mutant('relevant_ranks_16', 'enlcn_jax/losses.py',
+           'code_relevant: int = 15', 'code_relevant: int = 16', LOSSES),
+    Mutant('irrelevant_ranks_50_64', 'enlcn_jax/losses.py',
+           'code_irrelevant: tuple[int, int] = (50, 65)',
+           'code_irrelevant: tuple[int, int] = (50, 64)', LOSSES),
+    Mutant('irrelevant_ranks_51_66', 'enlcn_jax/losses.py',
+           'code_irrelevant: tuple[int, int] = (50, 65)',
+           'code_irrelevant: tuple[int, int] = (51, 66)', LOSSES),
+    Mutant('margin_0.9', 'enlcn_jax/losses.py',
+           'margin: float = 1.0, n1', 'margin: float = 0.9, n1', LOSSES),
+    Mutant('no_hinge', 'enlcn_jax/losses.py',
+           'return jax.nn.relu(loss) if windows.hinge else loss', 'return loss', LOSSES),
+    Mutant('loss_eps_1e-3', 'enlcn_jax/losses.py',
+           'True, margin, 1e-6)', 'True, margin, 1e-3)', LOSSES),
+    Mutant('scores_not_exponentiated', 'enlcn_jax/losses.py',
+           'exp_scores = jnp.exp(scores)', 'exp_scores = jnp.exp(0.5 * scores)', LOSSES),
+    Mutant('paper_n1_3pct', 'enlcn_jax/losses.py',
+           'n1: float = 0.02', 'n1: float = 0.03', LOSSES),
+    Mutant('paper_n2_10pct', 'enlcn_jax/losses.py',
+           'n2: float = 0.08', 'n2: float = 0.10', LOSSES),
+    Mutant('loss_first_image_only', 'enlcn_jax/losses.py',
+           'return jnp.mean(jax.lax.map(per_image, (q, k)))',
+           'return jnp.mean(jax.lax.map(per_image, (q, k))[0])', LOSSES),
+    # --- the evaluation protocol ---------------------------------------------------------------
+    Mutant('bt601_coefficient', 'enlcn_jax/metrics.py',
+           'np.array([65.481, 128.553, 24.966])', 'np.array([65.5, 128.553, 24.966])', METRICS),
+    Mutant('y_offset', 'enlcn_jax/metrics.py',
+           'return 16.0 + rgb @', 'return rgb @', METRICS),
+    Mutant('shave_off_by_one', 'enlcn_jax/metrics.py',
+           'return img[border:-border, border:-border]',
+           'return img[border + 1:-border, border:-border]', METRICS),
+    Mutant('cubic_a_-0.75', 'enlcn_jax/imresize.py',
+           'near = (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1)\n'
+           '    far = (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2))',
+           'near = (1.25 * ax3 - 2.25 * ax2 + 1.0) * (ax <= 1)\n'
+           '    far = (-0.75 * ax3 + 3.75 * ax2 - 6.0 * ax + 3.0) * ((ax > 1) & (ax <= 2))',
+           IMRESIZE),
+    Mutant('rounding_only_at_the_end', 'enlcn_jax/imresize.py',
+           '        if is_uint8:\n            out = _round_uint8(out)\n    return',
+           '    if is_uint8:\n        out = _round_uint8(out)\n    return', IMRESIZE),
+    Mutant('axis_order_fixed', 'enlcn_jax/imresize.py',
+           'for axis in sorted((0, 1), key=lambda a: scales[a]):', 'for axis in (0, 1):', IMRESIZE),
+    Mutant('pixel_centre', 'enlcn_jax/imresize.py',
+           'u = x / scale + 0.5 * (1.0 - 1.0 / scale)', 'u = x / scale + 0.5 * (1.0 + 1.0 / scale)',
+           IMRESIZE),
+    # --- training -------------------------------------------------------------------------------
+    Mutant('gradient_sign', 'enlcn_jax/train_lib.py',
+           'new_state = state.apply_gradients(grads=grads)',
+           'new_state = state.apply_gradients(grads=jax.tree.map(jnp.negative, grads))',
+           TRAIN_STEP),
+    Mutant('contrastive_gradient_stopped', 'enlcn_jax/train_lib.py',
+           'lambda: contrastive_fn(embeddings),',
+           'lambda: jax.lax.stop_gradient(contrastive_fn(embeddings)),', TRAIN_STEP),
+    Mutant('contrastive_first_module_only', 'enlcn_jax/train_lib.py',
+           'for q, k in embeddings]))', 'for q, k in embeddings[:1]]))', TRAIN_STEP),
+    Mutant('contrastive_weight_unused', 'enlcn_jax/train_lib.py',
+           'return l1 + weight * cl, (l1, cl)', 'return l1 + 1e-3 * cl, (l1, cl)', TRAIN_STEP),
+    Mutant('contrastive_starts_late', 'enlcn_jax/train_lib.py',
+           'jnp.where(step >= start,', 'jnp.where(step > start,', TRAIN_STEP),
+    Mutant('lr_decay_one_epoch_late', 'enlcn_jax/train_lib.py',
+           'boundaries = {int(epoch) * train.steps_per_epoch:',
+           'boundaries = {(int(epoch) + 1) * train.steps_per_epoch:', TRAIN_STEP),
+    Mutant('redraw_index_shifted', 'enlcn_jax/train_lib.py',
+           'return step // period if step % period == 0 else None',
+           'return step // period + 1 if step % period == 0 else None', TRAIN_STEP),
+    Mutant('redraw_period_off_by_one', 'enlcn_jax/train_lib.py',
+           'return step // period if step % period == 0 else None',
+           'return step // period if step % period == 1 else None', TRAIN_STEP),
+    # --- inference --------------------------------------------------------------------------------
+    Mutant('ensemble_two_transforms', 'enlcn_jax/evaluate.py',
+           'for k in range(8)]', 'for k in range(2)]', EVALUATE),
+    Mutant('ensemble_not_inverted', 'enlcn_jax/evaluate.py',
+           'outputs = [data.inverse_dihedral(', 'outputs = [data.dihedral(', EVALUATE),
+    Mutant('tile_cut_off_by_one', 'enlcn_jax/evaluate.py',
+           'cuts = [(a + tile + b) // 2 for a, b', 'cuts = [(a + tile + b) // 2 + 1 for a, b',
+           EVALUATE),
+    Mutant('tiles_ignore_overlap', 'enlcn_jax/evaluate.py',
+           'starts = list(range(0, length - tile, tile - overlap))',
+           'starts = list(range(0, length - tile, tile))', EVALUATE),
+    Mutant('bucket_crop_from_the_end', 'enlcn_jax/evaluate.py',
+           'return np.asarray(y)[0, :h * self.scale, :w * self.scale]',
+           'return np.asarray(y)[0, -h * self.scale:, -w * self.scale:]', EVALUATE),
+    Mutant('bucket_pads_width_by_height', 'enlcn_jax/evaluate.py',
+           'pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))',
+           'pad = ((0, -h % self.bucket), (0, -h % self.bucket), (0, 0))', EVALUATE),
+    Mutant('query_pixel_x_y_swapped', 'enlcn_jax/visualize.py',
+           'i = y * w + x', 'i = x * w + y', VISUALIZE),
+)
+
+
+def apply(mutant: Mutant, root: Path) -> str:
+    """Writes the mutated file under `root`; returns the original text (ValueError if `old` is
+    not found exactly once)."""
+    path = root / mutant.path
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise ValueError(f'{mutant.name}: {mutant.old!r} occurs {count} times in {mutant.path}')
+    path.write_text(text.replace(mutant.old, mutant.new))
+    return text
+
+
+def run_tests(tests: tuple[str, ...], root: Path, env: dict) -> tuple[int, list[str], float]:
+    """pytest `-x` on `tests` in `root`: (exit code, failed test ids, seconds)."""
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
+         '-W', 'ignore', *tests],
+        cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    failed = re.findall(r'^(?:FAILED|ERROR) (\S+)', result.stdout, re.MULTILINE)
+    return result.returncode, failed, time.perf_counter() - start
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ['| mutant | file | result | failing test | s |', '|---|---|---|---|---|']
+    for row in rows:
+        lines.append(f"| {row['name']} | {row['path']} | {row['result']} | "
+                     f"{row['killed_by'] or '-'} | {row['seconds']:.0f} |")
+    killed = sum(row['result'] == 'killed' for row in rows)
+    lines.append(f'\n{killed} of {len(rows)} mutants killed.')
+    return '\n'.join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--only', default='', help='comma-separated mutant names')
+    parser.add_argument('--list', action='store_true', help='print the mutants and exit')
+    parser.add_argument('--out_dir', default=str(REPO / 'workdirs' / 'mutants'))
+    parser.add_argument('--no_baseline', action='store_true',
+                        help='skip the check that the targeted tests pass unmutated')
+    args = parser.parse_args()
+    names = [n for n in args.only.split(',') if n]
+    unknown = sorted(set(names) - {m.name for m in MUTANTS})
+    if unknown:
+        parser.error(f'unknown mutants {unknown}; see --list')
+    mutants = [m for m in MUTANTS if not names or m.name in names]
+    if args.list:
+        for m in mutants:
+            print(f'{m.name:34s} {m.path:24s} {" ".join(m.tests)}')
+        return 0
+
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'ENLCN_SHARED': str(REPO.parent / 'shared')}
+    with tempfile.TemporaryDirectory(prefix='enlcn_mutants_') as tmp:
+        root = Path(tmp) / 'repo'
+        shutil.copytree(REPO, root, ignore=COPY_IGNORE)
+        env['JAX_COMPILATION_CACHE_DIR'] = str(Path(tmp) / 'jax_cache')
+        if not args.no_baseline:
+            targets = sorted({m.tests for m in mutants})
+            for tests in targets:
+                code, failed, _ = run_tests(tests, root, env)
+                if code != 0:
+                    print(f'baseline fails ({" ".join(tests)}): {failed}', file=sys.stderr)
+                    return 2
+        rows = []
+        for mutant in mutants:
+            try:
+                original = apply(mutant, root)
+            except ValueError as error:
+                rows.append({**dataclasses.asdict(mutant), 'result': 'NOT APPLIED',
+                             'killed_by': str(error), 'seconds': 0.0})
+                continue
+            try:
+                code, failed, seconds = run_tests(mutant.tests, root, env)
+            finally:
+                (root / mutant.path).write_text(original)
+            result = 'killed' if code == 1 and failed else 'SURVIVED' if code == 0 else f'error {code}'
+            rows.append({**dataclasses.asdict(mutant), 'result': result,
+                         'killed_by': failed[0] if failed else '', 'seconds': seconds})
+            print(f"{mutant.name:34s} {result:9s} {rows[-1]['killed_by']}", flush=True)
+    table = markdown(rows)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / 'mutants.md').write_text(table + '\n')
+    (out_dir / 'mutants.json').write_text(json.dumps(rows, indent=2))
+    print('\n' + table)
+    return 0 if all(row['result'] == 'killed' for row in rows) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Sequence
 import jax
 
 from enlcn_jax import data, models, train_lib
-from enlcn_jax.bench import write_results
+from enlcn_jax.bench_lib import write_results
 
 
 def _steps_per_second(step_fn, state, batch, steps: int) -> tuple[float, train_lib.TrainState]:

@@ -1,0 +1,21 @@
+"""The benchmark command runs and writes its table as JSON (timings themselves are not tested)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_attention_bench_writes_rows_for_both_attentions_and_the_growth(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'enlcn_jax.bench', 'attention', '--sizes',
+                             '8,12', '--channels', '16', '--m', '8', '--repeats', '1', '--out',
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / 'attention.json').read_text())
+    assert [(r['size'], r['attention']) for r in report['rows']] == [
+        ('8x8', 'enla'), ('8x8', 'exact'), ('12x12', 'enla'), ('12x12', 'exact')]
+    assert all(r['fwd ms'] > 0 and r['fwd+bwd ms'] > 0 for r in report['rows'])
+    assert report['growth']['positions ratio'] == 144 / 64
+    assert '| 12x12 | exact |' in result.stdout

@@ -12,7 +12,7 @@ released code (the pretrained weights came from it), the comment gives the paper
 | LR decay                      | train.lr_decay_epochs                          | (200,...,800) | (200,)          |
 | random-feature redraw         | train.redraw.every / train.redraw.steps        | 'steps' / 640 | 'epoch'         |
 | epoch length                  | train.steps_per_epoch                          | 1000          | -               |
-| feature-map constant          | model.kernel_eps                               | 1e-4          | 0.0             |
+| feature-map constant          | model.kernel_eps                               | None (1e-4)   | 0.0             |
 | normalisation eps             | model.norm_eps                                 | 5e-5          | -               |
 | orthogonal random features    | model.projection                               | 'orthogonal'  | 'orthogonal' / 'iid' |
 
@@ -24,6 +24,7 @@ Run: `python train.py --config configs/x2.py --config.data.hr_dir=... ` (see `da
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,15 +39,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_resblocks = 32           # EDSR residual blocks
     config.model.n_feats = 256              # channels C
     config.model.res_scale = 0.1            # residual scaling of blocks and ENLCA outputs
-    config.model.attention = 'enla'         # 'enla' (linear ENLCA), 'softmax' (exact NLA), 'none' (EDSR)
+    # Swappable math: a registered name, or MODULE:NAME for a function of your own (README).
+    config.model.attention = 'enla'         # 'enla' (linear ENLCA), 'exact' (softmax NLA), 'none' (EDSR)
     config.model.attention_every = 8        # an ENLCA first, then one after every 8th block
     config.model.reduction = 4              # attention embedding C / 4 = 64
     config.model.num_random_features = 128  # m
     config.model.amplification = 6.0       # k: Q and K scaled to norm sqrt(k)
-    config.model.feature_map = 'softmax'    # positive random features of exp(q.k); or 'relu'
+    config.model.feature_map = 'softmax_kernel'  # positive random features of exp(q.k); 'relu', ...
     config.model.projection = 'orthogonal'  # code and paper: orthogonal blocks; 'iid' Gaussian rows
     config.model.norm_eps = 5e-5            # code: ||x|| clamped at 5e-5 (paper: unspecified)
-    config.model.kernel_eps = 1e-4          # code: (exp(.) + 1e-4) / sqrt(m); paper: 0.0
+    # The feature map's eps option; None: its own default (softmax_kernel: the code's
+    # (exp(.) + 1e-4) / sqrt(m)); paper: 0.0. Only for maps that have an eps argument.
+    config.model.kernel_eps = config_dict.placeholder(float)
     config.model.rgb_range = 255.0          # EDSR's internal pixel scale (255 in the released code)
 
     config.data = ml_collections.ConfigDict()

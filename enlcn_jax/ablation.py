@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict] = {
              'train.contrastive.weight': 0.0},
     'enla_k': {'model.attention': 'enla', 'train.contrastive.weight': 0.0},
     'enla_k_cl': {'model.attention': 'enla'},
-    'softmax': {'model.attention': 'softmax', 'model.amplification': 1.0,
+    'exact': {'model.attention': 'exact', 'model.amplification': 1.0,
                 'train.contrastive.weight': 0.0},
 }
 DESCRIPTIONS = {
@@ -39,7 +39,7 @@ DESCRIPTIONS = {
     'enla': '+ ENLA (k = 1)',
     'enla_k': '+ ENLA, k',
     'enla_k_cl': '+ ENLA, k, contrastive (ENLCA)',
-    'softmax': '+ exact non-local attention (NLA)',
+    'exact': '+ exact non-local attention (NLA)',
 }
 
 
@@ -74,7 +74,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         train_seconds = time.perf_counter() - start
         model_config, variables = checkpoints.load_model(workdir / name, 'latest')
         upscaler = evaluate.ModelUpscaler(
-            models.ENLCN(**model_config), variables, bucket=1, name=name,
+            models.from_config(model_config), variables, bucket=1, name=name,
             tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)
         row = {'variant': name, 'description': DESCRIPTIONS[name],
                'params': models.count_params(variables['params']),

@@ -1,12 +1,13 @@
 """Non-local attention over flattened positions: ENLA (linear) and exact softmax NLA.
 
-Both take the same arguments, so a model switches between them by name (`model.attention`):
+Both take the same arguments, so a model switches between them by name (`model.attention`,
+or `MODULE:NAME` for a researcher's own, see `registry`):
 
     attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map) -> [B, N, c]
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory.
-`softmax` is the quadratic baseline `softmax(q k^T) v` (Eq. 1), O(N^2) time but blocked over
-queries so its memory is O(query_block N); it ignores the random features.
+`exact` (formerly `softmax`) is the quadratic baseline `softmax(q k^T) v` (Eq. 1, NLA), O(N^2)
+time but blocked over queries so its memory is O(query_block N); it ignores the random features.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from enlcn_jax import blockwise, features
+from enlcn_jax import blockwise, features, registry
 
 Array = jax.Array
 AttentionFn = Callable[..., Array]
@@ -33,11 +34,14 @@ def linear_attention(q_features: Array, k_features: Array, v: Array) -> Array:
       k_features: `[B, N, m]` non-negative key features.
       v: `[B, N, c]` values.
     Returns:
-      `[B, N, c]`; row i is the average of the values weighted by `phi(q_i) . phi(k_j)`.
+      `[B, N, c]`; row i is the average of the values weighted by `phi(q_i) . phi(k_j)`, and 0
+      where every weight is 0 (a map without an additive constant, e.g. ReLU features, can give
+      such a row; the guard leaves every other row bit-identical and keeps gradients finite).
     """
     context = jnp.einsum('bnm,bnc->bmc', k_features, v)
     normaliser = jnp.einsum('bnm,bm->bn', q_features, jnp.sum(k_features, axis=1))
-    return jnp.einsum('bnm,bmc->bnc', q_features, context) / normaliser[..., None]
+    safe_normaliser = jnp.where(normaliser > 0, normaliser, 1.0)
+    return jnp.einsum('bnm,bmc->bnc', q_features, context) / safe_normaliser[..., None]
 
 
 def enla(q: Array, k: Array, v: Array, projection: Array,
@@ -48,14 +52,17 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
       q, k: `[B, N, d]` (already normalised and amplified by the caller).
       v: `[B, N, c]`.
       projection: `[m, d]` random features.
-      feature_map: `phi(x [..., d], F [m, d]) -> [..., m]`.
+      feature_map: `phi(x [..., d], F [m, d]) -> [..., m]`, given `is_query=` if it takes it.
     Returns:
       `[B, N, c]`.
     """
+    if features.takes_is_query(feature_map):
+        return linear_attention(feature_map(q, projection, is_query=True),
+                                feature_map(k, projection, is_query=False), v)
     return linear_attention(feature_map(q, projection), feature_map(k, projection), v)
 
 
-def softmax_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
+def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
                       feature_map: features.FeatureMap | None = None,
                       query_block: int = SOFTMAX_QUERY_BLOCK) -> Array:
     """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1): O(N^2) time.
@@ -83,15 +90,36 @@ def softmax_attention(q: Array, k: Array, v: Array, projection: Array | None = N
         lambda q_block: attend(q_block, k, v), q, query_block))(q, k, v)
 
 
-ATTENTIONS: dict[str, AttentionFn] = {
-    'enla': enla,
-    'softmax': softmax_attention,
-}
+def check_attention(fn: AttentionFn) -> None:
+    """Raises unless `fn(q, k [1, 6, 4], v [1, 6, 3], F [8, 4], softmax_kernel)` is finite `[1, 6, 3]`."""
+    with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
+        _check_attention_values(fn)
 
 
-def get_attention(name: str) -> AttentionFn:
-    """Returns the attention function registered under `name`."""
-    if name not in ATTENTIONS:
-        raise ValueError(f'unknown attention {name!r}; known: {sorted(ATTENTIONS)} '
-                         "(or 'none' in the model config for no attention modules)")
-    return ATTENTIONS[name]
+def _check_attention_values(fn: AttentionFn) -> None:
+    q = jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float32).reshape(1, 6, 4)
+    v = jnp.linspace(0.0, 1.0, 18, dtype=jnp.float32).reshape(1, 6, 3)
+    projection = jnp.linspace(-1.0, 1.0, 32, dtype=jnp.float32).reshape(8, 4)
+    out = jnp.asarray(fn(q, q[:, ::-1], v, projection, features.softmax_kernel_features))
+    if out.shape != (1, 6, 3):
+        raise ValueError(f'attention(q [1, 6, 4], k [1, 6, 4], v [1, 6, 3], F, phi) has shape '
+                         f'{list(out.shape)}, expected [1, 6, 3]')
+    if not bool(jnp.all(jnp.isfinite(out))):
+        raise ValueError('attention output must be finite')
+
+
+ATTENTIONS: registry.Registry[AttentionFn] = registry.Registry(
+    'attention', 'model.attention', check_attention, aliases={'softmax': 'exact'})
+ATTENTIONS.register('enla', enla)
+ATTENTIONS.register('exact', exact_attention)
+
+
+def get_attention(spec: str) -> AttentionFn:
+    """The attention function `spec` selects (a name or `MODULE:NAME`; 'none' is the model's
+    setting for no ENLCA modules, not an attention function)."""
+    return ATTENTIONS.get(spec)
+
+
+def register_attention(name: str, fn: AttentionFn, *, replace: bool = False) -> AttentionFn:
+    """Makes `fn(q, k, v, projection, feature_map)` selectable as `model.attention=name`."""
+    return ATTENTIONS.register(name, fn, replace=replace)

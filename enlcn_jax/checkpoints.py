@@ -27,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from enlcn_jax import models
+
 MODEL_CONFIG = 'model_config.json'
 VARIABLES = 'variables'
 TRAIN = 'train'
@@ -132,6 +134,43 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
         restored = manager.restore(
             step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
     return config, _as_numpy(restored[VARIABLES])
+
+
+def _train_items(state) -> dict:
+    return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+
+
+def save_train_state(manager: ocp.CheckpointManager, state) -> None:
+    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously)."""
+    manager.save(int(state.step), args=ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardSave(state.variables),
+        TRAIN: ocp.args.StandardSave(_train_items(state))}))
+
+
+def save_best(manager: ocp.CheckpointManager, state, psnr_y: float) -> None:
+    """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
+    manager.save(int(state.step), metrics={BEST_METRIC: psnr_y},
+                 args=ocp.args.Composite(**{
+                     VARIABLES: ocp.args.StandardSave(state.variables)}))
+
+
+def restore_train_state(manager: ocp.CheckpointManager, state):
+    """`state` (a `train_lib.TrainState`) with everything replaced by the latest step of
+    `manager` (if there is one).
+
+    `state` gives the tree structure, dtypes and shardings the arrays are restored with.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return state
+    target = {VARIABLES: state.variables, TRAIN: _train_items(state)}
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+        for name, tree in target.items()}))
+    variables, train = restored[VARIABLES], restored[TRAIN]
+    return state.replace(params=variables['params'],
+                         random_features=variables.get(models.RANDOM_FEATURES, {}),
+                         step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
 
 
 def _numpy_like(metadata):

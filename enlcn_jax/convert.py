@@ -105,7 +105,7 @@ def _infer_model_config(state: StateDict, scale: int, rgb_range: float | None) -
                       rgb_std=tuple(round(float(v), 6) for v in std))
     elif rgb_range is not None:
         config['rgb_range'] = float(rgb_range)
-    model = models.ENLCN(**config)
+    model = models.from_config(config)
     if model.body_layout() != layout:
         raise ConversionError(f'body layout {layout} is not one ENLCN builds '
                               f'(an ENLCA first, then one every {config.get("attention_every")} blocks)')
@@ -121,14 +121,14 @@ def convert_state_dict(state: StateDict, scale: int,
       scale: the SR scale the weights were trained for (2, 3 or 4).
       rgb_range: PyTorch EDSR's `rgb_range`; inferred from the mean-shift bias (1 or 255) if None.
     Returns:
-      `(model_config, variables)`: keyword arguments of `models.ENLCN` and
+      `(model_config, variables)`: a flat model config (`models.from_config`) and
       `{'params': ..., 'random_features': ...}` as numpy arrays.
     Raises:
       ConversionError naming missing, unused or mis-shaped keys.
     """
     state = {k.removeprefix('module.'): np.asarray(v) for k, v in state.items()}
     config = _infer_model_config(state, scale, rgb_range)
-    model = models.ENLCN(**config)
+    model = models.from_config(config)
     used = {'sub_mean.weight', 'sub_mean.bias', 'add_mean.weight', 'add_mean.bias'} & set(state)
     params = {'head': _conv(state, 'head.0', used)}
     random_features = {}

@@ -258,7 +258,7 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', **option
       **options: `ModelUpscaler`'s keyword arguments.
     """
     config, variables = checkpoints.load_model(checkpoint, which)
-    return ModelUpscaler(models.ENLCN(**config), variables, **options)
+    return ModelUpscaler(models.from_config(config), variables, **options)
 
 
 @dataclasses.dataclass

@@ -75,22 +75,23 @@ def _row_losses(q_block: Array, k: Array, windows: RankWindows) -> Array:
 
 def contrastive_loss(q: Array, k: Array, variant: str = 'code', *, block_size: int = 1024,
                      **window_kwargs) -> Array:
-    """Contrastive loss of one ENLCA module, averaged over images and query positions.
+    """Contrastive loss of one ENLCA module on one image, averaged over its query positions.
+
+    Batch it with `jax.vmap` (the batch axis then stays a parallel axis the compiler can split
+    over devices), e.g. `jnp.mean(jax.vmap(contrastive_loss)(q, k))` for `[B, N, d]` inputs.
 
     Args:
-      q: `[B, N, d]` normalised, amplified queries (as the ENLCA module returns them).
-      k: `[B, N, d]` normalised, amplified keys.
+      q: `[N, d]` normalised, amplified queries of one image (as the ENLCA module returns them).
+      k: `[N, d]` normalised, amplified keys.
       variant: `'code'` or `'paper'` (see the module docstring).
-      block_size: query rows scored at once; peak memory is O(block_size x N) per image.
+      block_size: query rows scored at once; peak memory is O(block_size x N).
       **window_kwargs: `margin`, `n1`, `n2`, `code_relevant`, `code_irrelevant`.
     Returns:
       scalar float32.
     """
-    windows = rank_windows(variant, q.shape[1], **window_kwargs)
-
-    def per_image(args):
-        q_img, k_img = args
-        return blockwise.map_row_blocks(lambda qb: _row_losses(qb, k_img, windows), q_img,
-                                        block_size)
-
-    return jnp.mean(jax.lax.map(per_image, (q, k)))
+    if q.ndim != 2 or k.shape != q.shape:
+        raise ValueError(f'contrastive_loss takes one image: q, k [N, d], got {q.shape}, '
+                         f'{k.shape} (batch it with jax.vmap)')
+    windows = rank_windows(variant, q.shape[0], **window_kwargs)
+    return jnp.mean(blockwise.map_row_blocks(lambda qb: _row_losses(qb, k, windows), q,
+                                             block_size))

@@ -8,12 +8,16 @@ Variables of an initialised ENLCN:
 
 The network takes images in [0, 1] and returns images in [0, 1] (unclipped); `rgb_range`
 reproduces PyTorch EDSR's internal scale, so weights trained with `rgb_range=255` import as is.
+
+The hyper-parameters of the attention modules are described once, by `ENLCAConfig`; a model
+config (the flat `config.model` of the training configs, `model_config.json` of a checkpoint) is
+turned into a network by `from_config`, which gives each key to the class that owns it.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Sequence
+import dataclasses
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -85,24 +89,61 @@ class Upsampler(nn.Module):
         return x
 
 
+@dataclasses.dataclass(frozen=True)
+class ENLCAConfig:
+    """Hyper-parameters of every ENLCA module of a network: add a new one here, and only here.
+
+    Attributes:
+      attention: `'enla'` (linear, random features), `'exact'` (softmax NLA, O(N^2)), or
+        `MODULE:NAME` (see `attention`, `registry`).
+      reduction: the embedding width d is C / reduction.
+      num_random_features: m, rows of the random projection.
+      amplification: k; Q and K are scaled to norm sqrt(k) each.
+      feature_map: `'softmax_kernel'`, `'softmax_kernel_stable'`, `'relu'` or `MODULE:NAME`.
+      projection: `'orthogonal'`, `'iid'` or `MODULE:NAME`: the random-feature sampler.
+      norm_eps: Q and K norms are clamped at this before dividing (PyTorch `F.normalize`).
+      kernel_eps: the feature map's `eps` option (None: the map's own default, the released
+        1e-4 for the softmax kernel; the paper's 0.0).
+
+    `from_config` resolves the names (checking each function once on a small input), so a bad
+    choice fails before anything is compiled.
+    """
+    attention: str = 'enla'
+    reduction: int = 4
+    num_random_features: int = 128
+    amplification: float = 6.0
+    feature_map: str = 'softmax_kernel'
+    projection: str = 'orthogonal'
+    norm_eps: float = 5e-5
+    kernel_eps: float | None = None
+
+    def __post_init__(self):
+        for key in ('reduction', 'num_random_features'):
+            if getattr(self, key) < 1:
+                raise ValueError(f'model.{key} must be >= 1, got {getattr(self, key)}')
+        if self.amplification <= 0:
+            raise ValueError(f'model.amplification must be > 0, got {self.amplification}')
+
+    def attention_fn(self) -> attention_lib.AttentionFn:
+        return attention_lib.get_attention(self.attention)
+
+    def feature_map_fn(self) -> features.FeatureMap:
+        return features.get_feature_map(self.feature_map, self.kernel_eps)
+
+    def projection_fn(self) -> features.ProjectionSampler:
+        return features.get_projection(self.projection)
+
+
 class ENLCA(nn.Module):
     """Efficient non-local contrastive attention block. `[B, H, W, C] -> ([B, H, W, C], (q, k))`.
 
     Q, K, V are 1x1 convs; Q and K (C / reduction channels) are L2-normalised over channels
     (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the attention output
-    is added back as `out * res_scale + x`. `kernel_eps` is passed to the feature map as `eps`
-    (None: the feature map's own default, 1e-4 for `softmax` as released). Also returns q and k,
-    `[B, H W, C / reduction]` each, which is what the contrastive loss needs.
+    is added back as `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]` each,
+    which is what the contrastive loss needs. Hyper-parameters: `config` (see `ENLCAConfig`).
     """
-    reduction: int = 4
-    num_random_features: int = 128
-    amplification: float = 6.0
+    config: ENLCAConfig = ENLCAConfig()
     res_scale: float = 0.1
-    attention: str = 'enla'
-    feature_map: str = 'softmax'
-    projection: str = 'orthogonal'
-    norm_eps: float = 5e-5
-    kernel_eps: float | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -110,52 +151,44 @@ class ENLCA(nn.Module):
         if x.ndim != 4:
             raise ValueError(f'ENLCA expects [B, H, W, C] input, got shape {x.shape}')
         b, h, w, c = x.shape
-        d = c // self.reduction
+        cfg = self.config
+        d = c // cfg.reduction
         if d < 1:
-            raise ValueError(f'ENLCA: {c} channels / reduction {self.reduction} leaves no embedding')
-        attend = attention_lib.get_attention(self.attention)
-        feature_map = features.get_feature_map(self.feature_map, self.kernel_eps)
-        sampler = features.get_projection(self.projection)
+            raise ValueError(f'ENLCA: {c} channels / reduction {cfg.reduction} leaves no embedding')
+        sampler = cfg.projection_fn()
 
         def embed(name: str, width: int) -> Array:
             y = nn.Conv(width, (1, 1), name=name, dtype=self.dtype)(x)
             return y.astype(jnp.float32).reshape(b, h * w, width)
 
-        scale = jnp.sqrt(jnp.float32(self.amplification))
-        q = l2_normalize(embed('conv_match1', d), self.norm_eps) * scale
-        k = l2_normalize(embed('conv_match2', d), self.norm_eps) * scale
+        scale = jnp.sqrt(jnp.float32(cfg.amplification))
+        q = l2_normalize(embed('conv_match1', d), cfg.norm_eps) * scale
+        k = l2_normalize(embed('conv_match2', d), cfg.norm_eps) * scale
         v = embed('conv_assembly', c)
         projection = self.variable(
             RANDOM_FEATURES, 'projection',
-            lambda: sampler(self.make_rng(RANDOM_FEATURES), self.num_random_features, d))
+            lambda: sampler(self.make_rng(RANDOM_FEATURES), cfg.num_random_features, d))
         if projection.value.shape[-1] != d:
             raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
                              f'the embedding has {d}')
-        y = attend(q, k, v, projection.value, feature_map).reshape(b, h, w, c)
+        y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn())
+        y = y.reshape(b, h, w, c)
         return y.astype(x.dtype) * self.res_scale + x, (q, k)
 
 
 class ENLCN(nn.Module):
     """EDSR backbone with ENLCA modules: one first, then one after every `attention_every` blocks.
 
-    With `attention='none'` this is plain EDSR. `norm_eps` and `kernel_eps` are passed to every
-    ENLCA module (the SPEC's "normalisation eps" and "feature map" rows). Input `[B, H, W, 3]`
-    in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k) of every ENLCA
-    module in body order when `return_embeddings=True`.
+    Every ENLCA module is built from `enlca`; with `enlca=None` this is plain EDSR. Input
+    `[B, H, W, 3]` in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k)
+    of every ENLCA module in body order when `return_embeddings=True`.
     """
     scale: int = 2
     n_resblocks: int = 32
     n_feats: int = 256
     res_scale: float = 0.1
-    attention: str = 'enla'
     attention_every: int = 8
-    reduction: int = 4
-    num_random_features: int = 128
-    amplification: float = 6.0
-    feature_map: str = 'softmax'
-    projection: str = 'orthogonal'
-    norm_eps: float = 5e-5
-    kernel_eps: float | None = None
+    enlca: ENLCAConfig | None = ENLCAConfig()
     rgb_range: float = 1.0
     rgb_mean: Sequence[float] = DIV2K_RGB_MEAN
     rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
@@ -163,7 +196,7 @@ class ENLCN(nn.Module):
 
     def body_layout(self) -> list[str]:
         """Kind of each body module in order: 'enlca' or 'resblock' (the closing conv excluded)."""
-        if self.attention == 'none':
+        if self.enlca is None:
             return ['resblock'] * self.n_resblocks
         layout = ['enlca']
         for i in range(self.n_resblocks):
@@ -181,16 +214,11 @@ class ENLCN(nn.Module):
         x = (x.astype(jnp.float32) * self.rgb_range - mean) / std
         x = conv3x3(self.n_feats, 'head', self.dtype)(x.astype(self.dtype))
 
-        enlca = functools.partial(
-            ENLCA, reduction=self.reduction, num_random_features=self.num_random_features,
-            amplification=self.amplification, res_scale=self.res_scale, attention=self.attention,
-            feature_map=self.feature_map, projection=self.projection, norm_eps=self.norm_eps,
-            kernel_eps=self.kernel_eps, dtype=self.dtype)
         embeddings = []
         res = x
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
-                res, qk = enlca(name=f'body_{i}')(res)
+                res, qk = ENLCA(self.enlca, self.res_scale, self.dtype, name=f'body_{i}')(res)
                 embeddings.append(qk)
             else:
                 res = ResBlock(self.res_scale, self.dtype, name=f'body_{i}')(res)
@@ -204,7 +232,35 @@ class ENLCN(nn.Module):
 
 def EDSR(**kwargs) -> ENLCN:  # pylint: disable=invalid-name
     """Plain EDSR: an ENLCN without attention modules."""
-    return ENLCN(attention='none', **kwargs)
+    return ENLCN(enlca=None, **kwargs)
+
+
+ENLCA_KEYS = tuple(f.name for f in dataclasses.fields(ENLCAConfig))
+
+
+def from_config(config: Mapping[str, Any]) -> ENLCN:
+    """The network of a flat model config (`config.model`, or a checkpoint's `model_config.json`).
+
+    Keys of `ENLCAConfig` configure every ENLCA module; `attention='none'` gives plain EDSR (the
+    other ENLCA keys are then unused); the rest are `ENLCN` fields.
+
+    Raises:
+      ValueError: an unknown key, or an invalid value (naming the `model.*` key).
+    """
+    config = dict(config)
+    network_keys = {f.name for f in dataclasses.fields(ENLCN)} - {'enlca', 'parent', 'name'}
+    unknown = sorted(set(config) - network_keys - set(ENLCA_KEYS))
+    if unknown:
+        raise ValueError(f'unknown model config key(s) {unknown}; known: '
+                         f'{sorted(network_keys | set(ENLCA_KEYS))}')
+    enlca = {key: config.pop(key) for key in ENLCA_KEYS if key in config}
+    if enlca.get('attention') == 'none':
+        return ENLCN(enlca=None, **config)
+    enlca_config = ENLCAConfig(**enlca)
+    for resolve in (enlca_config.attention_fn, enlca_config.feature_map_fn,
+                    enlca_config.projection_fn):
+        resolve()  # an unknown name or a function failing its check raises here
+    return ENLCN(enlca=enlca_config, **config)
 
 
 def init_variables(model: ENLCN, key: Array, lr_size: tuple[int, int] = (16, 16)) -> dict:

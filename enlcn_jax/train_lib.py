@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 from flax.training import train_state
@@ -81,8 +80,8 @@ class TrainState(train_state.TrainState):
 
 
 def create_model(config: ml_collections.ConfigDict) -> models.ENLCN:
-    """`models.ENLCN(**config.model)`."""
-    return models.ENLCN(**config.model.to_dict())
+    """The network of `config.model` (`models.from_config`)."""
+    return models.from_config(config.model.to_dict())
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -149,15 +148,14 @@ def draw_random_features(random_features: Any, rng: Array, index: Array,
 
 def contrastive_term(embeddings: list[tuple[Array, Array]],
                      config: ml_collections.ConfigDict) -> Array:
-    """Mean over ENLCA modules of the contrastive loss of `(q, k)`, each `[B, N, d]`.
+    """Mean over ENLCA modules and images of the contrastive loss of `(q, k)`, each `[B, N, d]`.
 
-    Computed per image under `vmap` (the same value as `losses.contrastive_loss` on the whole
-    batch): the batch axis stays a parallel axis that the compiler can split over devices,
-    where `contrastive_loss`'s loop over images would be run whole on every device.
+    `losses.contrastive_loss` is per image, batched with `vmap`: the batch axis stays a parallel
+    axis that the compiler can split over devices.
     """
     contrastive = config.train.contrastive
-    per_image = jax.vmap(lambda q, k: losses.contrastive_loss(
-        q[None], k[None], contrastive.variant, block_size=contrastive.block_size))
+    per_image = jax.vmap(functools.partial(losses.contrastive_loss, variant=contrastive.variant,
+                                           block_size=contrastive.block_size))
     return jnp.mean(jnp.stack([jnp.mean(per_image(q, k)) for q, k in embeddings]))
 
 
@@ -249,11 +247,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Cheap checks of a config before anything is loaded or compiled.
 
     Raises:
-      ValueError: an unknown choice, a non-positive count, a patch too small for the contrastive
+      ValueError: an unknown choice, a feature map / projection / attention that cannot be
+        imported or fails its check, a non-positive count, a patch too small for the contrastive
         loss, a batch that does not split over the devices, ...
       data_lib.DatasetNotFoundError: a dataset folder that does not exist.
     """
     model, data, train = config.model, config.data, config.train
+    # Unknown keys or values, and every swappable function checked on a small input.
+    models.from_config(model.to_dict())
     if data.source not in SOURCES:
         raise ValueError(f'config.data.source={data.source!r}; choose one of {SOURCES}')
     if data.val_source not in SOURCES + ('none',):
@@ -360,42 +361,6 @@ class MetricLogger:
             self._tensorboard.close()
 
 
-def _train_items(state: TrainState) -> dict:
-    return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> None:
-    """Saves `state` as step `state.step` of the `checkpoints/` manager (asynchronously)."""
-    manager.save(int(state.step), args=ocp.args.Composite(**{
-        checkpoints.VARIABLES: ocp.args.StandardSave(state.variables),
-        checkpoints.TRAIN: ocp.args.StandardSave(_train_items(state))}))
-
-
-def save_best(manager: ocp.CheckpointManager, state: TrainState, psnr_y: float) -> None:
-    """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
-    manager.save(int(state.step), metrics={checkpoints.BEST_METRIC: psnr_y},
-                 args=ocp.args.Composite(**{
-                     checkpoints.VARIABLES: ocp.args.StandardSave(state.variables)}))
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-    """`state` with everything replaced by the latest step of `manager` (if there is one).
-
-    `state` gives the tree structure, dtypes and shardings the arrays are restored with.
-    """
-    step = manager.latest_step()
-    if step is None:
-        return state
-    target = {checkpoints.VARIABLES: state.variables, checkpoints.TRAIN: _train_items(state)}
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
-        for name, tree in target.items()}))
-    variables, train = restored[checkpoints.VARIABLES], restored[checkpoints.TRAIN]
-    return state.replace(params=variables['params'],
-                         random_features=variables.get(models.RANDOM_FEATURES, {}),
-                         step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
-
-
 def _loader_seed(seed: int) -> int:
     """Patch-sampling seed of this process, derived from `(seed, process_index)`."""
     return int(np.random.SeedSequence([seed, jax.process_index()]).generate_state(1)[0])
@@ -442,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             json.dumps(config.model.to_dict(), indent=2, sort_keys=True))
     latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
     best = checkpoints.best_manager(workdir)
-    state = restore_checkpoint(latest, state)
+    state = checkpoints.restore_train_state(latest, state)
     start_step = int(state.step)
     total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
     if start_step:
@@ -509,11 +474,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if done % train_cfg.log_every == 0 or do_save or do_eval:
                 flush(done)
             if do_save:
-                save_checkpoint(latest, state)
+                checkpoints.save_train_state(latest, state)
             if do_eval:
                 local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
                 val_psnr = evaluate(p_eval_step, local, val_ds)
-                save_best(best, state, val_psnr)
+                checkpoints.save_best(best, state, val_psnr)
                 logger.write(done, {'val/psnr_y': val_psnr, 'val/bicubic_psnr_y': bicubic})
                 logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)',
                              done, val_psnr, bicubic)

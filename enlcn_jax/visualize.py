@@ -23,8 +23,12 @@ Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
+import itertools
 import json
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,16 +69,16 @@ def attention_row(q: Array, k: Array, kind: str, projection: Array | None = None
 
     Args:
       q: `[d]` query; k: `[N, d]` keys.
-      kind: 'softmax' (exact `softmax(q . k)`) or 'random_features' (`phi(q).phi(k_j)` normalised).
+      kind: 'exact' (`softmax(q . k)`) or 'random_features' (`phi(q).phi(k_j)` normalised).
     Returns:
       `[N]` weights.
     """
-    if kind == 'softmax':
+    if kind == 'exact':
         return jax.nn.softmax(k @ q)
     if kind == 'random_features':
         weights = feature_map(k, projection) @ feature_map(q, projection)
         return weights / jnp.sum(weights)
-    raise ValueError(f"unknown attention row kind {kind!r}; known: 'softmax', 'random_features'")
+    raise ValueError(f"unknown attention row kind {kind!r}; known: 'exact', 'random_features'")
 
 
 def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray,
@@ -86,15 +90,15 @@ def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray
         raise ValueError(f'--pixel {x},{y} is outside the {w}x{h} image')
     theta, delta, _, name = module_embeddings(model, variables, image, module)
     projection = variables[models.RANDOM_FEATURES][name]['projection']
-    feature_map = features.get_feature_map(model.feature_map, model.kernel_eps)
+    feature_map = model.enlca.feature_map_fn()
     i = y * w + x
-    unit = lambda e: models.l2_normalize(e, model.norm_eps)
-    amp = jnp.sqrt(jnp.float32(model.amplification))
+    unit = lambda e: models.l2_normalize(e, model.enlca.norm_eps)
+    amp = jnp.sqrt(jnp.float32(model.enlca.amplification))
     q1, k1 = unit(theta), unit(delta)
     rows = {
-        'NLA': attention_row(theta[i], delta, 'softmax'),
+        'NLA': attention_row(theta[i], delta, 'exact'),
         'ENLA': attention_row(q1[i], k1, 'random_features', projection, feature_map),
-        'softmax k': attention_row(amp * q1[i], amp * k1, 'softmax'),
+        'softmax k': attention_row(amp * q1[i], amp * k1, 'exact'),
         'ENLCA': attention_row(amp * q1[i], amp * k1, 'random_features', projection, feature_map),
     }
     return {kind: np.asarray(row).reshape(h, w) for kind, row in rows.items()}
@@ -130,10 +134,21 @@ def _save_figure(fig, out: str | Path) -> Path:
     return out
 
 
+def study_feature_map(spec: str) -> features.FeatureMap:
+    """The feature map `spec` selects (a name or `MODULE:NAME`) with its additive constant, if
+    it has an `eps` option, at 0: the study measures the random-feature estimate itself."""
+    feature_map = features.get_feature_map(spec)
+    if 'eps' in inspect.signature(feature_map).parameters:
+        return functools.partial(feature_map, eps=0.0)
+    return feature_map
+
+
 def kernel_estimates(q: Array, k: Array, sampler: features.ProjectionSampler, m: int,
-                     draws: int, key: Array) -> Array:
-    """`draws` independent random-feature estimates of `exp(q . k)` (no eps). `[P, d] -> [draws, P]`."""
-    phi = lambda x, f: features.softmax_kernel_features(x, f, eps=0.0)
+                     draws: int, key: Array, phi: features.FeatureMap | None = None) -> Array:
+    """`draws` independent estimates `phi(q) . phi(k)`, each with a new `[m, d]` projection;
+    `phi` defaults to the softmax kernel with eps 0, an estimate of `exp(q . k)`.
+    `[P, d] -> [draws, P]`."""
+    phi = phi or study_feature_map('softmax_kernel')
 
     def one(key):
         projection = sampler(key, m, q.shape[-1])
@@ -148,17 +163,24 @@ def eq7_variance(q: Array, k: Array, m: int) -> Array:
 
 
 def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws: int = 64,
-                        pairs: int = 256, seed: int = 0) -> list[dict]:
-    """Relative error / variance of the kernel estimate and of ENLA's output, per (k, m, features).
+                        pairs: int = 256, seed: int = 0,
+                        feature_maps: Sequence[str] = ('softmax_kernel',)) -> list[dict]:
+    """Error / variance of the kernel estimate and of ENLA's output, per (k, m, map, projection).
+
+    Every feature map (a name or `MODULE:NAME`, its `eps` at 0) is measured on the same
+    embeddings, pairs and projections, so a researcher's kernel compares directly with ours.
 
     Args:
       theta, delta: `[N, d]` raw query / key embeddings; value: `[N, c]`.
       ks: amplifications; ms: numbers of random features.
+      feature_maps: the maps to compare.
     Returns:
-      rows with `k`, `m`, `features`, `kernel_rel_rmse`, `kernel_rel_var` (measured
-      `Var / exp(q.k)^2`, averaged over pairs), `eq7_rel_var` (the same from Eq. 7) and
-      `output_rel_error` (`|ENLA - softmax attention| / |softmax attention|`, mean over draws).
+      rows with `k`, `m`, `feature_map`, `projection`, `kernel_rel_rmse` (of `phi(q).phi(k)`
+      against `exp(q.k)`), `kernel_rel_var` (measured `Var / exp(q.k)^2`, averaged over pairs),
+      `eq7_rel_var` (the softmax kernel's iid variance from Eq. 7) and `output_rel_error`
+      (`|ENLA - softmax attention| / |softmax attention|`, mean over draws).
     """
+    maps = {spec: study_feature_map(spec) for spec in feature_maps}
     key = jax.random.key(seed)
     n = theta.shape[0]
     pick_q, pick_k, key = jax.random.split(key, 3)
@@ -169,32 +191,33 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
     for amp in ks:
         s = jnp.sqrt(jnp.float32(amp))
         q, k = s * unit(theta), s * unit(delta)
-        exact_attention = attention.softmax_attention(q[None], k[None], value[None])
+        exact_attention = attention.exact_attention(q[None], k[None], value[None])
         exact = jnp.exp(jnp.sum(q[qi] * k[kj], -1))
-        for m in ms:
-            for name in ('iid', 'orthogonal'):
-                sampler = features.get_projection(name)
-                kernel_key, output_key = jax.random.split(jax.random.fold_in(key, m))
-                est = kernel_estimates(q[qi], k[kj], sampler, m, draws, kernel_key)
+        for m, (spec, phi), name in itertools.product(ms, maps.items(), ('iid', 'orthogonal')):
+            sampler = features.get_projection(name)
+            kernel_key, output_key = jax.random.split(jax.random.fold_in(key, m))
+            est = kernel_estimates(q[qi], k[kj], sampler, m, draws, kernel_key, phi)
 
-                def output_error(key, sampler=sampler, m=m):
-                    out = attention.enla(q[None], k[None], value[None], sampler(key, m, q.shape[-1]))
-                    return jnp.linalg.norm(out - exact_attention) / jnp.linalg.norm(exact_attention)
+            def output_error(key, sampler=sampler, m=m, phi=phi):
+                projection = sampler(key, m, q.shape[-1])
+                out = attention.enla(q[None], k[None], value[None], projection, phi)
+                return jnp.linalg.norm(out - exact_attention) / jnp.linalg.norm(exact_attention)
 
-                out_err = jax.lax.map(output_error, jax.random.split(output_key, min(draws, 16)))
-                rows.append({
-                    'k': float(amp), 'm': int(m), 'features': name,
-                    'kernel_rel_rmse': float(jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact)),
-                    'kernel_rel_var': float(jnp.mean(jnp.var(est, 0) / exact ** 2)),
-                    'eq7_rel_var': float(jnp.mean(eq7_variance(q[qi], k[kj], m) / exact ** 2)),
-                    'output_rel_error': float(jnp.mean(out_err)),
-                })
+            out_err = jax.lax.map(output_error, jax.random.split(output_key, min(draws, 16)))
+            rows.append({
+                'k': float(amp), 'm': int(m), 'feature_map': spec, 'projection': name,
+                'kernel_rel_rmse': float(jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact)),
+                'kernel_rel_var': float(jnp.mean(jnp.var(est, 0) / exact ** 2)),
+                'eq7_rel_var': float(jnp.mean(eq7_variance(q[qi], k[kj], m) / exact ** 2)),
+                'output_rel_error': float(jnp.mean(out_err)),
+            })
     return rows
 
 
 def plot_study(rows: list[dict], out: str | Path) -> Path:
     """Three panels: kernel variance vs k (at the largest m) with Eq. 7, vs m (at k = 6 or the
-    nearest), and attention-output error vs k."""
+    nearest), and attention-output error vs k; one colour per feature map, one marker per
+    projection."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -202,19 +225,23 @@ def plot_study(rows: list[dict], out: str | Path) -> Path:
     ms = sorted({r['m'] for r in rows})
     m_ref, k_ref = ms[-1], min(ks, key=lambda k: abs(k - 6))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, style in (('iid', 'o'), ('orthogonal', 's')):
-        sel = lambda **kv: sorted((r for r in rows if r['features'] == name
+    feature_maps = list(dict.fromkeys(r['feature_map'] for r in rows))
+    for (color, spec), (name, marker) in itertools.product(
+            enumerate(feature_maps), (('iid', 'o'), ('orthogonal', 's'))):
+        sel = lambda **kv: sorted((r for r in rows if r['projection'] == name
+                                   and r['feature_map'] == spec  # pylint: disable=cell-var-from-loop
                                    and all(r[a] == b for a, b in kv.items())),
                                   key=lambda r: (r['k'], r['m']))
         by_k, by_m = sel(m=m_ref), sel(k=k_ref)
-        axes[0].semilogy([r['k'] for r in by_k], [r['kernel_rel_var'] for r in by_k], style,
-                         label=f'{name} measured')
-        axes[1].loglog([r['m'] for r in by_m], [r['kernel_rel_var'] for r in by_m], style,
-                       label=f'{name} measured')
-        axes[2].plot([r['k'] for r in by_k], [r['output_rel_error'] for r in by_k], style + '-',
-                     label=name)
-    eq7_k = sorted((r for r in rows if r['features'] == 'iid' and r['m'] == m_ref), key=lambda r: r['k'])
-    eq7_m = sorted((r for r in rows if r['features'] == 'iid' and r['k'] == k_ref), key=lambda r: r['m'])
+        style = dict(marker=marker, color=f'C{color}', label=f'{spec}, {name}')
+        axes[0].semilogy([r['k'] for r in by_k], [r['kernel_rel_var'] for r in by_k],
+                         linestyle='none', **style)
+        axes[1].loglog([r['m'] for r in by_m], [r['kernel_rel_var'] for r in by_m],
+                       linestyle='none', **style)
+        axes[2].plot([r['k'] for r in by_k], [r['output_rel_error'] for r in by_k], **style)
+    eq7 = lambda r: r['projection'] == 'iid' and r['feature_map'] == feature_maps[0]
+    eq7_k = sorted((r for r in rows if eq7(r) and r['m'] == m_ref), key=lambda r: r['k'])
+    eq7_m = sorted((r for r in rows if eq7(r) and r['k'] == k_ref), key=lambda r: r['m'])
     axes[0].semilogy([r['k'] for r in eq7_k], [r['eq7_rel_var'] for r in eq7_k], 'k-', label='Eq. 7')
     axes[1].loglog([r['m'] for r in eq7_m], [r['eq7_rel_var'] for r in eq7_m], 'k-', label='Eq. 7')
     axes[0].set(xlabel='amplification k', ylabel='Var / exp(q.k)^2', title=f'kernel estimate, m = {m_ref}')
@@ -231,7 +258,7 @@ def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
     if checkpoint:
         from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
         config, variables = checkpoints.load_model(checkpoint)
-        return models.ENLCN(**config), variables
+        return models.from_config(config), variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
     return model, models.init_variables(model, jax.random.key(0))
 
@@ -262,6 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.choices['variance'].add_argument('--draws', type=int, default=64)
     sub.choices['variance'].add_argument('--ks', default='1,2,3,4,5,6,7,8,9,10')
     sub.choices['variance'].add_argument('--ms', default='2,4,8,16,32,64,128,256')
+    sub.choices['variance'].add_argument(
+        '--feature_map', default='softmax_kernel',
+        help='comma-separated feature maps to compare: names or MODULE:NAME (the first is the '
+             'one Eq. 7 is drawn for)')
     args = parser.parse_args(argv)
 
     model, variables = _load_model(args.checkpoint)
@@ -276,8 +307,15 @@ def main(argv: list[str] | None = None) -> None:
                    for kind, m in maps.items()}
     else:
         theta, delta, value, _ = module_embeddings(model, variables, image, args.module)
+        try:
+            feature_maps = [spec for spec in args.feature_map.split(',') if spec]
+            for spec in feature_maps:
+                study_feature_map(spec)
+        except ValueError as e:
+            parser.error(f'--feature_map: {e}')
         summary = approximation_study(theta, delta, value, [float(v) for v in args.ks.split(',')],
-                                      [int(v) for v in args.ms.split(',')], args.draws)
+                                      [int(v) for v in args.ms.split(',')], args.draws,
+                                      feature_maps=feature_maps)
         png = plot_study(summary, out.with_suffix('.png'))
     out.with_suffix('.json').write_text(json.dumps(summary, indent=2))
     print(f'wrote {png} and {out.with_suffix(".json")}')

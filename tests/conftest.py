@@ -112,3 +112,11 @@ def unit_embeddings(key, shape, amplification=6.0):
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     s = np.sqrt(amplification)
     return s * unit(jax.random.normal(kq, shape)), s * unit(jax.random.normal(kk, shape))
+
+
+def batched_contrastive_loss(q, k, *args, **kwargs):
+    """`losses.contrastive_loss` (one image) batched as its docstring says: the mean over
+    `jax.vmap` of `[B, N, d]` inputs."""
+    from enlcn_jax import losses  # pylint: disable=import-outside-toplevel
+    per_image = jax.vmap(lambda q, k: losses.contrastive_loss(q, k, *args, **kwargs))
+    return jnp.mean(per_image(q, k))

@@ -16,18 +16,18 @@ def normalized_qkv(key, b, n, d, c, amplification=6.0):
             jax.random.normal(kv, (b, n, c)))
 
 
-def test_softmax_attention_matches_direct_formula():
+def test_exact_attention_matches_direct_formula():
     q, k, v = normalized_qkv(jax.random.key(0), 2, 30, 8, 5)
     weights = np.exp(np.einsum('bnd,bmd->bnm', q, k))
     weights /= weights.sum(-1, keepdims=True)
-    np.testing.assert_allclose(attention.softmax_attention(q, k, v),
+    np.testing.assert_allclose(attention.exact_attention(q, k, v),
                                np.einsum('bnm,bmc->bnc', weights, v), rtol=1e-5, atol=1e-6)
 
 
-def test_blocked_softmax_attention_equals_one_block_with_gradients():
+def test_blocked_exact_attention_equals_one_block_with_gradients():
     q, k, v = normalized_qkv(jax.random.key(3), 2, 70, 8, 5)   # 70 = 5 blocks of 16, the last padded
-    blocked = lambda q, k, v: attention.softmax_attention(q, k, v, query_block=16)
-    whole = lambda q, k, v: attention.softmax_attention(q, k, v, query_block=70)
+    blocked = lambda q, k, v: attention.exact_attention(q, k, v, query_block=16)
+    whole = lambda q, k, v: attention.exact_attention(q, k, v, query_block=70)
     np.testing.assert_allclose(blocked(q, k, v), whole(q, k, v), rtol=1e-5, atol=1e-6)
     probe = jax.random.normal(jax.random.key(4), (2, 70, 5))
     grads = [jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=(0, 1, 2))(q, k, v)
@@ -45,9 +45,9 @@ def test_linear_attention_with_identity_features_is_normalised_kernel_attention(
     np.testing.assert_allclose(attention.linear_attention(qf, kf, v), expected, rtol=1e-5)
 
 
-def test_enla_approaches_exact_softmax_attention_as_m_grows():
+def test_enla_approaches_exact_exact_attention_as_m_grows():
     q, k, v = normalized_qkv(jax.random.key(2), 1, 256, 16, 8, amplification=2.0)
-    exact = attention.softmax_attention(q, k, v)
+    exact = attention.exact_attention(q, k, v)
     errors = []
     for m in (16, 64, 256, 1024):
         errs = [jnp.linalg.norm(attention.enla(
@@ -72,7 +72,7 @@ def _intermediate_sizes(jaxpr):
                     yield from _intermediate_sizes(getattr(inner, 'jaxpr', inner))
 
 
-@pytest.mark.parametrize('kind, quadratic', [('enla', False), ('softmax', True)])
+@pytest.mark.parametrize('kind, quadratic', [('enla', False), ('exact', True)])
 def test_enlca_memory_is_linear_in_positions(kind, quadratic):
     """No N x N intermediate in ENLA's forward or backward at 256 x 256 positions, 64 channels.
 
@@ -80,7 +80,7 @@ def test_enlca_memory_is_linear_in_positions(kind, quadratic):
     """
     side, c = 256, 64
     n = side * side
-    module = models.ENLCA(attention=kind)
+    module = models.ENLCA(models.ENLCAConfig(attention=kind))
     x = jax.ShapeDtypeStruct((1, side, side, c), jnp.float32)
     variables = jax.eval_shape(lambda: module.init(
         {'params': jax.random.key(0), 'random_features': jax.random.key(1)},
@@ -113,5 +113,5 @@ def test_enla_forward_runs_at_256x256():
 
 
 def test_unknown_attention_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown attention 'lsh'"):
+    with pytest.raises(ValueError, match="model.attention='lsh': unknown attention.*'enla'"):
         attention.get_attention('lsh')

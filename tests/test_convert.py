@@ -73,7 +73,7 @@ def test_cli_writes_a_model_directory_that_reproduces_pytorch(reference, x4_stat
                              '--out', str(out)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     config, variables = checkpoints.load_model_dir(out)
-    sr = models.ENLCN(**config).apply(variables,
+    sr = models.from_config(config).apply(variables,
                                       jnp.asarray(reference['x4/input'].transpose(0, 2, 3, 1)))
     assert rel_err(np.asarray(sr).transpose(0, 3, 1, 2), reference['x4/output']) <= 1e-5
     with pytest.raises(FileExistsError, match='already exists'):

@@ -109,9 +109,9 @@ def test_relu_features_match_the_direct_formula():
 
 
 def test_unknown_names_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown feature map 'cosine'.*softmax"):
+    with pytest.raises(ValueError, match="'cosine': unknown feature map.*softmax_kernel"):
         features.get_feature_map('cosine')
-    with pytest.raises(ValueError, match="unknown projection 'sobol'"):
+    with pytest.raises(ValueError, match="model.projection='sobol': unknown projection"):
         features.get_projection('sobol')
 
 
@@ -127,7 +127,7 @@ def register():
 
     yield add
     for name in names:
-        features.FEATURE_MAPS.pop(name, None)
+        features.FEATURE_MAPS.unregister(name)
 
 
 def relu_written_out(x, projection, eps=1e-3):
@@ -149,7 +149,7 @@ def test_registered_feature_map_is_the_one_enlca_runs(register):
     c, m = 16, 32
     x = jax.random.normal(jax.random.key(0), (1, 5, 6, c))
     rngs = {'params': jax.random.key(1), 'random_features': jax.random.key(2)}
-    module = models.ENLCA(feature_map=name, num_random_features=m)
+    module = models.ENLCA(models.ENLCAConfig(feature_map=name, num_random_features=m))
     variables = numpy_variables(lambda: module.init(rngs, x))
     out, (q, k) = module.apply(variables, x)
 
@@ -162,7 +162,7 @@ def test_registered_feature_map_is_the_one_enlca_runs(register):
     attended = (fq @ (fk.T @ v)) / (fq @ fk.sum(0))[:, None]
     np.testing.assert_allclose(np.asarray(out).reshape(-1, c), flat + 0.1 * attended,
                                rtol=1e-5, atol=1e-5)
-    softmax_out, _ = models.ENLCA(num_random_features=m).apply(variables, x)
+    softmax_out, _ = models.ENLCA(models.ENLCAConfig(num_random_features=m)).apply(variables, x)
     assert np.abs(softmax_out - out).max() > 1e-2
 
 
@@ -170,26 +170,25 @@ def test_registered_feature_map_runs_in_an_enlcn_like_its_builtin_twin(register)
     """An ENLCN with the registered ReLU map = one with the built-in 'relu', != 'softmax'."""
     name = register('test_relu_written_out', relu_written_out)
     tiny = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1, num_random_features=16)
-    model = models.ENLCN(feature_map=name, **tiny)
+    model = models.from_config(dict(feature_map=name, **tiny))
     variables = numpy_variables(lambda: models.init_variables(model, jax.random.key(0), (6, 7)))
     x = jax.random.uniform(jax.random.key(1), (1, 6, 7, 3))
     sr = model.apply(variables, x)
-    builtin = models.ENLCN(feature_map='relu', **tiny).apply(variables, x)
+    builtin = models.from_config(dict(feature_map='relu', **tiny)).apply(variables, x)
     np.testing.assert_allclose(sr, builtin, rtol=1e-5, atol=1e-6)
-    softmax = models.ENLCN(feature_map='softmax', **tiny).apply(variables, x)
+    softmax = models.from_config(dict(feature_map='softmax_kernel', **tiny)).apply(variables, x)
     assert np.abs(softmax - sr).max() > 1e-4
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason='feature maps are given eps= (fixed by the research-API issue)')
 def test_plain_two_argument_feature_map_from_the_readme_runs_with_the_quickstart_config(register):
-    """README: a feature map is a plain `phi(x, F)`; the configs set `model.kernel_eps`."""
+    """README: a feature map is a plain `phi(x, F)`: the configs' `model.kernel_eps` (None) is
+    not bound to it."""
     def relu_squared(x, projection):
         return jnp.square(jax.nn.relu(x @ projection.T)) / projection.shape[0] ** 0.5 + 1e-6
 
     config = {**quickstart.get_config().model.to_dict(), 'n_resblocks': 1, 'n_feats': 16,
               'feature_map': register('relu2', relu_squared)}
-    model = models.ENLCN(**config)
+    model = models.from_config(config)
     variables = numpy_variables(lambda: models.init_variables(model, jax.random.key(0), (6, 6)))
     sr = model.apply(variables, jnp.full((1, 6, 6, 3), 0.5))
     assert sr.shape == (1, 12, 12, 3) and bool(jnp.all(jnp.isfinite(sr)))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import unit_embeddings
+from conftest import batched_contrastive_loss, unit_embeddings
 from enlcn_jax import losses
 
 ACTIVE_AMPLIFICATION = 2.7
@@ -40,14 +40,14 @@ def test_code_variant_matches_full_sort_with_active_rows(active_embeddings, bloc
     q, k = active_embeddings
     ref, active = code_reference(q, k)
     assert 0.5 < active < 0.9 and ref > 0.03  # the hinge both passes and clips rows
-    ours = losses.contrastive_loss(q, k, 'code', block_size=block_size)
+    ours = batched_contrastive_loss(q, k, 'code', block_size=block_size)
     np.testing.assert_allclose(float(ours), ref, rtol=1e-5)
 
 
 def test_paper_variant_matches_eq10_with_percentages():
     n = 1000  # n1 N = 20 relevant, irrelevant ranks [80, 100)
     q, k = unit_embeddings(jax.random.key(1), (1, n, 8))
-    ours = losses.contrastive_loss(q, k, 'paper', block_size=256, margin=1.0)
+    ours = batched_contrastive_loss(q, k, 'paper', block_size=256, margin=1.0)
     rows = full_sort_row_losses(np.float64(q), np.float64(k), (0, 20), (80, 100), 1.0, 0.0)
     assert np.any(rows < 0)  # no hinge: negative rows count
     np.testing.assert_allclose(float(ours), float(np.mean(rows)), rtol=1e-5)
@@ -62,7 +62,7 @@ def test_hinge_is_zero_when_relevant_keys_dominate():
     k = np.zeros((1, n, d), np.float32)
     k[0, :15, 0] = np.sqrt(6)
     k[0, 15:, 1] = np.sqrt(6)
-    assert float(losses.contrastive_loss(jnp.asarray(q), jnp.asarray(k))) == 0.0
+    assert float(batched_contrastive_loss(jnp.asarray(q), jnp.asarray(k))) == 0.0
 
 
 def test_closed_form_value_with_two_score_levels():
@@ -75,7 +75,7 @@ def test_closed_form_value_with_two_score_levels():
     k[0, :20, 0] = a
     k[0, 20:, 1] = 1.0
     expected = 1.0 - a + np.log1p(1e-6)
-    assert float(losses.contrastive_loss(jnp.asarray(q), jnp.asarray(k))) == pytest.approx(
+    assert float(batched_contrastive_loss(jnp.asarray(q), jnp.asarray(k))) == pytest.approx(
         expected, rel=1e-6)
 
 
@@ -83,7 +83,7 @@ def test_closed_form_value_with_two_score_levels():
 def test_runs_at_96x96_with_gradients(variant):
     n = 96 * 96
     q, k = unit_embeddings(jax.random.key(2), (1, n, 16))
-    loss_fn = jax.jit(lambda q, k: losses.contrastive_loss(q, k, variant))
+    loss_fn = jax.jit(lambda q, k: batched_contrastive_loss(q, k, variant))
     loss, (gq, gk) = jax.value_and_grad(loss_fn, argnums=(0, 1))(q, k)
     assert np.isfinite(float(loss))
     assert bool(jnp.all(jnp.isfinite(gq))) and float(jnp.abs(gq).max()) > 0
@@ -101,7 +101,7 @@ def test_gradient_matches_full_sort_autodiff(active_embeddings):
         rows = full_sort_row_losses(q, k, (0, 15), (50, 65), 1.0, 1e-6, xp=jnp)
         return jnp.mean(jax.nn.relu(rows))
 
-    ours = jax.grad(lambda q, k: losses.contrastive_loss(q, k, block_size=48), (0, 1))(q, k)
+    ours = jax.grad(lambda q, k: batched_contrastive_loss(q, k, block_size=48), (0, 1))(q, k)
     ref = jax.grad(full_sort, (0, 1))(q, k)
     for a, b in zip(ours, ref):
         assert float(jnp.mean(jnp.abs(b) > 0)) > 0.5  # most rows carry a gradient
@@ -111,9 +111,11 @@ def test_gradient_matches_full_sort_autodiff(active_embeddings):
 def test_bad_arguments_are_clear_errors():
     q, k = unit_embeddings(jax.random.key(5), (1, 40, 4))
     with pytest.raises(ValueError, match='at least 65 positions'):
-        losses.contrastive_loss(q, k, 'code')
+        losses.contrastive_loss(q[0], k[0], 'code')
     with pytest.raises(ValueError, match="unknown contrastive variant 'infonce'"):
-        losses.contrastive_loss(q, k, 'infonce')
+        losses.contrastive_loss(q[0], k[0], 'infonce')
+    with pytest.raises(ValueError, match=r'one image: q, k \[N, d\].*jax.vmap'):
+        losses.contrastive_loss(q, k, 'code')
 
 
 def test_l1_loss():

@@ -23,7 +23,7 @@ def test_pixel_shuffle_follows_pytorch_channel_order():
 
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_shapes_and_finite_gradients(scale):
-    model = models.ENLCN(scale=scale, **TINY)
+    model = models.from_config(dict(scale=scale, **TINY))
     variables = models.init_variables(model, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (2, 10, 9, 3))
 
@@ -70,7 +70,7 @@ def test_parameter_counts_of_the_paper_models(scale, published_edsr):
 
 
 def test_random_features_are_a_separate_collection_and_redraw_is_pure():
-    model = models.ENLCN(**TINY)
+    model = models.from_config(TINY)
     variables = models.init_variables(model, jax.random.key(0))
     assert set(variables) == {'params', models.RANDOM_FEATURES}
     assert not any('projection' in jax.tree_util.keystr(p)
@@ -90,9 +90,9 @@ def test_random_features_are_a_separate_collection_and_redraw_is_pure():
     assert not np.allclose(model.apply(variables, x), model.apply(a, x))
 
 
-@pytest.mark.parametrize('attention', ['softmax', 'none'])
+@pytest.mark.parametrize('attention', ['exact', 'softmax', 'none'])
 def test_attention_kinds_share_the_backbone(attention):
-    model = models.ENLCN(attention=attention, **TINY)
+    model = models.from_config(dict(attention=attention, **TINY))
     variables = models.init_variables(model, jax.random.key(0))
     sr = model.apply(variables, jnp.zeros((1, 8, 8, 3)))
     assert sr.shape == (1, 16, 16, 3)
@@ -100,7 +100,7 @@ def test_attention_kinds_share_the_backbone(attention):
 
 
 def test_amplification_is_applied_to_queries_and_keys():
-    module = models.ENLCA(amplification=6.0, num_random_features=8)
+    module = models.ENLCA(models.ENLCAConfig(amplification=6.0, num_random_features=8))
     x = jax.random.normal(jax.random.key(0), (1, 5, 5, 8))
     variables = module.init({'params': jax.random.key(1), 'random_features': jax.random.key(2)}, x)
     _, (q, k) = module.apply(variables, x)
@@ -110,7 +110,7 @@ def test_amplification_is_applied_to_queries_and_keys():
 
 def test_embedding_norm_is_clamped_at_the_released_5e5():
     """`F.normalize(x, eps=5e-5)`: below norm 5e-5 an embedding is divided by 5e-5, not its norm."""
-    module = models.ENLCA(amplification=6.0, num_random_features=8)
+    module = models.ENLCA(models.ENLCAConfig(amplification=6.0, num_random_features=8))
     x = jnp.ones((1, 2, 2, 8))
     variables = module.init({'params': jax.random.key(1), 'random_features': jax.random.key(2)}, x)
     conv = variables['params']['conv_match1']
@@ -124,7 +124,7 @@ def test_embedding_norm_is_clamped_at_the_released_5e5():
 
 
 def test_bad_inputs_are_clear_errors():
-    model = models.ENLCN(**TINY)
+    model = models.from_config(TINY)
     variables = models.init_variables(model, jax.random.key(0))
     with pytest.raises(ValueError, match=r'RGB images \[B, H, W, 3\].*\(1, 8, 8, 4\)'):
         model.apply(variables, jnp.zeros((1, 8, 8, 4)))
@@ -132,9 +132,13 @@ def test_bad_inputs_are_clear_errors():
         model.apply(variables, jnp.zeros((8, 8, 3)))
     with pytest.raises(ValueError, match=r'ENLCA expects \[B, H, W, C\]'):
         models.ENLCA().init(jax.random.key(0), jnp.zeros((8, 8, 16)))
-    with pytest.raises(ValueError, match="unknown attention 'lsh'"):
-        models.init_variables(models.ENLCN(attention='lsh', **TINY), jax.random.key(0))
-    with pytest.raises(ValueError, match="unknown feature map 'cosine'"):
-        models.init_variables(models.ENLCN(feature_map='cosine', **TINY), jax.random.key(0))
+    with pytest.raises(ValueError, match="model.attention='lsh': unknown attention"):
+        models.from_config(dict(attention='lsh', **TINY))
+    with pytest.raises(ValueError, match="model.feature_map='cosine': unknown feature map"):
+        models.from_config(dict(feature_map='cosine', **TINY))
+    with pytest.raises(ValueError, match=r"unknown model config key\(s\) \['n_feat'\]"):
+        models.from_config({'n_feat': 8})
+    with pytest.raises(ValueError, match='model.num_random_features must be >= 1, got 0'):
+        models.from_config(dict(TINY, num_random_features=0))
     with pytest.raises(ValueError, match='scale must be 3 or a power of 2, got 5'):
-        models.init_variables(models.ENLCN(scale=5, **TINY), jax.random.key(0))
+        models.init_variables(models.from_config(dict(scale=5, **TINY)), jax.random.key(0))

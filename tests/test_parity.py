@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import nchw, nhwc, rel_err, state_dict
-from enlcn_jax import convert, losses, models
+from conftest import batched_contrastive_loss, nchw, nhwc, rel_err, state_dict
+from enlcn_jax import convert, models
 
 TOL = 1e-6
 ATTENTION_TOL = 1e-5
@@ -26,13 +26,13 @@ def test_enlcn_output_and_contrastive_losses_match_pytorch(reference, scale):
     config, variables = convert.convert_state_dict(state_dict(reference, f'x{scale}'), scale)
     assert config['n_resblocks'] == 8 and config['n_feats'] == 32
     assert config['reduction'] == 4 and config['num_random_features'] == 128
-    model = models.ENLCN(**config)
+    model = models.from_config(config)
     sr, embeddings = model.apply(variables, nhwc(reference[f'x{scale}/input']),
                                  return_embeddings=True)
     assert rel_err(nchw(sr), reference[f'x{scale}/output']) <= TOL
     # The training-mode forward has the same image path.
     assert rel_err(nchw(sr), reference[f'x{scale}/output_train']) <= TOL
-    ours = [float(losses.contrastive_loss(q, k, 'code')) for q, k in embeddings]
+    ours = [float(batched_contrastive_loss(q, k, 'code')) for q, k in embeddings]
     np.testing.assert_allclose(ours, reference[f'x{scale}/contrastive_losses'], rtol=0,
                                atol=LOSS_ATOL)
 
@@ -41,11 +41,11 @@ def test_scale3_enlcn_at_rgb_range_255_matches_pytorch(reference_extra):
     """The pixel scale of every released config, imported through `convert`."""
     config, variables = convert.convert_state_dict(state_dict(reference_extra, 'x3'), 3)
     assert config['rgb_range'] == 255 and config['scale'] == 3
-    model = models.ENLCN(**config)
+    model = models.from_config(config)
     lr = nhwc(reference_extra['x3/input']) / 255.0   # the model takes and returns [0, 1]
     sr, embeddings = model.apply(variables, lr, return_embeddings=True)
     assert rel_err(nchw(sr) * 255.0, reference_extra['x3/output']) <= TOL
-    ours = [float(losses.contrastive_loss(q, k, 'code')) for q, k in embeddings]
+    ours = [float(batched_contrastive_loss(q, k, 'code')) for q, k in embeddings]
     np.testing.assert_allclose(ours, reference_extra['x3/contrastive_losses'], rtol=0,
                                atol=LOSS_ATOL)
 
@@ -53,7 +53,7 @@ def test_scale3_enlcn_at_rgb_range_255_matches_pytorch(reference_extra):
 def run_lone_enlca(fixture, prefix):
     variables = convert.convert_enlca_state_dict(state_dict(fixture, prefix))
     x = nhwc(fixture[f'{prefix}/input'])
-    out, (q, k) = models.ENLCA(reduction=4, res_scale=0.1).apply(variables, x)
+    out, (q, k) = models.ENLCA(models.ENLCAConfig(reduction=4), res_scale=0.1).apply(variables, x)
     return x, out, q, k
 
 
@@ -69,7 +69,7 @@ def test_lone_enlca_output_and_attention_part_match_pytorch(fixture_name, prefix
 
 def test_lone_enlca_contrastive_loss_matches_pytorch(reference):
     _, _, q, k = run_lone_enlca(reference, 'enlca')
-    loss = losses.contrastive_loss(q, k, 'code', block_size=128)
+    loss = batched_contrastive_loss(q, k, 'code', block_size=128)
     np.testing.assert_allclose(float(loss), reference['enlca/contrastive_loss'], rtol=0,
                                atol=LOSS_ATOL)
 
@@ -86,7 +86,7 @@ def test_active_hinge_loss_and_gradient_match_pytorch_and_full_sort(reference_ex
     active = float(jnp.mean(full_sort_code_loss(q, k) > 0))
     assert active == pytest.approx(float(reference_extra['enlca_active/active_fraction']), abs=1e-3)
     assert 0.5 < active < 0.7
-    loss_fn = lambda q, k: losses.contrastive_loss(q, k, 'code', block_size=256)
+    loss_fn = lambda q, k: batched_contrastive_loss(q, k, 'code', block_size=256)
     loss, grads = jax.value_and_grad(loss_fn, (0, 1))(q, k)
     np.testing.assert_allclose(float(loss), float(reference_extra['enlca_active/contrastive_loss']),
                                rtol=1e-5, atol=1e-6)

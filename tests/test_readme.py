@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -28,9 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -257,7 +258,7 @@ def library_example() -> str:
 
 
 def kernel_example() -> str:
-    return next(code for code in python_blocks() if 'register_feature_map' in code)
+    return next(code for code in python_blocks() if 'def relu_squared' in code)
 
 
 def test_every_python_block_is_tested():
@@ -281,36 +282,55 @@ def test_library_example_runs():
     print(f'library example: {time.perf_counter() - start:.1f} s')
 
 
-@pytest.fixture(name='registry')
-def fixture_registry():
-    """Restores the feature-map registry the kernel example registers `relu2` in."""
-    from enlcn_jax import features
-    saved = dict(features.FEATURE_MAPS)
-    yield
-    features.FEATURE_MAPS.clear()
-    features.FEATURE_MAPS.update(saved)
+def test_kernel_example_is_the_file_the_commands_use():
+    assert kernel_example() == (REPO / 'examples' / 'my_kernels.py').read_text()
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="features.get_feature_map binds eps to every map: relu_squared() got an "
-                          "unexpected keyword argument 'eps' (fixed by the next issue)")
-@pytest.mark.usefixtures('registry')
-def test_kernel_example_trains_with_the_registered_map():
-    from enlcn_jax import models, train_lib
-    namespace = {}
-    exec(kernel_example(), namespace)  # pylint: disable=exec-used
-    # The README's `--config.model.feature_map=relu2` on the config of its train command, small.
-    _, spans = readme()
-    section = next(s for c, s in readme_commands() if s.startswith('Adding a kernel'))
-    override = next(span for span, s in spans if s == section and
-                    span.startswith('--config.model.feature_map='))
-    config = load_config(section_config(section), [override, '--config.model.n_resblocks=2',
-                                                   '--config.model.n_feats=8'])
-    assert config.model.feature_map == 'relu2'
-    model = train_lib.create_model(config)
-    variables = models.init_variables(model, jax.random.key(0), (8, 8))
-    sr = model.apply(variables, jnp.zeros((1, 8, 8, 3)))
-    assert sr.shape == (1, 16, 16, 3) and bool(jnp.all(jnp.isfinite(sr)))
+def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
+    """The README's train command with `--config.model.feature_map=MODULE:NAME` (a few steps of a
+    small model), then its eval.py command on that workdir, on tests/data's Set5."""
+    section = next(s for c, s in readme_commands() if 'my_kernels:' in c)
+    commands = [c for c, where in readme_commands() if where == section]
+    train, evaluate, study = (next(c for c in commands if c.startswith(f'python {start}'))
+                              for start in ('train.py', 'eval.py', '-m enlcn_jax.visualize'))
+    workdir = tmp_path / 'relu_squared'
+    train_args = shlex.split(train)[1:]
+    train_args[train_args.index('--workdir') + 1] = str(workdir)
+    small = ['--config.model.n_resblocks=2', '--config.model.n_feats=16',
+             '--config.model.num_random_features=16', '--config.data.lr_patch=12',
+             '--config.data.batch_size=2', '--config.train.epochs=1',
+             '--config.train.steps_per_epoch=4', '--config.train.log_every=1',
+             '--config.train.contrastive.start_epoch=0', '--config.data.val_source=none']
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+    result = subprocess.run([sys.executable, *train_args, *small], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((workdir / 'model_config.json').read_text())['feature_map'] == \
+        'examples.my_kernels:relu_squared'
+    losses = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(r['train/loss']) for r in losses)
+    assert any(r['train/contrastive'] > 0 for r in losses)  # the loss saw the map's embeddings
+    eval_args = shlex.split(evaluate)[1:]
+    eval_args[eval_args.index('--checkpoint') + 1] = str(workdir)
+    result = subprocess.run([sys.executable, *eval_args, '--data_dir',
+                             str(TEST_DATA / 'benchmark'), '--output', str(tmp_path / 'r.json')],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / 'r.json').read_text())['summary']
+    assert summary[0]['dataset'] == 'Set5' and summary[0]['images'] == 5
+    assert 5 < summary[0]['psnr'] < 60
+    # The approximation study on that workdir's embeddings, the file's map beside the shipped.
+    result = subprocess.run([sys.executable, *shlex.split(study)[1:], '--checkpoint', str(workdir),
+                             '--max_side', '16', '--ks', '1,6', '--ms', '8', '--draws', '4',
+                             '--out', str(tmp_path / 'variance')],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / 'variance.json').read_text())
+    assert {r['feature_map'] for r in rows} == {'softmax_kernel', 'relu',
+                                                'examples.my_kernels:relu_squared'}
+    assert all(np.isfinite(r['output_rel_error']) for r in rows)
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def test_softmax_rows_sum_to_one_and_match_a_direct_softmax():
 def tiny_enlcn():
     """A small ENLCN (3 ENLCA modules), weights drawn in NumPy on the shapes of `init_variables`
     (Flax's initialisers take seconds to compile on a small CPU)."""
-    model = models.ENLCN(**TINY)
+    model = models.from_config(TINY)
     shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
     rng = np.random.default_rng(0)
     draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
@@ -99,7 +99,7 @@ def test_study_reproduces_eq7_on_gaussian_inputs():
     value = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
     rows = visualize.approximation_study(theta, delta, value, ks=[0.5, 1.0], ms=[16], draws=4000,
                                          pairs=64)
-    iid = [r for r in rows if r['features'] == 'iid']
+    iid = [r for r in rows if r['projection'] == 'iid']
     for row in iid:
         assert abs(row['kernel_rel_var'] / row['eq7_rel_var'] - 1) < 0.1, row
     # The variance grows with the amplification k (Eq. 7).
@@ -122,5 +122,5 @@ def test_cli_writes_png_and_json(tiny_enlcn, tmp_path):
         summary = json.loads(out.with_suffix('.json').read_text())
         assert summary
     rows = json.loads((tmp_path / 'variance.json').read_text())
-    assert sorted((r['k'], r['m'], r['features']) for r in rows) == [
+    assert sorted((r['k'], r['m'], r['projection']) for r in rows) == [
         (1.0, 16, 'iid'), (1.0, 16, 'orthogonal'), (6.0, 16, 'iid'), (6.0, 16, 'orthogonal')]

@@ -10,7 +10,8 @@ workdir); `--scale` only checks it, and is required for `--model bicubic` (sever
 once are allowed there). Datasets are Set5, Set14, B100, Urban100, Manga109 and DIV2K (validation
 0801-0900) under `--data_dir` (else $ENLCN_DATA, else ./datasets), or any folder path. Prints a
 markdown table and writes `--output` (JSON), with `.csv` (every image) and `.md` (the table)
-beside it. See `enlcn_jax/evaluate.py` for the protocol and the inference options.
+beside it. See `enlcn_jax/evaluate.py` for the protocol and `enlcn_jax/inference.py` for the
+inference options.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from enlcn_jax import data, evaluate
+from enlcn_jax import data, evaluate, inference, pictures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -30,8 +31,8 @@ flags.DEFINE_list('scale', None, 'SR scale(s); required for --model bicubic, els
 flags.DEFINE_string('checkpoint', None, 'model directory or training workdir (--model enlcn)')
 flags.DEFINE_enum('which', 'latest', ['latest', 'best'], 'checkpoint of a training workdir')
 flags.DEFINE_enum('model', 'enlcn', ['enlcn', 'bicubic'], 'the checkpoint, or the bicubic baseline')
-flags.DEFINE_string('data_dir', None, f'dataset root (default ${evaluate.DATA_ENV}, else '
-                    f'./{evaluate.DEFAULT_DATA_DIR})')
+flags.DEFINE_string('data_dir', None, f'dataset root (default ${data.DATA_ENV}, else '
+                    f'./{data.DEFAULT_DATA_DIR})')
 flags.DEFINE_boolean('self_ensemble', False, 'average the 8 dihedral transforms ("+" results)')
 flags.DEFINE_integer('bucket', 16, 'pad LR sides to a multiple of this so sizes share a compiled '
                      'forward; 1 = no padding (exact, one compilation per image size)', lower_bound=1)
@@ -53,7 +54,7 @@ def _ints(values: list[str] | None, flag: str) -> list[int]:
         raise app.UsageError(f'--{flag} takes comma-separated integers, got {values}') from e
 
 
-def _upscalers(scales: list[int]) -> list[evaluate.Upscaler]:
+def _upscalers(scales: list[int]) -> list[inference.Upscaler]:
     """The models to run, from the flags; every error names the flag at fault.
 
     Misused flags raise `app.UsageError` (usage, then the message); an unreadable checkpoint
@@ -64,13 +65,13 @@ def _upscalers(scales: list[int]) -> list[evaluate.Upscaler]:
             raise app.UsageError('--model bicubic needs --scale')
         if FLAGS.checkpoint:
             raise app.UsageError('--checkpoint is not used with --model bicubic')
-        return [evaluate.BicubicUpscaler(s) for s in scales]
+        return [inference.BicubicUpscaler(s) for s in scales]
     if not FLAGS.checkpoint:
         raise app.UsageError('--model enlcn needs --checkpoint (a model directory or workdir)')
     if FLAGS.tile is not None and FLAGS.tile_overlap >= FLAGS.tile:
         raise app.UsageError(f'--tile_overlap {FLAGS.tile_overlap} must be less than --tile {FLAGS.tile}')
     try:
-        upscaler = evaluate.load_upscaler(
+        upscaler = inference.load_upscaler(
             FLAGS.checkpoint, FLAGS.which, bucket=FLAGS.bucket, tile=FLAGS.tile,
             tile_overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble)
     except (FileNotFoundError, ValueError) as e:
@@ -91,7 +92,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'--crop takes y,x,size, got {FLAGS.crop}')
     upscalers = _upscalers(_ints(FLAGS.scale, 'scale'))
     try:  # resolve every dataset before the first forward
-        jobs = [(evaluate.find_dataset(name, u.scale, FLAGS.data_dir), u)
+        jobs = [(data.find_dataset(name, u.scale, FLAGS.data_dir), u)
                 for u in upscalers for name in FLAGS.dataset]
     except data.DatasetNotFoundError as e:
         raise SystemExit(f'eval.py: --dataset: {e}') from e
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.compare in result.kept:
             path = output.parent / f'compare_{source.name}_x{upscaler.scale}_{FLAGS.compare}.png'
             try:
-                evaluate.write_comparison(path, *result.kept[FLAGS.compare], upscaler.scale,
+                pictures.write_comparison(path, *result.kept[FLAGS.compare], upscaler.scale,
                                           upscaler.name, tuple(crop) if crop else None)
                 print(f'wrote {path}')
             except ValueError as e:  # a --crop outside the image: the scores still count

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from enlcn_jax import checkpoints, evaluate, models, train_lib
+from enlcn_jax import checkpoints, data, evaluate, inference, models, train_lib
 
 # Overrides applied to the base config for each row of the table.
 VARIANTS: dict[str, dict] = {
@@ -61,7 +61,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
     """Trains and evaluates every variant of `base.ablation.variants` (all if empty)."""
     workdir = Path(workdir)
     names = [n for n in base.ablation.variants.split(',') if n] or list(VARIANTS)
-    sources = [evaluate.find_dataset(d, base.model.scale, base.ablation.data_dir)
+    sources = [data.find_dataset(d, base.model.scale, base.ablation.data_dir)
                for d in base.ablation.datasets.split(',') if d]
     # The rows and the table both use the resolved names ('set5' -> 'Set5', a folder path -> the
     # folder's name), never the names as typed.
@@ -73,7 +73,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         train_lib.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
         model_config, variables = checkpoints.load_model(workdir / name, 'latest')
-        upscaler = evaluate.ModelUpscaler(
+        upscaler = inference.ModelUpscaler(
             models.from_config(model_config), variables, bucket=1, name=name,
             tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)
         row = {'variant': name, 'description': DESCRIPTIONS[name],
@@ -94,7 +94,7 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
                 workdir: Path) -> None:
     """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant).
 
-    `datasets` are the resolved dataset names (`evaluate.DatasetSource.name`) the rows' PSNR
+    `datasets` are the resolved dataset names (`data.DatasetSource.name`) the rows' PSNR
     keys (`'<name> PSNR'`) use.
     """
     steps = base.train.epochs * base.train.steps_per_epoch

@@ -2,7 +2,7 @@
 
 `eval_throughput_bench` times one jit-compiled whole-image forward (batch of one, float32, the
 paper's ENLCN: x2, 32 blocks, 256 features, 5 ENLCA modules, m = 128; random init) at square LR
-sizes on jax's default device, as `evaluate.ModelUpscaler` runs it with no padding. Host-side
+sizes on jax's default device, as `inference.ModelUpscaler` runs it with no padding. Host-side
 work (image decoding, padding, quantisation, metrics) is not included.
 """
 

@@ -5,7 +5,7 @@ x2 ENLCN, 32 blocks x 256 features), the jit-compiled `train_lib.train_step` on 
 (`batch_size` LR patches of `lr_patch`^2, random init) on jax's default devices, in its two
 phases: before the contrastive warm-up ends (L1 only: `lax.cond` skips the contrastive loss) and
 after (L1 + contrastive over every ENLCA module). It also times the input pipeline alone:
-`data.PatchLoader` on the skimage photos plus `train_lib.shard_batch`, in patches/s.
+`input_pipeline.PatchLoader` on the skimage photos plus `train_lib.shard_batch`, in patches/s.
 
     python -m enlcn_jax.bench train
 """
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import jax
 
-from enlcn_jax import data, models, train_lib
+from enlcn_jax import data, input_pipeline, models, train_lib
 from enlcn_jax.bench_lib import write_results
 
 
@@ -36,7 +36,7 @@ def pipeline_patches_per_second(config, batches: int) -> float:
     """Patches/s of `PatchLoader` (config's photos, batch, patch, workers) + `shard_batch`."""
     dataset = data.load_skimage_photos(config.data.photos, config.model.scale)
     mesh = train_lib.create_mesh()
-    with data.PatchLoader(dataset, config.data.batch_size, config.data.lr_patch,
+    with input_pipeline.PatchLoader(dataset, config.data.batch_size, config.data.lr_patch,
                           num_workers=config.data.num_workers) as loader:
         jax.block_until_ready(train_lib.shard_batch(next(loader), mesh))
         start = time.perf_counter()
@@ -75,7 +75,7 @@ def train_throughput_bench(configs: Sequence[str] = ('quickstart', 'x2'),
                                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         dataset = data.load_skimage_photos(('astronaut',), config.model.scale)
         batch = train_lib.shard_batch(
-            data.PatchLoader(dataset, batch_size, lr_patch, num_workers=1).batch(0), mesh)
+            input_pipeline.PatchLoader(dataset, batch_size, lr_patch, num_workers=1).batch(0), mesh)
         step_fn = train_lib.compile_train_step(config, mesh)
         start = time.perf_counter()
         state, metrics = step_fn(state, batch)

@@ -73,13 +73,15 @@ def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
     return config, _as_numpy(variables)
 
 
-def _options(read_only: bool, keep: int, **kwargs) -> ocp.CheckpointManagerOptions:
-    """Writers keep `keep` steps and delete leftovers of interrupted saves; readers touch nothing
-    (a training run may be writing to the same directory)."""
+def _options(read_only: bool, preservation_policy: ocp.checkpoint_managers.PreservationPolicy,
+             **kwargs) -> ocp.CheckpointManagerOptions:
+    """Writers keep what `preservation_policy` keeps and delete leftovers of interrupted saves;
+    readers touch nothing (a training run may be writing to the same directory)."""
     if read_only:
-        return ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+        return ocp.CheckpointManagerOptions(read_only=True, create=False,
                                             save_interval_steps=0, **kwargs)
-    return ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
+    return ocp.CheckpointManagerOptions(preservation_policy=preservation_policy,
+                                        cleanup_tmp_directories=True, **kwargs)
 
 
 def latest_manager(workdir: str | Path, keep: int = 3,
@@ -89,7 +91,11 @@ def latest_manager(workdir: str | Path, keep: int = 3,
         Path(workdir).absolute() / CHECKPOINTS_DIR,
         item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
                        TRAIN: ocp.StandardCheckpointHandler()},
-        options=_options(read_only, keep))
+        options=_options(read_only, ocp.checkpoint_managers.LatestN(n=keep)))
+
+
+def _best_metric(metrics: dict) -> float:
+    return metrics[BEST_METRIC]
 
 
 def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.CheckpointManager:
@@ -97,8 +103,9 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
     return ocp.CheckpointManager(
         Path(workdir).absolute() / BEST_DIR,
         item_handlers={VARIABLES: ocp.StandardCheckpointHandler()},
-        options=_options(read_only, 1, best_fn=lambda metrics: metrics[BEST_METRIC],
-                         best_mode='max'))
+        # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
+        options=_options(read_only, ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+                         best_fn=_best_metric, best_mode='max'))
 
 
 def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:

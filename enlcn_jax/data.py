@@ -1,19 +1,15 @@
-"""Super-resolution data: in-memory LR/HR pairs and a random-patch batch loader.
+"""Super-resolution data sources: LR/HR pairs from folders, DIV2K (TFDS), bundled photos, and the
+benchmark sets by name. The batching pipeline that feeds training is `input_pipeline`.
 
 Flow::
 
     load_folder / load_div2k_tfds / load_skimage_photos  ->  SRDataset (uint8 arrays, decoded once)
+    find_dataset('Set5', scale)  ->  DatasetSource (where a benchmark's images are)
     iter_folder (lazy, per image)  ->  (hr_path, (hr, lr)) or (hr_path, error), for evaluation
-    PatchLoader(dataset, ...)      ->  {'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p*s, p*s, 3]}
-    prefetch_to_device(loader, n, put_fn)  ->  the same batches, already on device
 
 Every pair satisfies ``hr.shape == (lr_h * scale, lr_w * scale, 3)``: HR is
 cropped at the bottom/right to a multiple of ``scale`` (``modcrop``), which is
 how both DIV2K and ``bicubic_downscale`` define the LR image.
-
-``PatchLoader`` is a pure function of ``(seed, step)`` per batch, so a run
-resumed at step ``k`` sees exactly the batches a straight run would have seen.
-The ``dihedral`` transforms are shared with evaluation's self-ensemble.
 """
 
 from __future__ import annotations
@@ -22,11 +18,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import itertools
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -340,208 +335,88 @@ def load_skimage_photos(names: Iterable[str], scale: int) -> SRDataset:
     return SRDataset(names=names, hr=hrs, lr=lrs, scale=scale)
 
 
-def _check_fits(lr: np.ndarray, lr_patch: int, name: str) -> None:
-    if lr.shape[0] < lr_patch or lr.shape[1] < lr_patch:
-        raise ValueError(
-            f"{name}: LR image {lr.shape[1]}x{lr.shape[0]} (WxH) is smaller than the "
-            f"LR patch {lr_patch}x{lr_patch}"
-        )
+# --- benchmark sets by name --------------------------------------------------------------------
+
+BENCHMARKS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
+# Other names the same sets go by in the wild (EDSR's archive uses B100).
+ALIASES = {'B100': ('B100', 'BSD100')}
+DIV2K = 'DIV2K'
+DATA_ENV = 'ENLCN_DATA'
+DEFAULT_DATA_DIR = 'datasets'
+HOW_TO_GET = (
+    'How to get the data:\n'
+    '  * Set5, Set14, B100, Urban100, Manga109: the EDSR benchmark archive '
+    '(https://cv.snu.ac.kr/research/EDSR/benchmark.tar, linked from the EDSR-PyTorch README), '
+    'extracted so that DATA_DIR/<Name>/HR/*.png (or DATA_DIR/benchmark/<Name>/HR/*.png) exists;\n'
+    '  * DIV2K validation (0801-0900): DIV2K_valid_HR.zip (and DIV2K_valid_LR_bicubic_X<s>.zip) '
+    'from https://data.vision.ee.ethz.ch/cvl/DIV2K/, extracted to DATA_DIR/DIV2K/;\n'
+    f'  * DATA_DIR is --data_dir, else ${DATA_ENV}, else ./{DEFAULT_DATA_DIR}; '
+    'any folder of HR images can also be given as the dataset itself.')
 
 
-def random_crop_pair(
-    hr: np.ndarray,
-    lr: np.ndarray,
-    lr_patch: int,
-    scale: int,
-    rng: np.random.Generator,
-    name: str = "image",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Aligned random crops: LR ``[y:y+p, x:x+p]`` and HR ``[s*y:s*(y+p), s*x:s*(x+p)]``.
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's images are.
 
-    Args:
-      hr: ``[H*s, W*s, C]`` (at least; extra bottom/right pixels are never used).
-      lr: ``[H, W, C]``.
-      lr_patch: LR patch side ``p``.
-      scale: ``s``.
-      rng: draws ``y`` then ``x``.
-      name: used in the error for an image smaller than the patch.
-
-    Returns:
-      ``(hr_patch [p*s, p*s, C], lr_patch [p, p, C])``, views into the inputs.
+    Attributes:
+      name: the dataset's name in results (benchmark name or folder name).
+      hr_dir: folder of HR images.
+      lr_dir: DIV2K-style LR root (`<lr_dir>/X{s}/<stem>x{s}.png`), or None: LR made by bicubic.
     """
-    _check_fits(lr, lr_patch, name)
-    y = int(rng.integers(lr.shape[0] - lr_patch + 1))
-    x = int(rng.integers(lr.shape[1] - lr_patch + 1))
-    hp = lr_patch * scale
-    return (
-        hr[y * scale : y * scale + hp, x * scale : x * scale + hp],
-        lr[y : y + lr_patch, x : x + lr_patch],
-    )
+    name: str
+    hr_dir: Path
+    lr_dir: Path | None
 
 
-def _flip(x, axis: int):
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(None, None, -1)
-    return x[tuple(index)]
+def data_dir_or_default(data_dir: str | os.PathLike | None = None) -> Path:
+    """`data_dir`, else `$ENLCN_DATA`, else `./datasets`."""
+    return Path(data_dir or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
 
 
-def dihedral(x, k: int, axes: tuple[int, int] = (-3, -2)):
-    """One of the 8 symmetries of the square applied to the two spatial axes.
+def _lr_root(candidate: Path, scale: int) -> Path | None:
+    return candidate if (candidate / f'X{scale}').is_dir() else None
 
-    ``k`` (a Python int in ``0..7``) is read as bits: 4 transposes the axes
-    (applied first), 1 flips the first axis, 2 flips the second. Works on
-    NumPy and JAX arrays alike (only slicing and ``swapaxes``).
 
-    Args:
-      x: ``[H, W, C]`` or ``[B, H, W, C]`` with the default ``axes=(-3, -2)``;
-        any layout with ``axes`` naming the two spatial axes.
-      k: transform index.
+def _source_in(folder: Path, name: str, scale: int) -> DatasetSource:
+    """A folder in EDSR benchmark layout (`HR/`, optional `LR_bicubic/X{s}/`) or of HR images."""
+    if (folder / 'HR').is_dir():
+        return DatasetSource(name, folder / 'HR', _lr_root(folder / 'LR_bicubic', scale))
+    return DatasetSource(name, folder, None)
 
-    Returns:
-      Array of the same kind; H and W are exchanged when ``k & 4``.
+
+def find_dataset(name: str, scale: int, data_dir: str | os.PathLike | None = None) -> DatasetSource:
+    """Locates a benchmark by name (case-insensitive), DIV2K validation, or a folder path.
+
+    Looks at `<data_dir>/<Name>/HR` and `<data_dir>/benchmark/<Name>/HR` for the benchmarks,
+    `<data_dir>/DIV2K/DIV2K_valid_HR` (LR in `DIV2K_valid_LR_bicubic/X{s}` beside it) for DIV2K.
+    A path to an existing folder is used as is (EDSR layout if it has an `HR/` subfolder).
+
+    Raises:
+      DatasetNotFoundError: listing every place looked at and how to get the data.
     """
-    if k not in range(8):
-        raise ValueError(f"dihedral index must be in 0..7, got {k!r}")
-    row, col = axes
-    if k & 4:
-        x = x.swapaxes(row, col)
-    if k & 1:
-        x = _flip(x, row)
-    if k & 2:
-        x = _flip(x, col)
-    return x
-
-
-def inverse_dihedral(x, k: int, axes: tuple[int, int] = (-3, -2)):
-    """Undo ``dihedral(·, k, axes)``.
-
-    Flips are their own inverse; with a transpose, undoing "transpose, flip
-    rows, flip cols" equals "transpose, flip the other axes", i.e. the index
-    with bits 1 and 2 exchanged.
-    """
-    if k & 4:
-        k = 4 | ((k & 1) << 1) | ((k & 2) >> 1)
-    return dihedral(x, k, axes)
-
-
-class PatchLoader:
-    """Infinite iterator of random, aligned, augmented LR/HR patch batches.
-
-    Batch number ``step`` is ``self.batch(step)``: for each of the ``B``
-    samples it draws, from ``np.random.default_rng([seed, step])``, an image
-    index (uniform), a crop position, and (if ``augment``) a ``dihedral``
-    index. Batches therefore do not depend on worker count, timing or where
-    iteration started: ``PatchLoader(..., start_step=k)`` yields the batches
-    ``k, k+1, ...`` of a loader started at 0.
-
-    ``num_workers`` threads compute up to ``prefetch`` batches ahead; they
-    are returned in step order. Use ``close()`` (or ``with``) to stop them.
-
-    Yields:
-      ``{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p*s, p*s, 3]}``.
-    """
-
-    def __init__(
-        self,
-        dataset: SRDataset,
-        batch_size: int,
-        lr_patch: int,
-        *,
-        seed: int = 0,
-        start_step: int = 0,
-        augment: bool = True,
-        num_workers: int = 2,
-        prefetch: int = 8,
-    ):
-        if len(dataset) == 0:
-            raise ValueError("PatchLoader: the dataset is empty")
-        for value, what in ((batch_size, "batch_size"), (lr_patch, "lr_patch"),
-                            (num_workers, "num_workers"), (prefetch, "prefetch")):
-            if value < 1:
-                raise ValueError(f"PatchLoader: {what} must be >= 1, got {value}")
-        if start_step < 0:
-            raise ValueError(f"PatchLoader: start_step must be >= 0, got {start_step}")
-        for name, lr in zip(dataset.names, dataset.lr):
-            _check_fits(lr, lr_patch, name)
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.lr_patch = lr_patch
-        self.seed = seed
-        self.augment = augment
-        self.prefetch = prefetch
-        self.step = start_step  # step of the batch the next ``next()`` returns
-        self._next_submit = start_step
-        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="PatchLoader")
-
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """Batch number ``step``, computed in the calling thread."""
-        ds, p, s = self.dataset, self.lr_patch, self.dataset.scale
-        rng = np.random.default_rng([self.seed, step])
-        lr = np.empty((self.batch_size, p, p, 3), np.uint8)
-        hr = np.empty((self.batch_size, p * s, p * s, 3), np.uint8)
-        for i in range(self.batch_size):
-            j = int(rng.integers(len(ds)))
-            hr_patch, lr_patch = random_crop_pair(ds.hr[j], ds.lr[j], p, s, rng, ds.names[j])
-            if self.augment:
-                k = int(rng.integers(8))
-                hr_patch, lr_patch = dihedral(hr_patch, k), dihedral(lr_patch, k)
-            hr[i], lr[i] = hr_patch, lr_patch
-        return {"lr": lr, "hr": hr}
-
-    def __iter__(self) -> "PatchLoader":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self._pool is None:
-            raise RuntimeError("PatchLoader is closed")
-        while len(self._pending) < self.prefetch:
-            self._pending.append(self._pool.submit(self.batch, self._next_submit))
-            self._next_submit += 1
-        batch = self._pending.popleft().result()
-        self.step += 1
-        return batch
-
-    def close(self) -> None:
-        """Stop the workers; pending batches are dropped. Idempotent."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            self._pending.clear()
-
-    def __enter__(self) -> "PatchLoader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def prefetch_to_device(iterator: Iterable[Any], size: int, sharding_fn: Callable[[Any], Any]) -> Iterator[Any]:
-    """Keep ``size`` items transferred ahead: yields ``sharding_fn(item)`` in order.
-
-    Like ``flax.jax_utils.prefetch_to_device`` but the transfer is up to the
-    caller, e.g. ``lambda b: jax.device_put(b, sharding)`` or a
-    ``jax.make_array_from_process_local_data`` wrapper. Because JAX transfers
-    are asynchronous, the copies overlap the computation on earlier items.
-
-    Args:
-      iterator: host batches (any pytree the function accepts).
-      size: number of items in flight, >= 1.
-      sharding_fn: puts one host item on device(s).
-    """
-    if size < 1:
-        raise ValueError(f"prefetch_to_device: size must be >= 1, got {size}")
-    iterator = iter(iterator)
-    queue: collections.deque = collections.deque()
-
-    def enqueue(n: int) -> None:
-        for item in itertools.islice(iterator, n):
-            queue.append(sharding_fn(item))
-
-    def generate() -> Iterator[Any]:
-        enqueue(size)
-        while queue:
-            yield queue.popleft()
-            enqueue(1)
-
-    return generate()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _source_in(path, path.resolve().name, scale)
+    root = data_dir_or_default(data_dir)
+    canonical = {n.lower(): n for n in (*BENCHMARKS, DIV2K)}.get(name.lower())
+    if canonical is None:
+        raise DatasetNotFoundError(
+            f'unknown dataset {name!r}: not a folder, nor one of {", ".join((*BENCHMARKS, DIV2K))}\n'
+            + HOW_TO_GET)
+    if canonical == DIV2K:
+        places = [root / DIV2K / 'DIV2K_valid_HR', root / 'DIV2K_valid_HR']
+        for hr_dir in places:
+            if hr_dir.is_dir():
+                return DatasetSource(DIV2K, hr_dir,
+                                     _lr_root(hr_dir.parent / 'DIV2K_valid_LR_bicubic', scale))
+    else:
+        folders = [base / alias for base in (root, root / 'benchmark')
+                   for alias in ALIASES.get(canonical, (canonical,))]
+        places = [folder / 'HR' for folder in folders]
+        for folder in folders:
+            if (folder / 'HR').is_dir():
+                return _source_in(folder, canonical, scale)
+    looked = '\n'.join(f'  {p.absolute()}' for p in places)
+    raise DatasetNotFoundError(
+        f'dataset {canonical} not found (data dir {root.absolute()}); looked in:\n{looked}\n'
+        + HOW_TO_GET)

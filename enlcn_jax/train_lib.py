@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,21 +39,18 @@ import optax
 import tqdm
 from absl import logging
 from flax.training import train_state
-from tensorboardX import SummaryWriter
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from enlcn_jax import checkpoints
 from enlcn_jax import data as data_lib
-from enlcn_jax import losses
-from enlcn_jax import metrics as metrics_lib
+from enlcn_jax import evaluate, inference, input_pipeline
+from enlcn_jax import losses, metric_logging
 from enlcn_jax import models
-from enlcn_jax.imresize import imresize
 
 Array = jax.Array
 DATA_AXIS = 'data'
 SOURCES = ('tfds', 'folder', 'skimage')
 REDRAW_SCHEDULES = ('epoch', 'steps', 'never')
-METRICS_FILE = 'metrics.jsonl'
 CONFIG_FILE = 'config.json'
 
 
@@ -197,12 +192,6 @@ def train_step(state: TrainState, batch: dict[str, Array], *,
     return new_state, metrics
 
 
-def eval_step(variables: dict, lr_images: Array, *, model: models.ENLCN) -> Array:
-    """Super-resolves uint8 `[B, h, w, 3]` to float32 `[B, h s, w s, 3]` clipped to [0, 1]."""
-    sr = model.apply(variables, lr_images.astype(jnp.float32) / 255.0)
-    return jnp.clip(sr, 0.0, 1.0)
-
-
 def create_mesh(devices: list | None = None) -> Mesh:
     """One-axis mesh ('data') over `devices` (default: all devices of all processes)."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
@@ -272,7 +261,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require_dir('data.tfds_data_dir', data.tfds_data_dir, 'the prepared TFDS data_dir')
     for key in ('data.lr_patch', 'data.batch_size', 'train.epochs', 'train.steps_per_epoch',
                 'train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-                'train.eval_every_epochs', 'train.redraw.steps'):
+                'train.eval_every_epochs', 'train.eval_bucket', 'train.redraw.steps'):
         section, *rest = key.split('.')
         value = functools.reduce(getattr, rest, config[section])
         if value < 1:
@@ -315,62 +304,9 @@ def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset
     return train_ds, val_ds
 
 
-def evaluate(eval_fn: Callable, variables: dict, dataset: data_lib.SRDataset) -> float:
-    """Mean PSNR-Y (dB) of `eval_fn(variables, lr[None])` over `dataset`, shave = scale.
-
-    One image at a time: each distinct image size compiles `eval_fn` once.
-    """
-    scores = []
-    for lr, hr in zip(dataset.lr, dataset.hr):
-        sr = np.asarray(eval_fn(variables, lr[None]))[0]
-        scores.append(metrics_lib.psnr_y(metrics_lib.quantize(sr), hr, dataset.scale))
-    return float(np.mean(scores))
-
-
-def bicubic_psnr_y(dataset: data_lib.SRDataset) -> float:
-    """Mean PSNR-Y (dB) of MATLAB-bicubic upscaling over `dataset`: the baseline to beat."""
-    return float(np.mean([
-        metrics_lib.psnr_y(imresize(lr, scale=dataset.scale), hr, dataset.scale)
-        for lr, hr in zip(dataset.lr, dataset.hr)]))
-
-
-class MetricLogger:
-    """Appends scalars to `<workdir>/metrics.jsonl` (one object per call) and to TensorBoard.
-
-    Disabled (a no-op) on processes other than 0.
-    """
-
-    def __init__(self, workdir: Path, enabled: bool = True):
-        self.enabled = enabled
-        if enabled:
-            self._jsonl = open(workdir / METRICS_FILE, 'a', encoding='utf-8')
-            self._tensorboard = SummaryWriter(str(workdir))
-
-    def write(self, step: int, scalars: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-        self._jsonl.flush()
-        for name, value in scalars.items():
-            self._tensorboard.add_scalar(name, value, step)
-        self._tensorboard.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tensorboard.close()
-
-
 def _loader_seed(seed: int) -> int:
     """Patch-sampling seed of this process, derived from `(seed, process_index)`."""
     return int(np.random.SeedSequence([seed, jax.process_index()]).generate_state(1)[0])
-
-
-def _first_non_finite(history: list[dict[str, float]]) -> int | None:
-    for i, scalars in enumerate(history):
-        if not (math.isfinite(scalars['loss']) and math.isfinite(scalars['grad_norm'])):
-            return i
-    return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
@@ -415,47 +351,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     p_train_step = compile_train_step(config, mesh)
     redraw = compile_redraw(config, mesh)
-    p_eval_step = jax.jit(functools.partial(eval_step, model=model))
     learning_rate_fn = create_learning_rate_fn(config)
-    logger = MetricLogger(workdir, is_main)
-    bicubic = bicubic_psnr_y(val_ds) if val_ds is not None else None
-    loader = data_lib.PatchLoader(
+    logger = metric_logging.MetricLogger(workdir, is_main)
+    bicubic = None if val_ds is None else evaluate.evaluate_in_memory(
+        val_ds, inference.BicubicUpscaler(val_ds.scale)).summary()['psnr']
+    validator = None  # the one evaluator of eval.py, compiled at the first validation
+    loader = input_pipeline.PatchLoader(
         train_ds, config.data.batch_size // jax.process_count(), config.data.lr_patch,
         seed=_loader_seed(train_cfg.seed), start_step=start_step,
         num_workers=config.data.num_workers)
-    batches = data_lib.prefetch_to_device(loader, 2, lambda b: shard_batch(b, mesh))
-    pending: list[dict[str, Array]] = []
+    batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: shard_batch(b, mesh))
+    history = metric_logging.StepMetrics(start_step, config.data.batch_size)
     progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,
                          dynamic_ncols=True)
-    last_flush = (start_step, time.perf_counter())
 
     def flush(step: int) -> None:
         """Checks and logs the metrics of the steps since the last flush (`step` is the last)."""
-        nonlocal pending, last_flush
-        if not pending:
-            return
-        history = jax.device_get(pending)
-        pending = []
-        bad = _first_non_finite(history)
-        first = step - len(history) + 1
-        if bad is not None:
+        try:
+            scalars = history.flush(step)
+        except metric_logging.NonFiniteMetrics as e:
             latest.wait_until_finished()
             kept = latest.latest_step()
-            raise FloatingPointError(
-                f'non-finite loss {history[bad]["loss"]} (gradient norm '
-                f'{history[bad]["grad_norm"]}) at step {first + bad}: training stopped. ' + (
-                    f'The last checkpoint, step {kept} in {latest.directory}, was saved before '
-                    'it and is intact.' if kept is not None else 'No checkpoint was saved.'))
-        now = time.perf_counter()
-        steps_per_s = (step - last_flush[0]) / (now - last_flush[1])
-        last_flush = (step, now)
-        scalars = {f'train/{k}': float(np.mean([h[k] for h in history])) for k in history[0]}
-        scalars['train/steps_per_s'] = steps_per_s
-        scalars['train/images_per_s'] = steps_per_s * config.data.batch_size
+            raise FloatingPointError(f'{e}: training stopped. ' + (
+                f'The last checkpoint, step {kept} in {latest.directory}, was saved before '
+                'it and is intact.' if kept is not None else 'No checkpoint was saved.')) from e
+        if scalars is None:
+            return
         logger.write(step, scalars)
         progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
                              lr=f'{float(learning_rate_fn(step - 1)):.2e}',
-                             steps_per_s=f'{steps_per_s:.2f}')
+                             steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
 
     val_psnr = None
     try:
@@ -464,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if index is not None:
                 state = redraw(state, index)
             state, step_metrics = p_train_step(state, next(batches))
-            pending.append(step_metrics)
+            history.append(step_metrics)
             done = step + 1
             progress.update()
             epochs_done, in_epoch = divmod(done, train_cfg.steps_per_epoch)
@@ -477,12 +402,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 checkpoints.save_train_state(latest, state)
             if do_eval:
                 local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
-                val_psnr = evaluate(p_eval_step, local, val_ds)
+                if validator is None:
+                    validator = inference.ModelUpscaler(model, local, bucket=train_cfg.eval_bucket,
+                                                        name='validation')
+                validator.variables = local
+                scores = evaluate.evaluate_in_memory(val_ds, validator).summary()
+                val_psnr = scores['psnr']
                 checkpoints.save_best(best, state, val_psnr)
-                logger.write(done, {'val/psnr_y': val_psnr, 'val/bicubic_psnr_y': bicubic})
+                logger.write(done, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
+                                    'val/bicubic_psnr_y': bicubic})
                 logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)',
                              done, val_psnr, bicubic)
-                last_flush = (done, time.perf_counter())
+                history.restart_clock(done)  # validation time is not training speed
     finally:
         progress.close()
         loader.close()

@@ -5,7 +5,7 @@
 
 Any size and any image PIL reads: grayscale and palette images are converted to RGB and an
 alpha channel is dropped, with a warning (`image_io.load_image`). The output is RGB, `scale`
-times larger, written in the format of its suffix. Inference as `evaluate.ModelUpscaler`
+times larger, written in the format of its suffix. Inference as `inference.ModelUpscaler`
 (bucket padding, tiling, self-ensemble).
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from enlcn_jax import evaluate, image_io
+from enlcn_jax import image_io, inference
 
 
-def upscale_file(src: str | Path, dst: str | Path, upscaler: evaluate.ModelUpscaler) -> np.ndarray:
+def upscale_file(src: str | Path, dst: str | Path, upscaler: inference.ModelUpscaler) -> np.ndarray:
     """Reads `src`, writes its SR image to `dst` and returns it (uint8 `[H s, W s, 3]`)."""
     sr = upscaler(image_io.load_image(src))
     image_io.save_image(dst, sr)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         parser.error(f'--tile_overlap {args.tile_overlap} must be in [0, --tile {args.tile})')
     try:
-        upscaler = evaluate.load_upscaler(args.checkpoint, args.which, bucket=args.bucket,
+        upscaler = inference.load_upscaler(args.checkpoint, args.which, bucket=args.bucket,
                                           tile=args.tile, tile_overlap=args.tile_overlap,
                                           self_ensemble=args.self_ensemble)
     except (FileNotFoundError, ValueError) as e:

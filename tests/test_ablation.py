@@ -47,7 +47,7 @@ def test_ablation_runs_end_to_end_at_a_tiny_size(tmp_path):
     config.train.log_every = config.train.checkpoint_every_steps = 2
     config.train.eval_every_epochs = 1
     # One dataset given as a folder path, one by name in another case: both are reported under
-    # the name evaluate.find_dataset resolves ('test', 'Set5').
+    # the name data.find_dataset resolves ('test', 'Set5').
     config.ablation.datasets = f"{tmp_path / 'test'},set5"
     config.ablation.data_dir = str(tmp_path / 'benchmark')
     config.ablation.tile, config.ablation.tile_overlap = 16, 4     # 24^2 LR test images: 4 tiles

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import benchmark_images, benchmark_root, save_fixture_model
-from enlcn_jax import data, evaluate, image_io, metrics, models
+from enlcn_jax import data, evaluate, image_io, inference, input_pipeline, metrics, models, pictures
 from enlcn_jax.imresize import bicubic_downscale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,8 @@ def x2_checkpoint(reference, tmp_path_factory):
     return save_fixture_model(reference, tmp_path_factory.mktemp('x2_model'))
 
 
-def benchmark_source(name: str, scale: int) -> evaluate.DatasetSource:
-    return evaluate.find_dataset(name, scale, benchmark_root(name))
+def benchmark_source(name: str, scale: int) -> data.DatasetSource:
+    return data.find_dataset(name, scale, benchmark_root(name))
 
 
 def write_crops(folder: Path, count: int = 2, size: tuple[int, int] = (50, 46)) -> list[Path]:
@@ -57,7 +57,7 @@ def random_lr(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
                                                (4, 28.42, 0.8104)])
 def test_bicubic_rows_on_set5(scale, psnr, ssim):
     result = evaluate.evaluate_dataset(benchmark_source('Set5', scale),
-                                       evaluate.BicubicUpscaler(scale), progress=False)
+                                       inference.BicubicUpscaler(scale), progress=False)
     row = result.summary()
     assert row['images'] == 5 and row['skipped'] == 0 and row['compiles'] == 0
     assert row['psnr'] == pytest.approx(psnr, abs=0.03)
@@ -65,7 +65,7 @@ def test_bicubic_rows_on_set5(scale, psnr, ssim):
 
 
 def test_bicubic_row_on_set14_x2():
-    row = evaluate.evaluate_dataset(benchmark_source('Set14', 2), evaluate.BicubicUpscaler(2),
+    row = evaluate.evaluate_dataset(benchmark_source('Set14', 2), inference.BicubicUpscaler(2),
                                     progress=False).summary()
     assert row['images'] == 14
     assert row['psnr'] == pytest.approx(30.24, abs=0.15)
@@ -76,36 +76,36 @@ def test_bicubic_row_on_set14_x2():
 
 def test_missing_dataset_lists_every_place_looked(tmp_path, monkeypatch):
     with pytest.raises(data.DatasetNotFoundError) as error:
-        evaluate.find_dataset('urban100', 2, tmp_path)
+        data.find_dataset('urban100', 2, tmp_path)
     message = str(error.value)
     for place in (tmp_path / 'Urban100' / 'HR', tmp_path / 'benchmark' / 'Urban100' / 'HR'):
         assert str(place.absolute()) in message
     assert 'benchmark.tar' in message and 'ENLCN_DATA' in message
-    monkeypatch.setenv(evaluate.DATA_ENV, str(tmp_path / 'env'))
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / 'env'))
     with pytest.raises(data.DatasetNotFoundError, match='DIV2K_valid_HR') as error:
-        evaluate.find_dataset('DIV2K', 2)
+        data.find_dataset('DIV2K', 2)
     assert str((tmp_path / 'env' / 'DIV2K' / 'DIV2K_valid_HR').absolute()) in str(error.value)
     with pytest.raises(data.DatasetNotFoundError, match="unknown dataset 'Set6'"):
-        evaluate.find_dataset('Set6', 2, tmp_path)
+        data.find_dataset('Set6', 2, tmp_path)
 
 
 def test_benchmark_layout_uses_its_lr_images(tmp_path):
     folder = tmp_path / 'benchmark' / 'Set5'
     write_crops(folder / 'HR', count=1)
-    generated = evaluate.find_dataset('Set5', 2, tmp_path)
+    generated = data.find_dataset('Set5', 2, tmp_path)
     assert generated.lr_dir is None and generated.hr_dir == folder / 'HR'
     # An LR_bicubic/X2 folder is used as is: a black LR image scores far below bicubic.
     image_io.save_image(folder / 'LR_bicubic' / 'X2' / 'img_001x2.png', np.zeros((25, 23, 3), np.uint8))
-    given = evaluate.find_dataset('Set5', 2, tmp_path)
+    given = data.find_dataset('Set5', 2, tmp_path)
     assert given.lr_dir == folder / 'LR_bicubic'
-    bicubic = evaluate.BicubicUpscaler(2)
+    bicubic = inference.BicubicUpscaler(2)
     psnr = lambda source: evaluate.evaluate_dataset(source, bicubic, progress=False).summary()['psnr']
     assert psnr(given) < psnr(generated) - 10
     # DIV2K validation: HR folder with the LR folder beside it.
     valid = tmp_path / 'DIV2K' / 'DIV2K_valid_HR'
     write_crops(valid, count=1)
     (tmp_path / 'DIV2K' / 'DIV2K_valid_LR_bicubic' / 'X2').mkdir(parents=True)
-    source = evaluate.find_dataset('div2k', 2, tmp_path)
+    source = data.find_dataset('div2k', 2, tmp_path)
     assert (source.name, source.hr_dir, source.lr_dir) == (
         'DIV2K', valid, tmp_path / 'DIV2K' / 'DIV2K_valid_LR_bicubic')
 
@@ -113,8 +113,8 @@ def test_benchmark_layout_uses_its_lr_images(tmp_path):
 def test_corrupt_image_is_skipped_and_named(tmp_path, capsys):
     write_crops(tmp_path / 'set')
     (tmp_path / 'set' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not an image')
-    source = evaluate.find_dataset(str(tmp_path / 'set'), 2)
-    result = evaluate.evaluate_dataset(source, evaluate.BicubicUpscaler(2), progress=False)
+    source = data.find_dataset(str(tmp_path / 'set'), 2)
+    result = evaluate.evaluate_dataset(source, inference.BicubicUpscaler(2), progress=False)
     assert [r['name'] for r in result.images] == ['img_001', 'img_002']
     assert [s['name'] for s in result.skipped] == ['broken']
     assert 'broken.png' in result.skipped[0]['error'] and 'broken.png' in capsys.readouterr().err
@@ -131,8 +131,8 @@ def test_corrupt_image_is_skipped_and_named(tmp_path, capsys):
 def test_bucket_padding_compiles_once_per_bucket():
     model, variables = edsr()
     sizes = [(17, 20), (30, 25), (32, 32), (18, 31)]
-    bucketed = evaluate.ModelUpscaler(model, variables, bucket=16)
-    exact = evaluate.ModelUpscaler(model, variables, bucket=1)
+    bucketed = inference.ModelUpscaler(model, variables, bucket=16)
+    exact = inference.ModelUpscaler(model, variables, bucket=1)
     for size in sizes:
         lr = random_lr(size)
         assert bucketed(lr).shape == exact(lr).shape == (2 * size[0], 2 * size[1], 3)
@@ -141,19 +141,19 @@ def test_bucket_padding_compiles_once_per_bucket():
 
 
 def test_bucket_1_is_the_plain_forward(x2_checkpoint):
-    upscaler = evaluate.load_upscaler(x2_checkpoint, bucket=1)
+    upscaler = inference.load_upscaler(x2_checkpoint, bucket=1)
     lr = random_lr((21, 19))
     plain = np.asarray(upscaler.model.apply(upscaler.variables, lr[None].astype(np.float32) / 255.0))
     np.testing.assert_allclose(upscaler.predict(lr), plain[0], atol=1e-6)  # jit vs eager
     # Padding to 32x32: the convolutions near the bottom/right borders see reflected pixels
     # instead of zeros, and the attention everywhere sees the padded positions too.
-    change = np.abs(evaluate.load_upscaler(x2_checkpoint, bucket=16).predict(lr) - plain[0])
+    change = np.abs(inference.load_upscaler(x2_checkpoint, bucket=16).predict(lr) - plain[0])
     assert 0 < change[:30, :26].max() < 2e-3 < change.max()
 
 
 def test_a_tile_covering_the_image_gives_the_whole_image_output(x2_checkpoint):
-    whole = evaluate.load_upscaler(x2_checkpoint, bucket=1)
-    tiled = evaluate.load_upscaler(x2_checkpoint, bucket=1, tile=24, tile_overlap=8)
+    whole = inference.load_upscaler(x2_checkpoint, bucket=1)
+    tiled = inference.load_upscaler(x2_checkpoint, bucket=1, tile=24, tile_overlap=8)
     lr = random_lr((24, 20))
     np.testing.assert_array_equal(tiled.predict(lr), whole.predict(lr))
 
@@ -163,11 +163,11 @@ def test_overlapping_tiles_match_the_whole_image_for_a_convolutional_model():
     # plus 1 for the HR tail conv = 6, so cuts with 12 pixels of overlap see full context.
     model, variables = edsr()
     lr = random_lr((40, 37))
-    whole = evaluate.ModelUpscaler(model, variables, bucket=1).predict(lr)
-    tiled = evaluate.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=12)
+    whole = inference.ModelUpscaler(model, variables, bucket=1).predict(lr)
+    tiled = inference.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=12)
     np.testing.assert_allclose(tiled.predict(lr), whole, atol=1e-5)
     assert tiled.compiled_shapes == [(1, 20, 20, 3)]
-    short = evaluate.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=4)
+    short = inference.ModelUpscaler(model, variables, bucket=1, tile=20, tile_overlap=4)
     assert np.abs(short.predict(lr) - whole).max() > 1e-4
 
 
@@ -178,7 +178,7 @@ def symmetrised(variables: dict, scale: int) -> dict:
     def fix(path, leaf):
         names = [getattr(p, 'key', None) for p in path]
         if names[-1] == 'kernel' and leaf.shape[:2] == (3, 3):
-            leaf = np.mean([data.dihedral(leaf, k, axes=(0, 1)) for k in range(8)], axis=0)
+            leaf = np.mean([input_pipeline.dihedral(leaf, k, axes=(0, 1)) for k in range(8)], axis=0)
         if 'tail_upsample' in names:
             sub = leaf.reshape(*leaf.shape[:-1], -1, scale * scale)
             leaf = np.broadcast_to(sub[..., :1], sub.shape).reshape(leaf.shape)
@@ -190,12 +190,12 @@ def test_self_ensemble_of_an_equivariant_model_is_its_plain_output():
     model, variables = edsr(n_resblocks=2)
     lr = random_lr((18, 13))
     equivariant = symmetrised(variables, 2)
-    plain = evaluate.ModelUpscaler(model, equivariant, bucket=1).predict(lr)
-    ensemble = evaluate.ModelUpscaler(model, equivariant, bucket=1, self_ensemble=True)
+    plain = inference.ModelUpscaler(model, equivariant, bucket=1).predict(lr)
+    ensemble = inference.ModelUpscaler(model, equivariant, bucket=1, self_ensemble=True)
     np.testing.assert_allclose(ensemble.predict(lr), plain, atol=1e-5)
     assert len(ensemble.compiled_shapes) == 2  # 18x13 and, transposed, 13x18
-    generic = evaluate.ModelUpscaler(model, variables, bucket=1)
-    generic_ensemble = evaluate.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
+    generic = inference.ModelUpscaler(model, variables, bucket=1)
+    generic_ensemble = inference.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
     assert np.abs(generic_ensemble.predict(lr) - generic.predict(lr)).max() > 1e-4
 
 
@@ -206,7 +206,7 @@ def test_self_ensemble_is_the_mean_of_the_8_back_transformed_outputs():
     model, variables = edsr()
     variables['params']['tail_conv'] = {n: 0.1 * a for n, a in variables['params']['tail_conv'].items()}
     lr = random_lr((9, 7))
-    plain = evaluate.ModelUpscaler(model, variables, bucket=1)
+    plain = inference.ModelUpscaler(model, variables, bucket=1)
     outputs = []
     for flip in (False, True):
         for turns in range(4):
@@ -216,7 +216,7 @@ def test_self_ensemble_is_the_mean_of_the_8_back_transformed_outputs():
     expected = np.mean(outputs, axis=0)
     assert 0 < expected.min() and expected.max() < 1
     assert min(np.abs(out - expected).max() for out in outputs) > 1e-3  # not equivariant
-    ensemble = evaluate.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
+    ensemble = inference.ModelUpscaler(model, variables, bucket=1, self_ensemble=True)
     np.testing.assert_allclose(ensemble.predict(lr), expected, atol=1e-6)
     # Quantised once, after averaging (float32 vs float64 means may split a rounding tie).
     quantized = ensemble(lr).astype(int) - metrics.quantize(expected)
@@ -228,8 +228,8 @@ def test_bucketed_output_is_the_unpadded_forward_cropped():
     bottom/right borders (receptive-field radius 6 LR pixels) the unpadded forward's pixels."""
     model, variables = edsr()
     lr = random_lr((21, 19), seed=1)
-    exact = evaluate.ModelUpscaler(model, variables, bucket=1).predict(lr)
-    bucketed = evaluate.ModelUpscaler(model, variables, bucket=16)
+    exact = inference.ModelUpscaler(model, variables, bucket=1).predict(lr)
+    bucketed = inference.ModelUpscaler(model, variables, bucket=16)
     sr = bucketed.predict(lr)
     assert bucketed.compiled_shapes == [(1, 32, 32, 3)] and sr.shape == (42, 38, 3)
     np.testing.assert_allclose(sr[:2 * (21 - 6), :2 * (19 - 6)], exact[:30, :26], atol=1e-5)
@@ -242,7 +242,7 @@ def test_bucketed_output_is_the_unpadded_forward_cropped():
 def test_busiest_crop_finds_the_textured_corner():
     hr = np.full((40, 50, 3), 128, np.uint8)
     hr[25:35, 30:40] = random_lr((10, 10))
-    assert evaluate.busiest_crop(hr, 10) == (25, 30)
+    assert pictures.busiest_crop(hr, 10) == (25, 30)
 
 
 def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
@@ -260,7 +260,7 @@ def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
     assert (out / 'results.csv').read_text().count('\n') == 3
     assert '| tiny | x2 | enlcn |' in (out / 'results.md').read_text()
     # The saved SR images are the library's output, and the scores are the protocol's.
-    upscaler = evaluate.load_upscaler(x2_checkpoint)
+    upscaler = inference.load_upscaler(x2_checkpoint)
     for crop, row in zip(crops, report['images']):
         hr, lr = bicubic_downscale(image_io.load_image(crop), 2)
         sr = image_io.load_image(out / 'sr' / 'tiny' / 'X2' / crop.name)

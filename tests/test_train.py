@@ -7,6 +7,7 @@ compilation cache, so only the first of them compiles the train step.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,10 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from conftest import batched_contrastive_loss
+from conftest import batched_contrastive_loss, benchmark_images
 from configs import default, quickstart
-from enlcn_jax import checkpoints, data, losses, models, train_lib
+from enlcn_jax import (checkpoints, data, evaluate, inference, input_pipeline, losses, models,
+                       train_lib)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,9 @@ def cli_overrides(**overrides) -> list[str]:
 def env(tmp_path_factory):
     """Environment of the subprocesses: repo importable, one compilation cache."""
     cache = tmp_path_factory.mktemp('jax_cache')
-    return {**os.environ, 'PYTHONPATH': str(REPO), 'JAX_COMPILATION_CACHE_DIR': str(cache),
+    # tests/ too: the scripts import this module, which imports conftest.
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')]),
+            'JAX_COMPILATION_CACHE_DIR': str(cache),
             'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
 
 
@@ -123,7 +127,7 @@ def tiny_setup():
     state = train_lib.create_train_state(config, model, jax.random.PRNGKey(0))
     mesh = train_lib.create_mesh(jax.devices()[:1])
     dataset = data.load_skimage_photos(config.data.photos, config.model.scale)
-    batch = data.PatchLoader(dataset, 4, config.data.lr_patch, num_workers=1).batch(0)
+    batch = input_pipeline.PatchLoader(dataset, 4, config.data.lr_patch, num_workers=1).batch(0)
     return config, state, mesh, batch
 
 
@@ -239,12 +243,12 @@ DATA_PARALLEL = """
 import sys
 import jax, numpy as np
 from tests.test_train import tiny_config
-from enlcn_jax import checkpoints, data, train_lib
+from enlcn_jax import checkpoints, data, input_pipeline, train_lib
 assert jax.device_count() == 4, jax.devices()
 config = tiny_config(data__batch_size=8, train__contrastive__start_epoch=0)
 model = train_lib.create_model(config)
 dataset = data.load_skimage_photos(config.data.photos, config.model.scale)
-loader = data.PatchLoader(dataset, 8, config.data.lr_patch, num_workers=1)
+loader = input_pipeline.PatchLoader(dataset, 8, config.data.lr_patch, num_workers=1)
 params, losses = [], []
 for devices in (jax.devices()[:1], jax.devices()):
     mesh = train_lib.create_mesh(devices)
@@ -379,7 +383,7 @@ def test_best_checkpoint_tracks_the_highest_validation_psnr(tmp_path):
     for step, psnr in zip(range(1, 5), (20.0, 25.0, 22.0, 24.0)):
         stepped = state.replace(step=step, params=jax.tree.map(lambda p: p + step, state.params))
         checkpoints.save_train_state(latest, stepped)
-        train_lib.save_best(best, stepped, psnr)
+        checkpoints.save_best(best, stepped, psnr)
     for manager in (latest, best):
         manager.wait_until_finished()
         manager.close()
@@ -390,6 +394,31 @@ def test_best_checkpoint_tracks_the_highest_validation_psnr(tmp_path):
     _, latest_variables = checkpoints.load_model(tmp_path, 'latest')
     np.testing.assert_allclose(best_variables['params']['head']['bias'], head + 2)
     np.testing.assert_allclose(latest_variables['params']['head']['bias'], head + 4)
+
+
+def test_validation_psnr_is_eval_py_s_on_the_same_checkpoint_and_images(tmp_path):
+    """Training validates with eval.py's evaluator: the final validation PSNR-Y of a run equals
+    eval.py's scoring of that workdir's latest checkpoint on the same folder, same bucket."""
+    hr_dir = tmp_path / 'val'
+    hr_dir.mkdir()
+    for path in benchmark_images('Set5')[:2]:
+        shutil.copy(path, hr_dir / path.name)
+    config = tiny_config(data__val_source='folder', data__val_hr_dir=str(hr_dir),
+                         data__val_limit=0, train__eval_bucket=20)
+    train_lib.train_and_evaluate(config, tmp_path / 'run')
+    records = [json.loads(line) for line in
+               (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    final = [r for r in records if 'val/psnr_y' in r][-1]
+    assert final['step'] == config.train.epochs * config.train.steps_per_epoch
+    source = data.find_dataset(str(hr_dir), 2)
+    scores = {}
+    for bucket in (20, 1):  # LR 256 and 144 pixels: padded to 260 and 160 with bucket 20
+        upscaler = inference.load_upscaler(tmp_path / 'run', bucket=bucket)
+        scores[bucket] = evaluate.evaluate_dataset(source, upscaler, progress=False).summary()
+        assert scores[bucket]['images'] == 2 and len(upscaler.compiled_shapes) == 2
+    assert scores[20]['psnr'] == pytest.approx(final['val/psnr_y'], abs=1e-9)
+    assert scores[20]['ssim'] == pytest.approx(final['val/ssim_y'], abs=1e-12)
+    assert abs(scores[1]['psnr'] - final['val/psnr_y']) > 1e-6  # the bucket is seen
 
 
 # --- configs and the CLI ---------------------------------------------------------------------

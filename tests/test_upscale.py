@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enlcn_jax import evaluate, image_io, upscale
+from enlcn_jax import image_io, inference, upscale
 from conftest import save_fixture_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +29,14 @@ def test_cli_upscales_a_grayscale_png(x4_checkpoint, tmp_path):
     assert "mode 'L' converted to RGB" in result.stderr
     sr = image_io.load_image(tmp_path / 'sr.png')
     assert sr.shape == (52, 68, 3)
-    expected = evaluate.load_upscaler(x4_checkpoint, bucket=1)(np.repeat(gray[..., None], 3, -1))
+    expected = inference.load_upscaler(x4_checkpoint, bucket=1)(np.repeat(gray[..., None], 3, -1))
     np.testing.assert_array_equal(sr, expected)
 
 
 def test_palette_image_with_alpha_warns_and_upscales(x4_checkpoint, tmp_path):
     rgba = np.random.default_rng(1).integers(0, 256, (10, 9, 4), dtype=np.uint8)
     Image.fromarray(rgba, 'RGBA').convert('P').save(tmp_path / 'p.png', transparency=0)
-    upscaler = evaluate.load_upscaler(x4_checkpoint, bucket=1, tile=8, tile_overlap=4)
+    upscaler = inference.load_upscaler(x4_checkpoint, bucket=1, tile=8, tile_overlap=4)
     with pytest.warns(UserWarning, match='alpha channel dropped'):
         sr = upscale.upscale_file(tmp_path / 'p.png', tmp_path / 'out' / 'p.png', upscaler)
     assert sr.shape == (40, 36, 3)

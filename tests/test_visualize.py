@@ -19,7 +19,7 @@ TINY = dict(scale=2, n_resblocks=2, n_feats=16, attention_every=1, num_random_fe
 def test_softmax_rows_sum_to_one_and_match_a_direct_softmax():
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=8).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
-    row = np.asarray(visualize.attention_row(jnp.asarray(q), jnp.asarray(k), 'softmax'))
+    row = np.asarray(visualize.attention_row(jnp.asarray(q), jnp.asarray(k), 'exact'))
     direct = np.exp(k @ q) / np.exp(k @ q).sum()
     np.testing.assert_allclose(row, direct, rtol=1e-5)
     assert abs(row.sum() - 1) < 1e-6
@@ -84,7 +84,7 @@ def test_random_feature_maps_approach_exact_maps_as_m_grows():
         err = []
         for i in range(20):
             projection = features.orthogonal_gaussian_projection(jax.random.key(i), m, 16)
-            exact = visualize.attention_row(q[i], k, 'softmax')
+            exact = visualize.attention_row(q[i], k, 'exact')
             approx = visualize.attention_row(q[i], k, 'random_features', projection)
             err.append(float(jnp.abs(approx - exact).sum()))  # total variation x 2
         errors.append(np.mean(err))

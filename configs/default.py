@@ -16,8 +16,8 @@ released code (the pretrained weights came from it), the comment gives the paper
 | normalisation eps             | model.norm_eps                                 | 5e-5          | -               |
 | orthogonal random features    | model.projection                               | 'orthogonal'  | 'orthogonal' / 'iid' |
 
-The one exception is `train.redraw.every`: the brief for this port asks for a redraw at every epoch
-start (the paper's schedule, and a deterministic function of the epoch); set
+The one exception is `train.redraw.every`: the random features are redrawn at every epoch start
+(the paper's schedule, a deterministic function of the epoch that a resumed run repeats); set
 `--config.train.redraw.every=steps` for the code's every-640-forward-calls schedule.
 
 Run: `python train.py --config configs/x2.py --config.data.hr_dir=... ` (see `data` below).

@@ -14,10 +14,11 @@ The ``dihedral`` transforms are shared with evaluation's self-ensemble.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import itertools
+import sys
 from typing import Any, Callable, Iterable, Iterator
 
+import grain
 import numpy as np
 
 from enlcn_jax.data import SRDataset
@@ -117,8 +118,9 @@ class PatchLoader:
     iteration started: ``PatchLoader(..., start_step=k)`` yields the batches
     ``k, k+1, ...`` of a loader started at 0.
 
-    ``num_workers`` threads compute up to ``prefetch`` batches ahead; they
-    are returned in step order. Use ``close()`` (or ``with``) to stop them.
+    Iteration is a grain pipeline, ``MapDataset.range(start_step, ...).map(self.batch)``:
+    ``num_workers`` grain threads compute up to ``prefetch`` batches ahead, returned in step
+    order. Use ``close()`` (or ``with``) to stop them.
 
     Yields:
       ``{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p*s, p*s, 3]}``.
@@ -151,11 +153,10 @@ class PatchLoader:
         self.lr_patch = lr_patch
         self.seed = seed
         self.augment = augment
-        self.prefetch = prefetch
         self.step = start_step  # step of the batch the next ``next()`` returns
-        self._next_submit = start_step
-        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="PatchLoader")
+        batches = grain.MapDataset.range(start_step, sys.maxsize).map(self.batch)
+        self._iterator = iter(batches.to_iter_dataset(
+            grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)))
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """Batch number ``step``, computed in the calling thread."""
@@ -176,21 +177,17 @@ class PatchLoader:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        if self._pool is None:
+        if self._iterator is None:
             raise RuntimeError("PatchLoader is closed")
-        while len(self._pending) < self.prefetch:
-            self._pending.append(self._pool.submit(self.batch, self._next_submit))
-            self._next_submit += 1
-        batch = self._pending.popleft().result()
+        batch = next(self._iterator)
         self.step += 1
         return batch
 
     def close(self) -> None:
         """Stop the workers; pending batches are dropped. Idempotent."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            self._pending.clear()
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
 
     def __enter__(self) -> "PatchLoader":
         return self

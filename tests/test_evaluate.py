@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import benchmark_images, benchmark_root, save_fixture_model
-from enlcn_jax import data, evaluate, image_io, inference, input_pipeline, metrics, models, pictures
+from enlcn_jax import (checkpoints, data, evaluate, image_io, inference, input_pipeline, metrics,
+                       models, pictures)
 from enlcn_jax.imresize import bicubic_downscale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,3 +271,20 @@ def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
         assert row['ssim'] == pytest.approx(metrics.ssim_y(sr, hr, 2))
     panel = image_io.load_image(out / 'compare_tiny_x2_img_002.png')
     assert panel.shape[1] > 3 * panel.shape[0] * 0.8  # three crops side by side
+
+
+def test_eval_cli_names_the_module_a_workdir_needs_when_it_cannot_be_imported(reference,
+                                                                                tmp_path):
+    """A model trained with MODULE:NAME, evaluated where the module is missing: one line."""
+    model = save_fixture_model(reference, tmp_path / 'model')
+    config = json.loads((model / checkpoints.MODEL_CONFIG).read_text())
+    config['feature_map'] = 'gone_kernels:phi'
+    (model / checkpoints.MODEL_CONFIG).write_text(json.dumps(config))
+    write_crops(tmp_path / 'tiny', count=1)
+    result = subprocess.run([sys.executable, 'eval.py', '--dataset', str(tmp_path / 'tiny'),
+                             '--checkpoint', str(model), '--output', str(tmp_path / 'r.json')],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "model.feature_map='gone_kernels:phi': cannot import module 'gone_kernels'" in \
+        result.stderr
+    assert 'Traceback' not in result.stderr and not (tmp_path / 'r.json').exists()

@@ -429,6 +429,12 @@ def test_validation_psnr_is_eval_py_s_on_the_same_checkpoint_and_images(tmp_path
     (['--config.train.epochs=abc'], "flag --config.train.epochs=abc: invalid literal for int()"),
     (['--config.data.source=folder', '--config.data.hr_dir=/no/such/dir'],
      "config.data.hr_dir='/no/such/dir' is not a directory"),
+    (['--config.model.feature_map=no_such_module:phi'],
+     "model.feature_map='no_such_module:phi': cannot import module 'no_such_module'"),
+    (['--config.model.projection=examples.my_kernels:missing'],
+     "model.projection='examples.my_kernels:missing': module 'examples.my_kernels'"),
+    (['--config.model.attention=examples.my_kernels:relu_squared'],
+     "model.attention='examples.my_kernels:relu_squared': not a valid attention"),
 ])
 def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, tmp_path):
     result = run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(tmp_path),

@@ -15,12 +15,16 @@ from ml_collections import config_flags
 from enlcn_jax import checkpoints
 from enlcn_jax import data as data_lib
 from enlcn_jax import train_lib
+from enlcn_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and metrics; default '
                     './workdirs/<config file name>.')
+flags.DEFINE_boolean('allow_config_changes', False, 'resume a workdir although the config changes '
+                     'its model, data, seed or recipe (more epochs and logging cadence need '
+                     'no flag)')
 flags.mark_flags_as_required(['config'])
 
 
@@ -55,9 +59,11 @@ def main(argv: list[str]) -> None:
     except (ValueError, data_lib.DatasetNotFoundError) as e:
         sys.exit(f'FATAL invalid config: {e}')
     try:
-        train_lib.train_and_evaluate(config, workdir)
+        train_lib.train_and_evaluate(config, workdir, FLAGS.allow_config_changes)
     except data_lib.DatasetNotFoundError as e:
         sys.exit(f'FATAL dataset not found: {e}')
+    except (workdir_lib.WorkdirError, checkpoints.CheckpointError) as e:
+        sys.exit(f'FATAL {e}')
 
 
 if __name__ == '__main__':

@@ -11,15 +11,21 @@ orbax `CheckpointManager` directories whose steps are composites of items:
     checkpoints/<step>/train       {'step', 'opt_state', 'rng'}: the rest of the TrainState
     best/<step>/variables          the model with the best validation PSNR-Y so far
 
+    checkpoints/<step>/checksums {'variables': {path: crc32}, 'train': {...}}: verified on load
+
 `checkpoints/` keeps the latest `train.keep_checkpoints` steps, `best/` one step. Orbax writes
 each step into a temporary directory and renames it when complete, so a crash during a save
-leaves the previous steps intact. `load_model` reads a model directory or a workdir.
+leaves the previous steps intact. Every array's CRC-32 is saved with it (`checksums.json` in a
+model directory) and checked when it is read back, so a damaged file is an error that names the
+array, not a silently broken model; `load_model` also refuses non-finite weights. `load_model`
+reads a model directory or a workdir.
 """
 
 from __future__ import annotations
 
 import json
 import logging as std_logging
+import zlib
 from pathlib import Path
 
 import jax
@@ -32,9 +38,14 @@ from enlcn_jax import models
 MODEL_CONFIG = 'model_config.json'
 VARIABLES = 'variables'
 TRAIN = 'train'
+CHECKSUMS = 'checksums'
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr_y'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names it and why."""
 
 
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:
@@ -55,6 +66,7 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / VARIABLES, variables)
+    (directory / f'{CHECKSUMS}.json').write_text(json.dumps(checksums(variables), indent=2))
     (directory / MODEL_CONFIG).write_text(json.dumps(model_config, indent=2, sort_keys=True))
     return directory
 
@@ -69,8 +81,12 @@ def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
     config = json.loads(config_path.read_text())
     with ocp.StandardCheckpointer() as checkpointer:
         target = _numpy_like(checkpointer.metadata(directory / VARIABLES).item_metadata)
-        variables = checkpointer.restore(directory / VARIABLES, target)
-    return config, _as_numpy(variables)
+        variables = _as_numpy(checkpointer.restore(directory / VARIABLES, target))
+    checksum_file = directory / f'{CHECKSUMS}.json'
+    if checksum_file.exists():
+        verify_checksums(variables, json.loads(checksum_file.read_text()), directory)
+    check_finite(variables, directory)
+    return config, variables
 
 
 def _options(read_only: bool, preservation_policy: ocp.checkpoint_managers.PreservationPolicy,
@@ -90,7 +106,8 @@ def latest_manager(workdir: str | Path, keep: int = 3,
     return ocp.CheckpointManager(
         Path(workdir).absolute() / CHECKPOINTS_DIR,
         item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
-                       TRAIN: ocp.StandardCheckpointHandler()},
+                       TRAIN: ocp.StandardCheckpointHandler(),
+                       CHECKSUMS: ocp.JsonCheckpointHandler()},
         options=_options(read_only, ocp.checkpoint_managers.LatestN(n=keep)))
 
 
@@ -102,7 +119,8 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
     """The workdir's `best/` manager: model variables of the highest `metrics['psnr_y']`."""
     return ocp.CheckpointManager(
         Path(workdir).absolute() / BEST_DIR,
-        item_handlers={VARIABLES: ocp.StandardCheckpointHandler()},
+        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
+                       CHECKSUMS: ocp.JsonCheckpointHandler()},
         # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
         options=_options(read_only, ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
                          best_fn=_best_metric, best_mode='max'))
@@ -140,7 +158,13 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
         target = _numpy_like(manager.item_metadata(step)[VARIABLES])
         restored = manager.restore(
             step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
-    return config, _as_numpy(restored[VARIABLES])
+        variables = _as_numpy(restored[VARIABLES])
+        where = manager.directory / str(step)
+        saved = _saved_checksums(manager, step)
+        if saved is not None:
+            verify_checksums(variables, saved[VARIABLES], where)
+    check_finite(variables, where)
+    return config, variables
 
 
 def _train_items(state) -> dict:
@@ -148,17 +172,20 @@ def _train_items(state) -> dict:
 
 
 def save_train_state(manager: ocp.CheckpointManager, state) -> None:
-    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously)."""
-    manager.save(int(state.step), args=ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardSave(state.variables),
-        TRAIN: ocp.args.StandardSave(_train_items(state))}))
+    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously),
+    with the checksums of its arrays."""
+    items = {VARIABLES: state.variables, TRAIN: _train_items(state)}
+    manager.save(int(state.step), args=ocp.args.Composite(
+        **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
+        **{CHECKSUMS: ocp.args.JsonSave({name: checksums(tree) for name, tree in items.items()})}))
 
 
 def save_best(manager: ocp.CheckpointManager, state, psnr_y: float) -> None:
     """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
     manager.save(int(state.step), metrics={BEST_METRIC: psnr_y},
                  args=ocp.args.Composite(**{
-                     VARIABLES: ocp.args.StandardSave(state.variables)}))
+                     VARIABLES: ocp.args.StandardSave(state.variables),
+                     CHECKSUMS: ocp.args.JsonSave({VARIABLES: checksums(state.variables)})}))
 
 
 def restore_train_state(manager: ocp.CheckpointManager, state):
@@ -166,18 +193,81 @@ def restore_train_state(manager: ocp.CheckpointManager, state):
     `manager` (if there is one).
 
     `state` gives the tree structure, dtypes and shardings the arrays are restored with.
+
+    Raises:
+      CheckpointError: the checkpoint's model variables do not have the shapes of `state`'s
+        (another model), naming the first differing arrays.
     """
     step = manager.latest_step()
     if step is None:
         return state
     target = {VARIABLES: state.variables, TRAIN: _train_items(state)}
+    mismatches = _shape_mismatches(manager.item_metadata(step)[VARIABLES], state.variables)
+    if mismatches:
+        raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
+                              f'config builds ({"; ".join(mismatches[:3])}'
+                              f'{"; ..." if len(mismatches) > 3 else ""})')
     restored = manager.restore(step, args=ocp.args.Composite(**{
         name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
         for name, tree in target.items()}))
+    saved = _saved_checksums(manager, step)
+    if saved is not None:
+        for name in (VARIABLES, TRAIN):
+            verify_checksums(restored[name], saved[name], manager.directory / str(step))
     variables, train = restored[VARIABLES], restored[TRAIN]
     return state.replace(params=variables['params'],
                          random_features=variables.get(models.RANDOM_FEATURES, {}),
                          step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
+
+
+def _host_leaves(tree) -> dict[str, np.ndarray]:
+    """`{path: numpy array}`; of an array replicated over several processes, the local copy."""
+    def host(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(jax.device_get(leaf))
+    return {jax.tree_util.keystr(path): host(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checksums(tree) -> dict[str, int]:
+    """CRC-32 of every array's bytes, by tree path (`"['params']['head']['kernel']"`)."""
+    return {path: zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+            for path, leaf in _host_leaves(tree).items()}
+
+
+def verify_checksums(tree, saved: dict[str, int], where: Path) -> None:
+    """Raises `CheckpointError` naming the first array of `tree` whose CRC-32 is not `saved`'s."""
+    for path, value in checksums(tree).items():
+        if saved.get(path) != value:
+            raise CheckpointError(f'{where}: {path} does not match the checksum saved with it '
+                                  '(the file is damaged); use another checkpoint')
+
+
+def check_finite(tree, where: Path) -> None:
+    """Raises `CheckpointError` naming the first array of `tree` with a NaN or infinity."""
+    for path, leaf in _host_leaves(tree).items():
+        if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+            raise CheckpointError(f'{where}: {path} holds non-finite values (a diverged run); '
+                                  'use an earlier checkpoint')
+
+
+def _saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The checksums item of `step`, or None for a checkpoint written without one."""
+    if not (manager.directory / str(step) / CHECKSUMS).exists():
+        return None
+    return manager.restore(step, args=ocp.args.Composite(
+        **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
+
+
+def _shape_mismatches(saved, expected) -> list[str]:
+    """`'path: saved shape vs expected shape'` for arrays that differ or exist on one side only."""
+    flat = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+    saved, expected = flat(saved), flat(expected)
+    return [f'{path}: {saved.get(path, "absent")} in the checkpoint, '
+            f'{expected.get(path, "absent")} in the model'
+            for path in sorted(set(saved) | set(expected)) if saved.get(path) != expected.get(path)]
 
 
 def _numpy_like(metadata):

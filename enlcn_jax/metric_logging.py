@@ -92,3 +92,32 @@ class MetricLogger:
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _records(workdir: Path) -> list[dict]:
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding='utf-8').splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            continue
+    return records
+
+
+def validated_steps(workdir: str | Path) -> set[int]:
+    """Steps with a recorded validation (`val/psnr_y`) in `<workdir>/metrics.jsonl`."""
+    return {r['step'] for r in _records(Path(workdir)) if 'val/psnr_y' in r}
+
+
+def drop_records_after(workdir: str | Path, step: int) -> None:
+    """Removes records of steps after `step` (a resumed run redoes them) and cut-short lines."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [r for r in _records(Path(workdir)) if r.get('step', 0) <= step]
+    temporary = path.with_name(f'.{path.name}.tmp')
+    temporary.write_text(''.join(json.dumps(r) + '\n' for r in kept), encoding='utf-8')
+    temporary.replace(path)

@@ -26,8 +26,8 @@ run exactly (same batches, same random features, same learning rate, same contra
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +39,7 @@ import optax
 import tqdm
 from absl import logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from enlcn_jax import checkpoints
@@ -46,12 +47,12 @@ from enlcn_jax import data as data_lib
 from enlcn_jax import evaluate, inference, input_pipeline
 from enlcn_jax import losses, metric_logging
 from enlcn_jax import models
+from enlcn_jax import workdir as workdir_lib
 
 Array = jax.Array
 DATA_AXIS = 'data'
 SOURCES = ('tfds', 'folder', 'skimage')
 REDRAW_SCHEDULES = ('epoch', 'steps', 'never')
-CONFIG_FILE = 'config.json'
 
 
 class TrainState(train_state.TrainState):
@@ -304,31 +305,71 @@ def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset
     return train_ds, val_ds
 
 
+@jax.jit
+def _all_finite(tree) -> Array:
+    """Whether every float of `tree` is finite: a scalar bool (replicated like `tree`)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _on_every_process(flag) -> bool:
+    """`flag` as process 0 has it (a replicated array's local copy, or a host bool)."""
+    if isinstance(flag, jax.Array):
+        flag = flag.addressable_data(0)
+    value = np.asarray(flag, np.int32)
+    if jax.process_count() > 1:
+        value = multihost_utils.broadcast_one_to_all(value)
+    return bool(value)
+
+
+def _last_checkpoint(manager) -> str:
+    step = manager.latest_step()
+    if step is None:
+        return 'no checkpoint was saved.'
+    return (f'the last checkpoint, step {step} in {manager.directory}, was saved before it and '
+            'is intact.')
+
+
 def _loader_seed(seed: int) -> int:
     """Patch-sampling seed of this process, derived from `(seed, process_index)`."""
     return int(np.random.SeedSequence([seed, jax.process_index()]).generate_state(1)[0])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       allow_config_changes: bool = False) -> TrainState:
     """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
 
     Workdir:
-      config.json          the full config
-      model_config.json    `models.ENLCN` keyword arguments (for `checkpoints.load_model`)
+      config.json          the full config (a resumed run must match it, see `workdir`)
+      model_config.json    the flat model config (for `checkpoints.load_model`)
       metrics.jsonl        one JSON object per logged step / validation (`step` + scalars)
       events.out.tfevents.*  the same scalars for TensorBoard
       checkpoints/, best/  see `checkpoints`
+      train.lock           held by the training process (see `workdir.WorkdirLock`)
 
+    Args:
+      config: the run's config.
+      workdir: where everything is written.
+      allow_config_changes: resume even if the config changes keys outside
+        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe).
     Raises:
       FloatingPointError: a non-finite loss or gradient; the message names the step and the
         last checkpoint, which was saved before it and is left as it was.
+      workdir.WorkdirError: another process trains this workdir, or it holds another run.
     Returns:
       the final state.
     """
     validate_config(config)
     workdir = Path(workdir).absolute()
-    train_cfg = config.train
     is_main = jax.process_index() == 0
+    with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        if is_main:
+            workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
+        return _train_and_evaluate(config, workdir, is_main)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        is_main: bool) -> TrainState:
+    train_cfg = config.train
     train_ds, val_ds = load_datasets(config)
 
     model = create_model(config)
@@ -336,18 +377,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(
         create_train_state(config, model, jax.random.PRNGKey(train_cfg.seed)), replicated)
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
-        (workdir / checkpoints.MODEL_CONFIG).write_text(
-            json.dumps(config.model.to_dict(), indent=2, sort_keys=True))
     latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
     best = checkpoints.best_manager(workdir)
     state = checkpoints.restore_train_state(latest, state)
+    if is_main:  # only once the run is known to resume (or start) cleanly
+        workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
     start_step = int(state.step)
     total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
     if start_step:
         logging.info('Resuming from step %d of %d (%s).', start_step, total_steps, latest.directory)
+    if is_main:  # steps after the checkpoint are redone: their old records would be duplicates
+        metric_logging.drop_records_after(workdir, start_step)
 
     p_train_step = compile_train_step(config, mesh)
     redraw = compile_redraw(config, mesh)
@@ -371,10 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             scalars = history.flush(step)
         except metric_logging.NonFiniteMetrics as e:
             latest.wait_until_finished()
-            kept = latest.latest_step()
-            raise FloatingPointError(f'{e}: training stopped. ' + (
-                f'The last checkpoint, step {kept} in {latest.directory}, was saved before '
-                'it and is intact.' if kept is not None else 'No checkpoint was saved.')) from e
+            raise FloatingPointError(f'{e}: training stopped; {_last_checkpoint(latest)}') from e
         if scalars is None:
             return
         logger.write(step, scalars)
@@ -383,7 +420,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                              steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
 
     val_psnr = None
+
+    def validate(step: int) -> None:
+        """Scores `state` on the validation set; `best/` holds it before the score is recorded."""
+        nonlocal validator, val_psnr
+        local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+        if validator is None:
+            validator = inference.ModelUpscaler(model, local, bucket=train_cfg.eval_bucket,
+                                                name='validation')
+        validator.variables = local
+        scores = evaluate.evaluate_in_memory(val_ds, validator).summary()
+        val_psnr = scores['psnr']
+        checkpoints.save_best(best, state, val_psnr)
+        best.wait_until_finished()
+        logger.write(step, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
+                            'val/bicubic_psnr_y': bicubic})
+        logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)', step, val_psnr,
+                     bicubic)
+        history.restart_clock(step)  # validation time is not training speed
+
+    def validation_due(step: int) -> bool:
+        epochs_done, in_epoch = divmod(step, train_cfg.steps_per_epoch)
+        return val_ds is not None and (step == total_steps or (
+            in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
+
     try:
+        # A run killed between a checkpoint and its validation: validate that checkpoint now.
+        unrecorded = start_step not in metric_logging.validated_steps(workdir)
+        if start_step and validation_due(start_step) and _on_every_process(unrecorded):
+            logging.info('Step %d was saved but its validation not recorded: validating it.',
+                         start_step)
+            validate(start_step)
         for step in range(start_step, total_steps):
             index = redraw_index(step, config)
             if index is not None:
@@ -392,28 +459,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             history.append(step_metrics)
             done = step + 1
             progress.update()
-            epochs_done, in_epoch = divmod(done, train_cfg.steps_per_epoch)
-            do_eval = val_ds is not None and (done == total_steps or (
-                in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
+            do_eval = validation_due(done)
             do_save = done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
             if done % train_cfg.log_every == 0 or do_save or do_eval:
                 flush(done)
             if do_save:
+                if not _on_every_process(bool(_all_finite(state.params))):
+                    latest.wait_until_finished()
+                    raise FloatingPointError(
+                        f'the parameters after step {done} are not finite (the loss was): '
+                        f'training stopped without saving them; {_last_checkpoint(latest)}')
                 checkpoints.save_train_state(latest, state)
             if do_eval:
-                local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
-                if validator is None:
-                    validator = inference.ModelUpscaler(model, local, bucket=train_cfg.eval_bucket,
-                                                        name='validation')
-                validator.variables = local
-                scores = evaluate.evaluate_in_memory(val_ds, validator).summary()
-                val_psnr = scores['psnr']
-                checkpoints.save_best(best, state, val_psnr)
-                logger.write(done, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
-                                    'val/bicubic_psnr_y': bicubic})
-                logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)',
-                             done, val_psnr, bicubic)
-                history.restart_clock(done)  # validation time is not training speed
+                validate(done)
     finally:
         progress.close()
         loader.close()

@@ -10,6 +10,8 @@ instead, so CI cannot pass on tests that did not run.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -120,3 +122,48 @@ def batched_contrastive_loss(q, k, *args, **kwargs):
     from enlcn_jax import losses  # pylint: disable=import-outside-toplevel
     per_image = jax.vmap(lambda q, k: losses.contrastive_loss(q, k, *args, **kwargs))
     return jnp.mean(per_image(q, k))
+
+
+# --- tiny training runs, in process and as subprocesses -----------------------------------------
+
+# Overrides of configs/quickstart.py shared by the in-process and the subprocess runs.
+TINY = {
+    'model.n_resblocks': 2, 'model.n_feats': 16, 'model.num_random_features': 16,
+    'data.photos': ('coffee',), 'data.lr_patch': 12, 'data.batch_size': 4,
+    'train.epochs': 2, 'train.steps_per_epoch': 3, 'train.lr_decay_epochs': (1,),
+    'train.contrastive.start_epoch': 1, 'train.log_every': 1,
+    'train.checkpoint_every_steps': 3, 'train.eval_every_epochs': 1,
+}
+
+
+def tiny_config(**overrides):
+    """configs/quickstart.py with TINY and `overrides` ('train__epochs' for 'train.epochs')."""
+    from configs import quickstart  # pylint: disable=import-outside-toplevel
+    config = quickstart.get_config()
+    config.update_from_flattened_dict(
+        {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}})
+    return config
+
+
+def cli_overrides(**overrides) -> list[str]:
+    flat = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
+    return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
+            for k, v in flat.items()]
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    """Environment of the subprocesses: repo importable, one compilation cache."""
+    cache = tmp_path_factory.mktemp('jax_cache')
+    # tests/ too: subprocess scripts import conftest's helpers.
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')]),
+            'JAX_COMPILATION_CACHE_DIR': str(cache),
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
+
+
+def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    if check and result.returncode:
+        raise AssertionError(f'{args[:3]} failed:\n{result.stderr[-3000:]}')
+    return result

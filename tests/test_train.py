@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -19,54 +18,12 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from conftest import batched_contrastive_loss, benchmark_images
-from configs import default, quickstart
+from conftest import batched_contrastive_loss, benchmark_images, cli_overrides, run, tiny_config
+from configs import default
 from enlcn_jax import (checkpoints, data, evaluate, inference, input_pipeline, losses, models,
                        train_lib)
 
 REPO = Path(__file__).resolve().parents[1]
-
-# Overrides of configs/quickstart.py shared by the in-process and the subprocess runs.
-TINY = {
-    'model.n_resblocks': 2, 'model.n_feats': 16, 'model.num_random_features': 16,
-    'data.photos': ('coffee',), 'data.lr_patch': 12, 'data.batch_size': 4,
-    'train.epochs': 2, 'train.steps_per_epoch': 3, 'train.lr_decay_epochs': (1,),
-    'train.contrastive.start_epoch': 1, 'train.log_every': 1,
-    'train.checkpoint_every_steps': 3, 'train.eval_every_epochs': 1,
-}
-
-
-def tiny_config(**overrides):
-    """configs/quickstart.py with TINY and `overrides` ('train__epochs' for 'train.epochs')."""
-    config = quickstart.get_config()
-    config.update_from_flattened_dict(
-        {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}})
-    return config
-
-
-def cli_overrides(**overrides) -> list[str]:
-    flat = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
-    return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
-            for k, v in flat.items()]
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-    """Environment of the subprocesses: repo importable, one compilation cache."""
-    cache = tmp_path_factory.mktemp('jax_cache')
-    # tests/ too: the scripts import this module, which imports conftest.
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')]),
-            'JAX_COMPILATION_CACHE_DIR': str(cache),
-            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
-
-
-def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=300)
-    if check and result.returncode:
-        raise AssertionError(f'{args[:3]} failed:\n{result.stderr[-3000:]}')
-    return result
-
 
 def train_cli(workdir, env, **overrides) -> subprocess.CompletedProcess:
     return run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
@@ -242,7 +199,7 @@ def test_redraw_is_deterministic_and_changes_every_module(tiny_setup):
 DATA_PARALLEL = """
 import sys
 import jax, numpy as np
-from tests.test_train import tiny_config
+from conftest import tiny_config
 from enlcn_jax import checkpoints, data, input_pipeline, train_lib
 assert jax.device_count() == 4, jax.devices()
 config = tiny_config(data__batch_size=8, train__contrastive__start_epoch=0)
@@ -339,7 +296,7 @@ KILLED_SAVE = """
 import os, signal, sys
 import jax
 from orbax.checkpoint._src.path import atomicity
-from tests.test_train import tiny_config
+from conftest import tiny_config
 from enlcn_jax import checkpoints, train_lib
 config = tiny_config()
 state = train_lib.create_train_state(config, train_lib.create_model(config), jax.random.PRNGKey(0))

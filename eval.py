@@ -44,7 +44,8 @@ flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | 
                     'beside --output')
 flags.DEFINE_list('crop', None, 'y,x,size of the --compare crop in HR pixels (default: the '
                   'busiest 32*s square)')
-flags.DEFINE_string('output', 'results.json', 'results JSON; .csv and .md are written beside it')
+flags.DEFINE_string('output', 'results.json', 'results file: .json, .csv or .md; all three are '
+                    'written, with its stem')
 
 
 def _ints(values: list[str] | None, flag: str) -> list[int]:
@@ -82,6 +83,21 @@ def _upscalers(scales: list[int]) -> list[inference.Upscaler]:
     return [upscaler]
 
 
+def _check_outputs() -> None:
+    """Output paths that would fail after all the work fail now, as usage errors."""
+    output = Path(FLAGS.output)
+    if output.is_dir():
+        raise app.UsageError(f'--output {output} is a directory: name a results file')
+    if output.suffix not in evaluate.RESULT_SUFFIXES:
+        raise app.UsageError(f'--output {output}: name a {", ".join(evaluate.RESULT_SUFFIXES)} '
+                             'file (all three are written, with its stem)')
+    if any(parent.exists() and not parent.is_dir() for parent in output.parents):
+        raise app.UsageError(f'--output {output}: a parent is a file, not a directory')
+    if FLAGS.save_images and Path(FLAGS.save_images).exists() and \
+            not Path(FLAGS.save_images).is_dir():
+        raise app.UsageError(f'--save_images {FLAGS.save_images} is a file: give a directory')
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -90,6 +106,7 @@ def main(argv: list[str]) -> None:
     crop = _ints(FLAGS.crop, 'crop')
     if crop and len(crop) != 3:
         raise app.UsageError(f'--crop takes y,x,size, got {FLAGS.crop}')
+    _check_outputs()
     upscalers = _upscalers(_ints(FLAGS.scale, 'scale'))
     try:  # resolve every dataset before the first forward
         jobs = [(data.find_dataset(name, u.scale, FLAGS.data_dir), u)
@@ -117,7 +134,7 @@ def main(argv: list[str]) -> None:
 
     config = {name: FLAGS[name].value for name in (
         'dataset', 'scale', 'checkpoint', 'which', 'model', 'data_dir', 'self_ensemble', 'bucket',
-        'tile', 'tile_overlap')}
+        'tile', 'tile_overlap', 'output', 'save_images')}
     compiled = [{'model': u.name, 'scale': u.scale,
                  'shapes': [list(s) for s in u.compiled_shapes]} for u in upscalers]
     paths = evaluate.write_results(results, output, {**config, 'compiled': compiled})

@@ -16,6 +16,7 @@ HR image cropped to a multiple of s (`data.load_pair`). `evaluate_pairs` scores 
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -111,12 +112,14 @@ def evaluate_pairs(name: str, pairs: Iterable[tuple[str, tuple[np.ndarray, np.nd
 
 def evaluate_dataset(source: data.DatasetSource, upscaler: inference.Upscaler,
                      **options) -> DatasetResult:
-    """`evaluate_pairs` over the images of `source` (from `data.find_dataset`), read one by one
-    (an unreadable file is skipped and named by its path); `options` as there."""
-    pairs = ((path.stem, pair)
+    """`evaluate_pairs` over the images of `source` (from `data.find_dataset`), read one by one;
+    `options` as there. An image is named by its file stem, or by its file name where two files
+    share a stem (`a.png`, `a.jpg`), so rows and saved images stay distinct."""
+    paths = image_io.list_images(source.hr_dir)
+    stems = collections.Counter(path.stem for path in paths)
+    pairs = ((path.stem if stems[path.stem] == 1 else path.name, pair)
              for path, pair in data.iter_folder(source.hr_dir, upscaler.scale, source.lr_dir))
-    return evaluate_pairs(source.name, pairs, upscaler,
-                          total=len(image_io.list_images(source.hr_dir)), **options)
+    return evaluate_pairs(source.name, pairs, upscaler, total=len(paths), **options)
 
 
 def evaluate_in_memory(dataset: data.SRDataset, upscaler: inference.Upscaler,
@@ -138,15 +141,21 @@ def markdown_table(results: list[DatasetResult]) -> str:
     return '\n'.join(lines)
 
 
+RESULT_SUFFIXES = ('.json', '.csv', '.md')
+
+
 def write_results(results: list[DatasetResult], output: str | os.PathLike,
                   config: dict | None = None) -> list[Path]:
-    """Writes `output` (JSON: config, summary rows, every image's scores, skipped images) and,
-    beside it with the same stem, `.csv` (one row per image) and `.md` (the table).
+    """Writes the results as three files with `output`'s stem, whichever of them `output` names:
+    `.json` (config, summary rows, every image's scores, skipped images), `.csv` (one row per
+    image) and `.md` (the table).
 
     Returns:
       The three paths written.
     """
-    json_path = Path(output)
+    if Path(output).suffix not in RESULT_SUFFIXES:
+        raise ValueError(f'{output}: results are written as {", ".join(RESULT_SUFFIXES)}')
+    json_path = Path(output).with_suffix('.json')
     json_path.parent.mkdir(parents=True, exist_ok=True)
     images = [{'dataset': r.dataset, 'scale': r.scale, 'model': r.model, **image}
               for r in results for image in r.images]

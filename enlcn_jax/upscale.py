@@ -42,7 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--tile_overlap', type=int, default=16, help='LR overlap between tiles')
     parser.add_argument('--bucket', type=int, default=1,
                         help='pad LR sides to a multiple of this (1: exact, no padding)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     args = parser.parse_args(argv)
+    if Path(args.output).exists() and Path(args.input).exists() and \
+            Path(args.output).resolve() == Path(args.input).resolve():
+        parser.error(f'the output {args.output} is the input: choose another output path')
+    if Path(args.output).is_dir():
+        parser.error(f'the output {args.output} is a directory: give an image file name')
+    if Path(args.output).exists() and not args.overwrite:
+        parser.error(f'the output {args.output} exists: pass --overwrite to replace it')
     if args.bucket < 1:
         parser.error(f'--bucket must be >= 1, got {args.bucket}')
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from enlcn_jax import models
-from enlcn_jax.bench_lib import compiled_bytes, median_time, write_results
+from enlcn_jax.bench_lib import median_time, write_results
+from enlcn_jax.inference import compiled_bytes
 
 
 def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats: int = 5,

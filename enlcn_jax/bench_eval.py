@@ -15,7 +15,8 @@ from typing import Sequence
 import jax
 
 from enlcn_jax import models
-from enlcn_jax.bench_lib import compiled_bytes, median_time, write_results
+from enlcn_jax.bench_lib import median_time, write_results
+from enlcn_jax.inference import compiled_bytes
 
 
 def eval_throughput_bench(sizes: Sequence[int] = (256, 512), out_dir: str | Path = 'bench_results',

@@ -1,5 +1,6 @@
 """Timing and reporting helpers shared by the benchmarks (`bench_attention`, `bench_train`,
-`bench_eval`): median wall time, XLA's memory estimate, a markdown table plus a JSON file."""
+`bench_eval`): median wall time, the machine, a markdown table plus a JSON file. XLA's memory
+estimate of a compiled program is `inference.compiled_bytes`."""
 
 from __future__ import annotations
 
@@ -22,15 +23,6 @@ def median_time(fn: Callable, args: tuple, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def compiled_bytes(compiled) -> int | None:
-    """XLA's memory estimate of a compiled program: arguments + outputs + temporaries."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes)
 
 
 def machine() -> dict:

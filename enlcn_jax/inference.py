@@ -10,9 +10,10 @@ Inference (`ModelUpscaler`), batch of one:
     model the output changes by up to ~0.2 (of 1) in a band of a few pixels at those borders and
     by ~1e-4 elsewhere. `bucket=1` pads nothing and is exact, at the price of one compilation per
     distinct image size: use it for numbers to compare with published tables.
-  * `tile`: for devices short of memory, the LR image is cut into `tile x tile` tiles that
-    overlap by `tile_overlap` pixels; each output pixel is taken from the tile in which it lies
-    furthest from a cut (no blending), so every kept pixel has at least `tile_overlap // 2`
+  * `tile`: for devices short of memory (automatically, with a warning, when XLA's estimate of
+    the whole-image forward exceeds `memory_budget`), the LR image is cut into `tile x tile`
+    tiles that overlap by `tile_overlap` pixels; each output pixel is taken from the tile in
+    which it lies furthest from a cut (no blending), so every kept pixel has at least `tile_overlap // 2`
     pixels of real context. For a convolutional model (attention='none') whose receptive-field
     radius is at most that, the result equals the whole-image output; with ENLCA the attention
     only sees one tile, which changes the output.
@@ -28,6 +29,7 @@ from typing import Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from enlcn_jax import checkpoints, input_pipeline, metrics, models
 from enlcn_jax.imresize import imresize
@@ -56,6 +58,34 @@ class BicubicUpscaler:
         return imresize(lr, self.scale)
 
 
+# LR pixels of overlap between automatic tiles (the CLIs' --tile_overlap default).
+AUTO_TILE_OVERLAP = 16
+
+
+def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """XLA's estimate of a compiled program's memory: arguments + outputs + temporaries."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+               + analysis.temp_size_in_bytes)
+
+
+def _free_memory_budget() -> int | None:
+    """80 % of the default device's free memory; on CPU, of the host's available memory."""
+    stats = jax.devices()[0].memory_stats()
+    if stats and 'bytes_limit' in stats:
+        return int(0.8 * (stats['bytes_limit'] - stats.get('bytes_in_use', 0)))
+    try:
+        with open('/proc/meminfo', encoding='ascii') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    return int(0.8 * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return None
+
+
 def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
     """Tiles along one axis: `(start, keep_from, keep_to)`, the tile `[start, start + tile)`
     contributing the pixels `[keep_from, keep_to)`; cuts lie mid-way in each overlap."""
@@ -80,11 +110,15 @@ class ModelUpscaler:
       self_ensemble: average the outputs of the 8 dihedral transforms of the input.
       pad_mode: `np.pad` mode of the bucket padding.
       name: the model's name in results.
+      memory_budget: bytes a forward may use; without `tile`, an image whose compiled
+        whole-image forward needs more (XLA's estimate) is tiled, with a warning. None: 80 % of
+        the device's free memory (the host's available memory on CPU).
     """
 
     def __init__(self, model: models.ENLCN, variables: dict, *, bucket: int = 16,
                  tile: int | None = None, tile_overlap: int = 0, self_ensemble: bool = False,
-                 pad_mode: str = 'reflect', name: str = 'enlcn'):
+                 pad_mode: str = 'reflect', name: str = 'enlcn',
+                 memory_budget: int | None = None):
         if bucket < 1:
             raise ValueError(f'bucket must be >= 1, got {bucket}')
         if tile is not None and not 0 <= tile_overlap < tile:
@@ -98,29 +132,60 @@ class ModelUpscaler:
         self.self_ensemble = self_ensemble
         self.pad_mode = pad_mode
         self.name = name
-        self.compiled_shapes: list[tuple[int, ...]] = []
-        self._forward = jax.jit(self._traced_forward)
+        self.memory_budget = memory_budget
+        self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
 
-    def _traced_forward(self, variables: dict, x: jax.Array) -> jax.Array:
-        # Runs only when jit traces, i.e. once per new input shape.
-        self.compiled_shapes.append(tuple(x.shape))
-        return self.model.apply(variables, x)
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """The padded input shapes compiled so far, one per compilation."""
+        return list(self._compiled)
+
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[:2]
+        pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))
+        return np.pad(x, pad, mode=self.pad_mode)[None]
+
+    def _compile(self, shape: tuple[int, ...]) -> jax.stages.Compiled:
+        if shape not in self._compiled:
+            dummy = jax.ShapeDtypeStruct(shape, jnp.float32)
+            self._compiled[shape] = jax.jit(self.model.apply).lower(self.variables,
+                                                                    dummy).compile()
+        return self._compiled[shape]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One forward of `x` float32 `[h, w, 3]` padded to the bucket -> `[h s, w s, 3]`."""
         h, w = x.shape[:2]
-        pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))
-        y = self._forward(self.variables, jnp.asarray(np.pad(x, pad, mode=self.pad_mode))[None])
+        padded = self._padded(x)
+        y = self._compile(padded.shape)(self.variables, jnp.asarray(padded))
         return np.asarray(y)[0, :h * self.scale, :w * self.scale]
 
+    def _auto_tile(self, x: np.ndarray) -> int | None:
+        """A tile side if the whole-image forward of `x` needs more than the memory budget."""
+        budget = self.memory_budget or _free_memory_budget()
+        needed = compiled_bytes(self._compile(self._padded(x).shape))
+        if budget is None or needed is None or needed <= budget:
+            return None
+        h, w = x.shape[:2]
+        side = int(np.sqrt(budget / needed * h * w)) // 16 * 16
+        tile = max(32, min(side, max(h, w)))
+        logging.warning('a %dx%d image needs ~%.0f MiB for one forward, more than the %.0f MiB '
+                        'available: tiling it (--tile %d --tile_overlap %d)', w, h,
+                        needed / 2 ** 20, budget / 2 ** 20, tile, self._overlap(tile))
+        return tile
+
+    def _overlap(self, tile: int) -> int:
+        return self.tile_overlap if self.tile is not None else min(AUTO_TILE_OVERLAP, tile // 4)
+
     def _run_tiled(self, x: np.ndarray) -> np.ndarray:
-        if self.tile is None:
+        tile = self.tile if self.tile is not None else self._auto_tile(x)
+        if tile is None:
             return self._run(x)
+        overlap = self._overlap(tile)
         s = self.scale
         out = np.empty((x.shape[0] * s, x.shape[1] * s, 3), np.float32)
-        for y0, ky0, ky1 in _tile_spans(x.shape[0], self.tile, self.tile_overlap):
-            for x0, kx0, kx1 in _tile_spans(x.shape[1], self.tile, self.tile_overlap):
-                sr = self._run(x[y0:y0 + self.tile, x0:x0 + self.tile])
+        for y0, ky0, ky1 in _tile_spans(x.shape[0], tile, overlap):
+            for x0, kx0, kx1 in _tile_spans(x.shape[1], tile, overlap):
+                sr = self._run(x[y0:y0 + tile, x0:x0 + tile])
                 out[ky0 * s:ky1 * s, kx0 * s:kx1 * s] = sr[(ky0 - y0) * s:(ky1 - y0) * s,
                                                            (kx0 - x0) * s:(kx1 - x0) * s]
         return out

@@ -1,6 +1,7 @@
 """Evaluation: the protocol through the eval path, inference options, the eval.py CLI."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,24 @@ def test_eval_cli_names_the_module_a_workdir_needs_when_it_cannot_be_imported(re
     assert "model.feature_map='gone_kernels:phi': cannot import module 'gone_kernels'" in \
         result.stderr
     assert 'Traceback' not in result.stderr and not (tmp_path / 'r.json').exists()
+
+
+def test_an_image_too_big_for_the_memory_budget_is_tiled_automatically(x2_checkpoint, caplog):
+    """With a budget below the whole-image forward's estimate, the output is the explicitly
+    tiled one (tile from the budget, overlap min(16, tile / 4)), and a warning says so."""
+    lr = random_lr((60, 52))
+    whole = inference.load_upscaler(x2_checkpoint, bucket=1)
+    needed = inference.compiled_bytes(whole._compile((1, 60, 52, 3)))  # pylint: disable=protected-access
+    assert needed and needed > 0
+    np.testing.assert_array_equal(
+        inference.load_upscaler(x2_checkpoint, bucket=1, memory_budget=needed).predict(lr),
+        whole.predict(lr))
+    tight = inference.load_upscaler(x2_checkpoint, bucket=1, memory_budget=needed // 2)
+    with caplog.at_level('WARNING'):
+        sr = tight.predict(lr)
+    message = next(r.getMessage() for r in caplog.records if 'tiling it' in r.getMessage())
+    tile, overlap = map(int, re.search(r'--tile (\d+) --tile_overlap (\d+)', message).groups())
+    assert 32 <= tile < 60 and overlap == min(16, tile // 4) and '52x60 image needs' in message
+    explicit = inference.load_upscaler(x2_checkpoint, bucket=1, tile=tile, tile_overlap=overlap)
+    np.testing.assert_array_equal(sr, explicit.predict(lr))
+    assert not np.array_equal(sr, whole.predict(lr))  # the attention sees one tile at a time

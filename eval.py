@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from enlcn_jax import data, evaluate, inference, pictures
+from enlcn_jax import data, evaluate, image_io, inference, pictures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -108,10 +108,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'--crop takes y,x,size, got {FLAGS.crop}')
     _check_outputs()
     upscalers = _upscalers(_ints(FLAGS.scale, 'scale'))
-    try:  # resolve every dataset before the first forward
+    try:  # resolve every dataset, and list its images, before the first forward
         jobs = [(data.find_dataset(name, u.scale, FLAGS.data_dir), u)
                 for u in upscalers for name in FLAGS.dataset]
-    except data.DatasetNotFoundError as e:
+        for source, _ in jobs:
+            image_io.list_images(source.hr_dir)
+    except FileNotFoundError as e:  # DatasetNotFoundError, or a folder without images
         raise SystemExit(f'eval.py: --dataset: {e}') from e
 
     output = Path(FLAGS.output)
@@ -143,6 +145,10 @@ def main(argv: list[str]) -> None:
         for s in r.skipped:
             print(f'skipped in {r.dataset} x{r.scale}: {s["name"]}: {s["error"]}')
     print('wrote ' + ', '.join(map(str, paths)))
+    unscored = [f'{r.dataset} x{r.scale}' for r in results if not r.images]
+    if unscored:
+        sys.exit(f'eval.py: no image of {", ".join(unscored)} could be scored (see the skipped '
+                 'images above)')
 
 
 if __name__ == '__main__':

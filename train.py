@@ -62,7 +62,8 @@ def main(argv: list[str]) -> None:
         train_lib.train_and_evaluate(config, workdir, FLAGS.allow_config_changes)
     except data_lib.DatasetNotFoundError as e:
         sys.exit(f'FATAL dataset not found: {e}')
-    except (workdir_lib.WorkdirError, checkpoints.CheckpointError) as e:
+    except (workdir_lib.WorkdirError, checkpoints.CheckpointError, FloatingPointError,
+            train_lib.TrainingInterrupted) as e:
         sys.exit(f'FATAL {e}')
 
 

@@ -15,6 +15,8 @@ writes a checkpoint directory that `checkpoints.load_model` (and so `eval.py`) r
 from __future__ import annotations
 
 import argparse
+import sys
+import zipfile
 import re
 from pathlib import Path
 from typing import Mapping
@@ -176,16 +178,25 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f'no such weights file: {path}')
     if path.suffix == '.npz':
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ConversionError(f'{path} is not a readable .npz of a state_dict ({e})') from e
     try:
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
         raise ImportError(f'reading {path} needs PyTorch: pip install torch '
                           '(or save the state_dict as .npz)') from e
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except  # torch raises many kinds here
+        raise ConversionError(f'{path} is not a readable PyTorch file ({type(e).__name__}: '
+                              f'{str(e).splitlines()[0] if str(e) else ""})') from e
     if isinstance(state, dict) and 'state_dict' in state:
         state = state['state_dict']
+    if not isinstance(state, dict) or not all(hasattr(v, 'detach') for v in state.values()):
+        raise ConversionError(f'{path} does not hold a state_dict (name -> tensor)')
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
@@ -198,8 +209,18 @@ def main(argv: list[str] | None = None) -> None:
                         help='PyTorch rgb_range (default: inferred from the mean shift, 1 or 255)')
     args = parser.parse_args(argv)
     from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    config, variables = convert_state_dict(load_state_dict(args.weights), args.scale, args.rgb_range)
-    checkpoints.save_model(args.out, config, variables)
+    try:
+        models.check_scale(args.scale)
+    except ValueError as e:
+        parser.error(f'--scale: {e}')
+    if (Path(args.out) / checkpoints.VARIABLES).exists():
+        parser.error(f'--out {args.out} already holds a model; choose another directory')
+    try:
+        config, variables = convert_state_dict(load_state_dict(args.weights), args.scale,
+                                               args.rgb_range)
+        checkpoints.save_model(args.out, config, variables)
+    except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
+        sys.exit(f'convert: {e}')
     print(f'wrote {args.out}: {config}')
 
 

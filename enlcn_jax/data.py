@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from absl import logging
 
 from enlcn_jax.image_io import list_images, load_image, save_image
 from enlcn_jax.imresize import bicubic_downscale, modcrop
@@ -219,21 +220,38 @@ def load_folder(
       num_workers: threads decoding / downscaling images.
 
     Returns:
-      ``SRDataset`` named by file stem, in sorted file order.
+      ``SRDataset`` named by file stem, in sorted file order. An image that cannot be used (an
+      undecodable or truncated file, a broken link, a missing or mis-sized LR file) is left out
+      with a warning that names it and says why.
 
     Raises:
-      FileNotFoundError: empty/missing ``hr_dir`` or a missing LR file.
-      ValueError: an LR image whose size is not HR / scale (names the file).
-      image_io.ImageError: an undecodable image (names the file).
+      DatasetNotFoundError: ``hr_dir`` is missing or holds no image.
+      ValueError, OSError: no image of the folder could be used (the first one's error).
     """
     scale = _check_scale(scale)
-    hr_paths = list_images(hr_dir)
+    try:
+        hr_paths = list_images(hr_dir)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(str(e)) from e
+
+    def load(path: Path):
+        try:
+            return load_pair(path, scale, lr_dir, cache_dir)
+        except (OSError, ValueError) as e:
+            return e
+
     with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        pairs = list(pool.map(lambda path: load_pair(path, scale, lr_dir, cache_dir), hr_paths))
+        pairs = list(pool.map(load, hr_paths))
+    failed = [(path, e) for path, e in zip(hr_paths, pairs) if isinstance(e, Exception)]
+    if len(failed) == len(hr_paths):
+        raise failed[0][1]
+    for path, error in failed:
+        logging.warning('left out of the dataset: %s (%s)', path, error)
+    kept = [(path, pair) for path, pair in zip(hr_paths, pairs) if not isinstance(pair, Exception)]
     return SRDataset(
-        names=[p.stem for p in hr_paths],
-        hr=[hr for hr, _ in pairs],
-        lr=[lr for _, lr in pairs],
+        names=[path.stem for path, _ in kept],
+        hr=[hr for _, (hr, _) in kept],
+        lr=[lr for _, (_, lr) in kept],
         scale=scale,
     )
 

@@ -88,7 +88,8 @@ def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder`` (not recursive), sorted by name.
 
-    Recognised suffixes (case-insensitive): png, jpg, jpeg, bmp, tif, tiff.
+    Recognised suffixes (case-insensitive): png, jpg, jpeg, bmp, tif, tiff. Broken symbolic
+    links with those suffixes are included, so that reading them reports them.
 
     Raises:
       FileNotFoundError: ``folder`` is missing, not a directory, or holds no image.
@@ -96,8 +97,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
+    # Broken links are listed too: reading them fails with an error that names them.
     files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in folder.iterdir()
+        if (p.is_file() or (p.is_symlink() and not p.exists()))
+        and p.suffix.lower() in IMAGE_EXTENSIONS
     )
     if not files:
         raise FileNotFoundError(

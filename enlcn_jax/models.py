@@ -67,6 +67,19 @@ class ResBlock(nn.Module):
         return x + self.res_scale * y
 
 
+def check_scale(scale: int) -> list[int]:
+    """The pixel-shuffle factors of an SR scale: [3], or [2] * log2(scale) for a power of 2.
+
+    Raises:
+      ValueError: any other scale.
+    """
+    if isinstance(scale, int) and scale == 3:
+        return [3]
+    if isinstance(scale, int) and scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * (scale.bit_length() - 1)
+    raise ValueError(f'scale must be 3 or a power of 2 (2, 4, 8, ...), got {scale}')
+
+
 class Upsampler(nn.Module):
     """EDSR upsampler: log2(s) x (conv C->4C, shuffle 2) for s = 2^n; conv C->9C, shuffle 3 for s = 3.
 
@@ -78,13 +91,7 @@ class Upsampler(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
-        if self.scale == 3:
-            factors = [3]
-        elif self.scale >= 2 and self.scale & (self.scale - 1) == 0:
-            factors = [2] * (self.scale.bit_length() - 1)
-        else:
-            raise ValueError(f'scale must be 3 or a power of 2, got {self.scale}')
-        for i, r in enumerate(factors):
+        for i, r in enumerate(check_scale(self.scale)):
             x = pixel_shuffle(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), r)
         return x
 
@@ -253,7 +260,15 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     if unknown:
         raise ValueError(f'unknown model config key(s) {unknown}; known: '
                          f'{sorted(network_keys | set(ENLCA_KEYS))}')
+    check_scale(config.get('scale', 2))
+    for key in ('n_resblocks', 'n_feats', 'attention_every'):
+        if key in config and config[key] < 1:
+            raise ValueError(f'model.{key} must be >= 1, got {config[key]}')
     enlca = {key: config.pop(key) for key in ENLCA_KEYS if key in config}
+    width, reduction = config.get('n_feats', 256), enlca.get('reduction', 4)
+    if enlca.get('attention') != 'none' and reduction >= 1 and width // reduction < 1:
+        raise ValueError(f'model.n_feats={width} / model.reduction={reduction} leaves no '
+                         'attention embedding')
     if enlca.get('attention') == 'none':
         return ENLCN(enlca=None, **config)
     enlca_config = ENLCAConfig(**enlca)

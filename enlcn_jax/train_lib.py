@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -305,6 +307,29 @@ def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset
     return train_ds, val_ds
 
 
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training, raised once the checkpoint in flight is written."""
+
+
+def _defer_ctrl_c() -> threading.Event:
+    """The first Ctrl-C sets the returned event, which the loop checks after each step (so a
+    save is never cut in half); a second one interrupts at once. Main thread only."""
+    requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            del signum, frame
+            requested.set()
+            logging.warning('Ctrl-C: stopping after this step (press again to stop now)')
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_sigint)
+    return requested
+
+
+def _restore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @jax.jit
 def _all_finite(tree) -> Array:
     """Whether every float of `tree` is finite: a scalar bool (replicated like `tree`)."""
@@ -355,6 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       FloatingPointError: a non-finite loss or gradient; the message names the step and the
         last checkpoint, which was saved before it and is left as it was.
       workdir.WorkdirError: another process trains this workdir, or it holds another run.
+      TrainingInterrupted: Ctrl-C; the message names the last checkpoint.
     Returns:
       the final state.
     """
@@ -444,6 +470,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         return val_ds is not None and (step == total_steps or (
             in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
 
+    stop_requested = _defer_ctrl_c()
     try:
         # A run killed between a checkpoint and its validation: validate that checkpoint now.
         unrecorded = start_step not in metric_logging.validated_steps(workdir)
@@ -472,7 +499,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
                 checkpoints.save_train_state(latest, state)
             if do_eval:
                 validate(done)
+            if stop_requested.is_set():
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        latest.wait_until_finished()
+        raise TrainingInterrupted(f'interrupted after step {int(state.step)}; '
+                                  f'{_last_checkpoint(latest)} Run the same command to resume.'
+                                  ) from None
     finally:
+        _restore_ctrl_c()
         progress.close()
         loader.close()
         latest.wait_until_finished()

@@ -85,3 +85,30 @@ def test_cli_errors_name_the_file(tmp_path):
                              '--scale', '2', '--out', str(tmp_path / 'o')],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and 'nope.pt' in result.stderr
+
+
+@pytest.mark.parametrize('setup, args, message', [
+    ('missing', ['--scale', '2'], 'no such weights file'),
+    ('random', ['--scale', '2'], 'is not a readable .npz'),
+    ('empty', ['--scale', '2'], 'is not a readable .npz'),
+    ('x4', ['--scale', '-2'], '--scale: scale must be 3 or a power of 2'),
+    ('x4', ['--scale', '5'], '--scale: scale must be 3 or a power of 2'),
+    ('x4', ['--scale', '2'], 'wrong --scale'),
+    ('existing_out', ['--scale', '4'], 'already holds a model'),
+])
+def test_cli_errors_are_one_line(reference, x4_state, tmp_path, setup, args, message):
+    weights = tmp_path / 'weights.npz'
+    if setup == 'random':
+        weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif setup == 'empty':
+        weights.write_bytes(b'')
+    elif setup != 'missing':
+        np.savez(weights, **x4_state)
+    out = tmp_path / 'out'
+    if setup == 'existing_out':
+        checkpoints.save_model(out, {}, {'params': {'x': np.zeros(2, np.float32)}})
+    result = subprocess.run([sys.executable, '-m', 'enlcn_jax.convert', str(weights), *args,
+                             '--out', str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
+    assert 'Traceback' not in result.stderr
+    assert setup == 'existing_out' or not out.exists()

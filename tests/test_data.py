@@ -94,3 +94,25 @@ def test_srdataset_rejects_inconsistent_pair():
     with pytest.raises(ValueError, match="bad"):
         SRDataset(names=["bad"], hr=[np.zeros((10, 10, 3), np.uint8)],
                   lr=[np.zeros((4, 5, 3), np.uint8)], scale=2)
+
+
+def test_a_truncated_image_or_broken_link_is_left_out_with_a_warning(tmp_path, caplog):
+    hr = np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    for name in ("a.png", "c.png"):
+        save_image(tmp_path / name, hr)
+    good = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(good[: len(good) // 2])  # cut short by a failed copy
+    (tmp_path / "d.png").symlink_to(tmp_path / "gone.png")
+    with caplog.at_level("WARNING"):
+        ds = load_folder(tmp_path, SCALE)
+    assert ds.names == ["a", "c"]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "b.png" in warned and "d.png" in warned
+
+
+def test_a_folder_with_no_usable_image_is_an_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="no image files"):
+        load_folder(tmp_path, SCALE)
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="x.png"):
+        load_folder(tmp_path, SCALE)

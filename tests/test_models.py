@@ -140,5 +140,14 @@ def test_bad_inputs_are_clear_errors():
         models.from_config({'n_feat': 8})
     with pytest.raises(ValueError, match='model.num_random_features must be >= 1, got 0'):
         models.from_config(dict(TINY, num_random_features=0))
-    with pytest.raises(ValueError, match='scale must be 3 or a power of 2, got 5'):
-        models.init_variables(models.from_config(dict(scale=5, **TINY)), jax.random.key(0))
+    for scale in (5, 1, 0, -2):
+        with pytest.raises(ValueError, match=rf'scale must be 3 or a power of 2 .*got {scale}'):
+            models.from_config(dict(TINY, scale=scale))
+    with pytest.raises(ValueError, match='model.n_feats must be >= 1, got 0'):
+        models.from_config(dict(TINY, n_feats=0))
+    with pytest.raises(ValueError, match='model.reduction must be >= 1, got 0'):
+        models.from_config(dict(TINY, reduction=0))
+    with pytest.raises(ValueError, match='n_feats=16 / model.reduction=32 leaves no attention'):
+        models.from_config(dict(TINY, reduction=32))
+    with pytest.raises(ValueError, match='scale must be 3 or a power of 2 .*got 6'):
+        models.init_variables(models.EDSR(scale=6, n_resblocks=1, n_feats=8), jax.random.key(0))

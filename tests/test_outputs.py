@@ -89,3 +89,20 @@ def test_upscale_never_writes_over_its_input_or_an_output_unless_told(reference,
     assert result.returncode == 0, result.stderr[-2000:]
     assert image_io.load_image(out).shape == (40, 48, 3)
     assert not np.array_equal(image_io.load_image(out)[:20, :24], image_io.load_image(image))
+
+
+def test_a_dataset_with_no_scorable_image_fails_and_an_empty_folder_is_one_line(tmp_path):
+    (tmp_path / 'empty').mkdir()
+    result = run('eval.py', '--dataset', str(tmp_path / 'empty'), '--model', 'bicubic',
+                 '--scale', '2', '--output', str(tmp_path / 'r.json'))
+    assert result.returncode != 0 and 'no image files' in result.stderr
+    assert 'Traceback' not in result.stderr
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / 'broken.png').write_bytes(b'not a png')
+    (tmp_path / 'bad' / 'link.png').symlink_to(tmp_path / 'gone.png')
+    result = run('eval.py', '--dataset', str(tmp_path / 'bad'), '--model', 'bicubic',
+                 '--scale', '2', '--output', str(tmp_path / 'r.json'))
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert 'no image of bad x2 could be scored' in result.stderr
+    skipped = json.loads((tmp_path / 'r.json').read_text())['skipped']
+    assert sorted(s['name'] for s in skipped) == ['broken', 'link']

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +193,22 @@ def test_evaluation_refuses_non_finite_weights(reference, tmp_path, env):
                  env, check=False)
     assert result.returncode != 0 and 'non-finite values' in result.stderr
     assert 'Traceback' not in result.stderr and not (tmp_path / 'out.png').exists()
+
+
+def test_ctrl_c_finishes_the_checkpoint_in_flight_and_exits_with_one_line(tmp_path, env):
+    process = subprocess.Popen(
+        [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir',
+         str(tmp_path), *cli_overrides(train__epochs=200, data__val_source='none')],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list((tmp_path / 'checkpoints').glob('[0-9]*')) and time.time() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode != 0 and 'Traceback' not in stderr, stderr[-3000:]
+    fatal = [line for line in stderr.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and 'interrupted after step' in fatal[0]
+    assert 'Run the same command to resume' in fatal[0]
+    step = checkpoints.latest_manager(tmp_path, read_only=True).latest_step()
+    assert step and f'step {step} in' in fatal[0]
+    checkpoints.load_model(tmp_path)  # the checkpoint named is complete and verified

@@ -1,5 +1,11 @@
 """Trains ENLCN: `python train.py --config configs/x2.py [--workdir DIR] [--config.KEY=VALUE ...]`.
 
+Several processes (hosts, or processes on one host), one model: start the same command in every
+process with `--config.distributed=True --coordinator_address=HOST0:PORT --num_processes=N
+--process_id=I` (I = 0 .. N-1, process 0's host as the coordinator; on SLURM and Cloud TPU the
+three flags can be left out). Each process feeds its rows of every global batch
+(`data.batch_size`, which must split over all devices) and the result equals a one-process run.
+
 The config file's `get_config()` gives every hyper-parameter (see configs/default.py); any key can
 be overridden on the command line, e.g. `--config.train.epochs=10`. Running the same command again
 resumes from the latest checkpoint in the workdir (default `./workdirs/<config file name>`).
@@ -25,6 +31,10 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, logs and metrics; default '
 flags.DEFINE_boolean('allow_config_changes', False, 'resume a workdir although the config changes '
                      'its model, data, seed or recipe (more epochs and logging cadence need '
                      'no flag)')
+flags.DEFINE_string('coordinator_address', None, 'with config.distributed: host:port of process '
+                    "0's coordinator (default: what jax.distributed detects, e.g. on SLURM)")
+flags.DEFINE_integer('num_processes', None, 'with config.distributed: number of processes')
+flags.DEFINE_integer('process_id', None, 'with config.distributed: this process, 0 .. n-1')
 flags.mark_flags_as_required(['config'])
 
 
@@ -49,7 +59,10 @@ def main(argv: list[str]) -> None:
     checkpoints.quiet_orbax_logs()
     config = FLAGS.config
     if config.distributed:
-        jax.distributed.initialize()
+        # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
     workdir = FLAGS.workdir or str(
         Path('workdirs') / Path(config_flags.get_config_filename(FLAGS['config'])).stem)
     logging.info('JAX process %d / %d, local devices %s; workdir %s', jax.process_index(),

@@ -30,7 +30,8 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
     """ENLCN (32 blocks, 256 features, 5 ENLCA modules) at x2 on DIV2K, released-code recipe."""
     config = ml_collections.ConfigDict()
-    # Call jax.distributed.initialize() first (multi-host training; one process per host).
+    # Several processes, one model: train.py initialises jax.distributed (see its
+    # --coordinator_address, --num_processes, --process_id flags).
     config.distributed = False
 
     # Keyword arguments of models.ENLCN, saved as <workdir>/model_config.json for evaluation.

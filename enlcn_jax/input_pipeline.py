@@ -111,19 +111,21 @@ def inverse_dihedral(x, k: int, axes: tuple[int, int] = (-3, -2)):
 class PatchLoader:
     """Infinite iterator of random, aligned, augmented LR/HR patch batches.
 
-    Batch number ``step`` is ``self.batch(step)``: for each of the ``B``
-    samples it draws, from ``np.random.default_rng([seed, step])``, an image
-    index (uniform), a crop position, and (if ``augment``) a ``dihedral``
-    index. Batches therefore do not depend on worker count, timing or where
-    iteration started: ``PatchLoader(..., start_step=k)`` yields the batches
-    ``k, k+1, ...`` of a loader started at 0.
+    Batch number ``step`` is ``self.batch(step)``: sample ``i`` of the global
+    batch of ``batch_size`` draws, from ``np.random.default_rng([seed, step, i])``,
+    an image index (uniform), a crop position, and (if ``augment``) a
+    ``dihedral`` index. Batches therefore do not depend on worker count,
+    timing or where iteration started (``PatchLoader(..., start_step=k)``
+    yields the batches ``k, k+1, ...`` of a loader started at 0), nor on how
+    many processes share them: with ``shard=(p, n)`` the loader yields rows
+    ``[p B / n, (p + 1) B / n)`` of the same global batch.
 
     Iteration is a grain pipeline, ``MapDataset.range(start_step, ...).map(self.batch)``:
     ``num_workers`` grain threads compute up to ``prefetch`` batches ahead, returned in step
     order. Use ``close()`` (or ``with``) to stop them.
 
     Yields:
-      ``{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p*s, p*s, 3]}``.
+      ``{'lr': uint8 [B / n, p, p, 3], 'hr': uint8 [B / n, p*s, p*s, 3]}``.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class PatchLoader:
         augment: bool = True,
         num_workers: int = 2,
         prefetch: int = 8,
+        shard: tuple[int, int] = (0, 1),
     ):
         if len(dataset) == 0:
             raise ValueError("PatchLoader: the dataset is empty")
@@ -146,10 +149,15 @@ class PatchLoader:
                 raise ValueError(f"PatchLoader: {what} must be >= 1, got {value}")
         if start_step < 0:
             raise ValueError(f"PatchLoader: start_step must be >= 0, got {start_step}")
+        index, count = shard
+        if not 0 <= index < count or batch_size % count:
+            raise ValueError(f"PatchLoader: shard {shard} of a batch of {batch_size}: need "
+                             "0 <= index < count and count dividing the batch")
         for name, lr in zip(dataset.names, dataset.lr):
             _check_fits(lr, lr_patch, name)
         self.dataset = dataset
         self.batch_size = batch_size
+        self.rows = range(index * batch_size // count, (index + 1) * batch_size // count)
         self.lr_patch = lr_patch
         self.seed = seed
         self.augment = augment
@@ -159,12 +167,12 @@ class PatchLoader:
             grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)))
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """Batch number ``step``, computed in the calling thread."""
+        """This shard's rows of batch number ``step``, computed in the calling thread."""
         ds, p, s = self.dataset, self.lr_patch, self.dataset.scale
-        rng = np.random.default_rng([self.seed, step])
-        lr = np.empty((self.batch_size, p, p, 3), np.uint8)
-        hr = np.empty((self.batch_size, p * s, p * s, 3), np.uint8)
-        for i in range(self.batch_size):
+        lr = np.empty((len(self.rows), p, p, 3), np.uint8)
+        hr = np.empty((len(self.rows), p * s, p * s, 3), np.uint8)
+        for i, row in enumerate(self.rows):
+            rng = np.random.default_rng([self.seed, step, row])
             j = int(rng.integers(len(ds)))
             hr_patch, lr_patch = random_crop_pair(ds.hr[j], ds.lr[j], p, s, rng, ds.names[j])
             if self.augment:

@@ -354,11 +354,6 @@ def _last_checkpoint(manager) -> str:
             'is intact.')
 
 
-def _loader_seed(seed: int) -> int:
-    """Patch-sampling seed of this process, derived from `(seed, process_index)`."""
-    return int(np.random.SeedSequence([seed, jax.process_index()]).generate_state(1)[0])
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        allow_config_changes: bool = False) -> TrainState:
     """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
@@ -422,10 +417,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     bicubic = None if val_ds is None else evaluate.evaluate_in_memory(
         val_ds, inference.BicubicUpscaler(val_ds.scale)).summary()['psnr']
     validator = None  # the one evaluator of eval.py, compiled at the first validation
+    # Every process draws the same global batches and feeds its rows: the result does not
+    # depend on the number of processes.
     loader = input_pipeline.PatchLoader(
-        train_ds, config.data.batch_size // jax.process_count(), config.data.lr_patch,
-        seed=_loader_seed(train_cfg.seed), start_step=start_step,
-        num_workers=config.data.num_workers)
+        train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
+        start_step=start_step, num_workers=config.data.num_workers,
+        shard=(jax.process_index(), jax.process_count()))
     batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: shard_batch(b, mesh))
     history = metric_logging.StepMetrics(start_step, config.data.batch_size)
     progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,

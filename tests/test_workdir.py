@@ -131,7 +131,8 @@ def test_a_validation_cut_off_by_a_kill_is_redone_on_resume_and_best_follows_it(
         real_save_best(manager, state, psnr)
 
     monkeypatch.setattr(checkpoints, 'save_best', killed_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(train_lib.TrainingInterrupted, match='after step 6; the last checkpoint, '
+                                                         'step 6 in'):
         train_lib.train_and_evaluate(config, tmp_path)
     assert checkpoints.latest_manager(tmp_path, read_only=True).latest_step() == 6
     assert sorted(r['step'] for r in records(tmp_path) if 'val/psnr_y' in r) == [3]

@@ -58,6 +58,15 @@ def quiet_orbax_logs() -> None:
     logging.get_absl_handler().addFilter(_not_orbax_info)
 
 
+def _not_read_only_notice(record: std_logging.LogRecord) -> bool:
+    """Drops orbax's warning that a directory opened for reading is read only (as asked)."""
+    return not record.getMessage().startswith('Given directory is read only')
+
+
+# Every read of a workdir's checkpoints opens them read-only; orbax warns each time.
+std_logging.getLogger('absl').addFilter(_not_read_only_notice)
+
+
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:
     """Writes `model_config` and `variables` to `directory` (created; must not hold a model yet)."""
     directory = Path(directory).absolute()

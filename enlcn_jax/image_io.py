@@ -6,7 +6,9 @@ spaces (``CMYK``, ``YCbCr``, ...) are converted to RGB and an alpha channel
 is dropped (not composited); each such conversion emits one ``UserWarning``
 that names the file, so a dataset with odd files is noticed instead of
 silently altered. 16-bit grayscale is rescaled to 8 bits (``v / 257``)
-rather than clipped.
+rather than clipped; 16-bit RGB PNGs (which PIL reads as 8 bits) get the same
+warning. An EXIF orientation tag is applied, so photos come in the way they
+are shown.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -61,15 +63,26 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode, alpha = im.mode, _has_alpha(im)
-            rgb = _to_rgb_array(im)
+            sixteen_bit_rgb = im.format == "PNG" and mode in ("RGB", "RGBA") and \
+                _png_bit_depth(path) == 16
+            rgb = _to_rgb_array(ImageOps.exif_transpose(im))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot decode image {path}: {e}") from e
-    if mode != "RGB" or alpha:
-        what = [f"mode {mode!r} converted to RGB"] if mode not in ("RGB", "RGBA") else []
-        if alpha:
-            what.append("alpha channel dropped")
+    what = [f"mode {mode!r} converted to RGB"] if mode not in ("RGB", "RGBA") else []
+    if sixteen_bit_rgb:
+        what.append("16-bit RGB reduced to 8 bits")
+    if alpha:
+        what.append("alpha channel dropped")
+    if what:
         warnings.warn(f"{path}: {', '.join(what)}", UserWarning, stacklevel=2)
     return rgb
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bits per sample of a PNG, from its IHDR chunk (byte 24 of the file)."""
+    with open(path, "rb") as f:
+        header = f.read(25)
+    return header[24] if len(header) == 25 else 8
 
 
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:

@@ -269,6 +269,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = functools.reduce(getattr, rest, config[section])
         if value < 1:
             raise ValueError(f'config.{key} must be >= 1, got {value}')
+    for key, value, minimum in (('train.lr', train.lr, 0.0),
+                                ('train.lr_decay_factor', train.lr_decay_factor, 0.0)):
+        if not value > minimum:
+            raise ValueError(f'config.{key} must be > {minimum}, got {value}')
+    if train.contrastive.weight < 0:
+        raise ValueError(f'config.train.contrastive.weight must be >= 0, got '
+                         f'{train.contrastive.weight}')
     if data.batch_size % jax.device_count():
         raise ValueError(f'config.data.batch_size={data.batch_size} does not split over '
                          f'{jax.device_count()} devices')

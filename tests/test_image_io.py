@@ -101,3 +101,37 @@ def test_loads_set5():
     assert len(paths) == 5
     img = load_image(paths[0])
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+def test_sixteen_bit_rgb_png_warns_and_exif_orientation_is_applied(tmp_path):
+    rgb16 = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000)
+    path = tmp_path / "rgb16.png"
+    _write_png16_rgb(path, rgb16)
+    with pytest.warns(UserWarning, match="16-bit RGB reduced to 8 bits"):
+        img = load_image(path)
+    assert img.shape == (4, 5, 3) and img.dtype == np.uint8
+
+    pixels = np.zeros((2, 3, 3), np.uint8)
+    pixels[0, 0] = 255  # a marked top-left corner
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    shown = load_image(tmp_path / "rotated.jpg")
+    assert shown.shape == (3, 2, 3)  # displayed as portrait
+    assert shown[0, -1].mean() > 128  # the marked corner is now top-right
+
+
+def _write_png16_rgb(path, rgb16):
+    """A 16-bit RGB PNG written by hand (PIL cannot write one): signature, IHDR, IDAT, IEND."""
+    import struct  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
+    h, w, _ = rgb16.shape
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))

@@ -408,6 +408,10 @@ def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, t
     ({'train.redraw.every': 'sometimes'}, 'redraw.every'),
     ({'train.lr_decay_epochs': (4, 2)}, 'must be increasing'),
     ({'data.val_source': 'web'}, 'data.val_source'),
+    ({'train.lr': -1e-4}, 'train.lr must be > 0.0, got -0.0001'),
+    ({'train.contrastive.weight': -1.0}, 'contrastive.weight must be >= 0'),
+    ({'model.scale': 5}, 'scale must be 3 or a power of 2'),
+    ({'model.num_random_features': 0}, 'model.num_random_features must be >= 1, got 0'),
 ])
 def test_validate_config(overrides, message):
     config = tiny_config()

@@ -3,16 +3,18 @@
     python -m enlcn_jax.bench attention [--sizes 50,100,150,200] [--out bench_results]
     python -m enlcn_jax.bench train [--configs quickstart,x2] [--steps 20,1]
     python -m enlcn_jax.bench eval [--sizes 256,512] [--repeats 3]
+    python -m enlcn_jax.bench contrastive [--sizes 48] [--batch 4] [--repeats 10]
 
 `attention`: `bench_attention` (ENLCA vs exact NLA, time and memory); `train`: `bench_train`
-(steps/s, images/s, input-pipeline patches/s); `eval`: `bench_eval` (SR megapixels/s).
+(steps/s, images/s, input-pipeline patches/s); `eval`: `bench_eval` (SR megapixels/s);
+`contrastive`: `bench_contrastive` (the loss and its gradient as a train step computes them).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from enlcn_jax import bench_attention, bench_eval, bench_train
+from enlcn_jax import bench_attention, bench_contrastive, bench_eval, bench_train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     evaluation = sub.add_parser('eval', help='eval throughput of the paper model (SR MP/s)')
     evaluation.add_argument('--sizes', default='256,512', help='square LR sides')
     evaluation.add_argument('--repeats', type=int, default=3)
-    for p in (attn, train, evaluation):
+    contrastive = sub.add_parser('contrastive', help='contrastive loss fwd and fwd+bwd time')
+    contrastive.add_argument('--sizes', default='48', help='square LR patch sides')
+    contrastive.add_argument('--batch', type=int, default=4)
+    contrastive.add_argument('--d', type=int, default=16, help='embedding width')
+    contrastive.add_argument('--repeats', type=int, default=10)
+    for p in (attn, train, evaluation, contrastive):
         p.add_argument('--out', default='bench_results', help='directory for the JSON file')
     args = parser.parse_args(argv)
     ints = lambda text: [int(v) for v in text.split(',')]
@@ -43,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == 'train':
         bench_train.train_throughput_bench(args.configs.split(','), ints(args.steps),
                                            args.batch_size, args.lr_patch, out_dir=args.out)
-    else:
+    elif args.command == 'eval':
         bench_eval.eval_throughput_bench(ints(args.sizes), args.out, args.repeats)
+    else:
+        bench_contrastive.contrastive_bench(ints(args.sizes), args.batch, args.d, args.repeats,
+                                            out_dir=args.out)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 The contrastive loss ranks, for every query position i, the scores `S_ij = q_i . k_j` over all
 keys j and pushes the top-ranked ("relevant") keys away from lower-ranked ("irrelevant") ones.
 Only the top ranks are ever needed, so rows are processed in blocks with `jax.lax.top_k`:
-peak memory is O(block x N), never O(N^2), and nothing sorts whole rows.
+peak memory is O(block x N + N x top x d), never O(N^2), and nothing sorts whole rows.
 
 Variants (`train.contrastive.variant`):
   * `code` (default, the released code): relevant = ranks [0, 15), irrelevant = ranks [50, 65),
@@ -64,8 +64,15 @@ def rank_windows(variant: str, n: int, *, margin: float = 1.0, n1: float = 0.02,
 
 
 def _row_losses(q_block: Array, k: Array, windows: RankWindows) -> Array:
-    """Per-row loss for a block of queries. `q_block [R, d]`, `k [N, d]` -> `[R]`."""
-    scores, _ = jax.lax.top_k(q_block @ k.T, windows.top)
+    """Per-row loss for a block of queries. `q_block [R, d]`, `k [N, d]` -> `[R]`.
+
+    The ranks are chosen on `stop_gradient` scores (which keys are relevant is a selection, not
+    a differentiable quantity), then the chosen keys' scores are recomputed from the gathered
+    keys, so the backward pass touches only `[R, top, d]`: no `top_k` to differentiate, no
+    `[R, N]` block to keep or to recompute.
+    """
+    _, chosen = jax.lax.top_k(jax.lax.stop_gradient(q_block @ k.T), windows.top)  # [R, top]
+    scores = jnp.einsum('rd,rtd->rt', q_block, k[chosen])
     exp_scores = jnp.exp(scores)
     relevant = jnp.mean(exp_scores[:, slice(*windows.relevant)], axis=-1)
     irrelevant = jnp.mean(exp_scores[:, slice(*windows.irrelevant)], axis=-1)
@@ -94,4 +101,4 @@ def contrastive_loss(q: Array, k: Array, variant: str = 'code', *, block_size: i
                          f'{k.shape} (batch it with jax.vmap)')
     windows = rank_windows(variant, q.shape[0], **window_kwargs)
     return jnp.mean(blockwise.map_row_blocks(lambda qb: _row_losses(qb, k, windows), q,
-                                             block_size))
+                                             block_size, remat=False))

@@ -19,3 +19,13 @@ def test_attention_bench_writes_rows_for_both_attentions_and_the_growth(tmp_path
     assert all(r['fwd ms'] > 0 and r['fwd+bwd ms'] > 0 for r in report['rows'])
     assert report['growth']['positions ratio'] == 144 / 64
     assert '| 12x12 | exact |' in result.stdout
+
+
+def test_contrastive_bench_writes_forward_and_backward_times(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'enlcn_jax.bench', 'contrastive', '--sizes',
+                             '12', '--batch', '2', '--d', '8', '--repeats', '1', '--out',
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / 'contrastive.json').read_text())['rows']
+    assert row['size'] == '12x12' and row['batch'] == 2 and row['fwd+bwd ms'] > 0

@@ -108,6 +108,22 @@ def test_gradient_matches_full_sort_autodiff(active_embeddings):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_gradient_equals_differentiating_through_top_k(active_embeddings):
+    """The ranks are chosen without a gradient and the chosen scores recomputed: the gradient is
+    the one of differentiating through `lax.top_k`'s values (the former implementation)."""
+    q, k = active_embeddings
+
+    def through_top_k(q, k):
+        scores, _ = jax.lax.top_k(jnp.einsum('bnd,bmd->bnm', q, k), 65)
+        exp_scores = jnp.exp(scores)
+        rows = -jnp.log(exp_scores[..., :15].mean(-1) / (exp_scores[..., 50:65].mean(-1) + 1e-6))
+        return jnp.mean(jax.nn.relu(rows + 1.0))
+
+    ours = jax.grad(lambda q, k: batched_contrastive_loss(q, k, block_size=64), (0, 1))(q, k)
+    for a, b in zip(ours, jax.grad(through_top_k, (0, 1))(q, k)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+
+
 def test_bad_arguments_are_clear_errors():
     q, k = unit_embeddings(jax.random.key(5), (1, 40, 4))
     with pytest.raises(ValueError, match='at least 65 positions'):

@@ -35,7 +35,8 @@ flags.DEFINE_string('data_dir', None, f'dataset root (default ${data.DATA_ENV}, 
                     f'./{data.DEFAULT_DATA_DIR})')
 flags.DEFINE_boolean('self_ensemble', False, 'average the 8 dihedral transforms ("+" results)')
 flags.DEFINE_integer('bucket', 16, 'pad LR sides to a multiple of this so sizes share a compiled '
-                     'forward; 1 = no padding (exact, one compilation per image size)', lower_bound=1)
+                     'forward (the padding is masked: same numbers); 1 = no padding, one '
+                     'compilation per image size', lower_bound=1)
 flags.DEFINE_integer('tile', None, 'LR tile side for devices short of memory (default: whole '
                      'images)', lower_bound=1)
 flags.DEFINE_integer('tile_overlap', 16, 'LR pixels of overlap between tiles', lower_bound=0)

@@ -100,7 +100,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 1000
     config.train.keep_checkpoints = 3       # latest checkpoints kept (the best one is kept apart)
     config.train.eval_every_epochs = 1      # validation PSNR-Y every N epochs and at the end
-    # Validation runs eval.py's evaluator; LR sides padded to a multiple of this (1: exact, the
-    # published protocol; eval.py --bucket N gives the same numbers as eval_bucket = N).
+    # Validation runs eval.py's evaluator; LR sides padded to a multiple of this so sizes share
+    # a compiled forward (the padding is masked, the numbers are the unpadded ones).
     config.train.eval_bucket = 1
     return config

@@ -3,7 +3,11 @@
 Both take the same arguments, so a model switches between them by name (`model.attention`,
 or `MODULE:NAME` for a researcher's own, see `registry`):
 
-    attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map) -> [B, N, c]
+    attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map,
+                 key_mask=None) -> [B, N, c]
+
+(`key_mask [B, N]`, 0 for padded keys, is passed only when evaluation pads an image; a function
+without it works everywhere else.)
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory.
 `exact` (formerly `softmax`) is the quadratic baseline `softmax(q k^T) v` (Eq. 1, NLA), O(N^2)
@@ -45,7 +49,8 @@ def linear_attention(q_features: Array, k_features: Array, v: Array) -> Array:
 
 
 def enla(q: Array, k: Array, v: Array, projection: Array,
-         feature_map: features.FeatureMap = features.softmax_kernel_features) -> Array:
+         feature_map: features.FeatureMap = features.softmax_kernel_features,
+         key_mask: Array | None = None) -> Array:
     """Efficient non-local attention (Eq. 6): linear attention on random features of q and k.
 
     Args:
@@ -53,18 +58,24 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
       v: `[B, N, c]`.
       projection: `[m, d]` random features.
       feature_map: `phi(x [..., d], F [m, d]) -> [..., m]`, given `is_query=` if it takes it.
+      key_mask: optional `[B, N]`, 0 for keys to leave out (padding), 1 for the others.
     Returns:
       `[B, N, c]`.
     """
     if features.takes_is_query(feature_map):
-        return linear_attention(feature_map(q, projection, is_query=True),
-                                feature_map(k, projection, is_query=False), v)
-    return linear_attention(feature_map(q, projection), feature_map(k, projection), v)
+        q_features = feature_map(q, projection, is_query=True)
+        k_features = feature_map(k, projection, is_query=False)
+    else:
+        q_features, k_features = feature_map(q, projection), feature_map(k, projection)
+    if key_mask is not None:
+        k_features = k_features * key_mask[..., None].astype(k_features.dtype)
+    return linear_attention(q_features, k_features, v)
 
 
 def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
-                      feature_map: features.FeatureMap | None = None,
-                      query_block: int = SOFTMAX_QUERY_BLOCK) -> Array:
+                    feature_map: features.FeatureMap | None = None,
+                    key_mask: Array | None = None,
+                    query_block: int = SOFTMAX_QUERY_BLOCK) -> Array:
     """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1): O(N^2) time.
 
     Queries are processed `query_block` at a time (each block rematerialised in the backward
@@ -75,19 +86,22 @@ def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = Non
     Args:
       q, k: `[B, N, d]`.
       v: `[B, N, c]`.
+      key_mask: optional `[B, N]`, 0 for keys to leave out (padding), 1 for the others.
     Returns:
       `[B, N, c]`.
     """
     del projection, feature_map
+    if key_mask is None:
+        key_mask = jnp.ones(k.shape[:2], k.dtype)
 
-    def attend(q_block: Array, k: Array, v: Array) -> Array:  # [n, d] -> [n, c]
-        weights = jax.nn.softmax(q_block @ k.T, axis=-1)
+    def attend(q_block: Array, k: Array, v: Array, mask: Array) -> Array:  # [n, d] -> [n, c]
+        weights = jax.nn.softmax(q_block @ k.T, axis=-1, where=mask[None, :] > 0)
         return weights @ v
 
     if q.shape[1] <= query_block:
-        return jax.vmap(attend)(q, k, v)
-    return jax.vmap(lambda q, k, v: blockwise.map_row_blocks(
-        lambda q_block: attend(q_block, k, v), q, query_block))(q, k, v)
+        return jax.vmap(attend)(q, k, v, key_mask)
+    return jax.vmap(lambda q, k, v, mask: blockwise.map_row_blocks(
+        lambda q_block: attend(q_block, k, v, mask), q, query_block))(q, k, v, key_mask)
 
 
 def check_attention(fn: AttentionFn) -> None:

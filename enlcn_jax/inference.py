@@ -2,14 +2,10 @@
 
 Inference (`ModelUpscaler`), batch of one:
   * whole images in one jit-compiled forward. The LR image is padded at the bottom/right up to a
-    multiple of `bucket` (reflect padding) and the SR output cropped back, so images of nearby
-    sizes share one compiled program: a 100-image set compiles a handful of times, not 100.
-    Padding is not free of effects: near the bottom/right borders the convolutions see reflected
-    pixels where the unpadded forward sees zero padding, and the non-local attention (ENLCA
-    attends over every position) takes the padded positions in everywhere. On the (random) fixture
-    model the output changes by up to ~0.2 (of 1) in a band of a few pixels at those borders and
-    by ~1e-4 elsewhere. `bucket=1` pads nothing and is exact, at the price of one compilation per
-    distinct image size: use it for numbers to compare with published tables.
+    multiple of `bucket` and the SR output cropped back, so images of nearby sizes share one
+    compiled program: a 100-image set compiles a handful of times, not 100. The padding is
+    masked (`ENLCN`'s `valid`: zero after every convolution, left out of the attention's keys
+    and normaliser), so the result is the unpadded forward's up to float rounding (~1e-7).
   * `tile`: for devices short of memory (automatically, with a warning, when XLA's estimate of
     the whole-image forward exceeds `memory_budget`), the LR image is cut into `tile x tile`
     tiles that overlap by `tile_overlap` pixels; each output pixel is taken from the tile in
@@ -145,18 +141,27 @@ class ModelUpscaler:
         pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))
         return np.pad(x, pad, mode=self.pad_mode)[None]
 
+    def _forward(self, variables: dict, x: jax.Array, valid: jax.Array | None) -> jax.Array:
+        return self.model.apply(variables, x, valid=valid)
+
     def _compile(self, shape: tuple[int, ...]) -> jax.stages.Compiled:
         if shape not in self._compiled:
-            dummy = jax.ShapeDtypeStruct(shape, jnp.float32)
-            self._compiled[shape] = jax.jit(self.model.apply).lower(self.variables,
-                                                                    dummy).compile()
+            image = jax.ShapeDtypeStruct(shape, jnp.float32)
+            valid = jax.ShapeDtypeStruct((*shape[:3], 1), jnp.float32) if self.bucket > 1 else None
+            self._compiled[shape] = jax.jit(self._forward).lower(self.variables, image,
+                                                                 valid).compile()
         return self._compiled[shape]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        """One forward of `x` float32 `[h, w, 3]` padded to the bucket -> `[h s, w s, 3]`."""
+        """One forward of `x` float32 `[h, w, 3]` padded to the bucket -> `[h s, w s, 3]`; the
+        padding is masked (`ENLCN`'s `valid`), so it does not change the result."""
         h, w = x.shape[:2]
         padded = self._padded(x)
-        y = self._compile(padded.shape)(self.variables, jnp.asarray(padded))
+        valid = None
+        if self.bucket > 1:
+            valid = np.zeros((*padded.shape[:3], 1), np.float32)
+            valid[:, :h, :w] = 1.0
+        y = self._compile(padded.shape)(self.variables, jnp.asarray(padded), valid)
         return np.asarray(y)[0, :h * self.scale, :w * self.scale]
 
     def _auto_tile(self, x: np.ndarray) -> int | None:

@@ -60,11 +60,16 @@ class ResBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, valid: Array | None = None) -> Array:
         c = x.shape[-1]
-        y = conv3x3(c, 'conv1', self.dtype)(x)
-        y = conv3x3(c, 'conv2', self.dtype)(nn.relu(y))
+        y = _masked(conv3x3(c, 'conv1', self.dtype)(x), valid)
+        y = _masked(conv3x3(c, 'conv2', self.dtype)(nn.relu(y)), valid)
         return x + self.res_scale * y
+
+
+def _masked(x: Array, valid: Array | None) -> Array:
+    """`x * valid` (`valid [B, H, W, 1]`, 1 on real pixels), or `x` without a mask."""
+    return x if valid is None else x * valid.astype(x.dtype)
 
 
 def check_scale(scale: int) -> list[int]:
@@ -89,10 +94,12 @@ class Upsampler(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, valid: Array | None = None) -> Array:
         c = x.shape[-1]
         for i, r in enumerate(check_scale(self.scale)):
-            x = pixel_shuffle(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), r)
+            x = pixel_shuffle(_masked(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), valid), r)
+            if valid is not None:
+                valid = jnp.repeat(jnp.repeat(valid, r, axis=1), r, axis=2)
         return x
 
 
@@ -154,7 +161,7 @@ class ENLCA(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> tuple[Array, Embeddings]:
+    def __call__(self, x: Array, valid: Array | None = None) -> tuple[Array, Embeddings]:
         if x.ndim != 4:
             raise ValueError(f'ENLCA expects [B, H, W, C] input, got shape {x.shape}')
         b, h, w, c = x.shape
@@ -178,9 +185,10 @@ class ENLCA(nn.Module):
         if projection.value.shape[-1] != d:
             raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
                              f'the embedding has {d}')
-        y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn())
-        y = y.reshape(b, h, w, c)
-        return y.astype(x.dtype) * self.res_scale + x, (q, k)
+        masks = {} if valid is None else {'key_mask': valid.reshape(b, h * w)}
+        y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn(), **masks)
+        y = _masked(y.reshape(b, h, w, c).astype(x.dtype), valid)
+        return y * self.res_scale + x, (q, k)
 
 
 class ENLCN(nn.Module):
@@ -189,6 +197,11 @@ class ENLCN(nn.Module):
     Every ENLCA module is built from `enlca`; with `enlca=None` this is plain EDSR. Input
     `[B, H, W, 3]` in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k)
     of every ENLCA module in body order when `return_embeddings=True`.
+
+    `valid` (`[B, H, W, 1]`, 1 on real pixels, 0 on padding) makes a padded input give the
+    unpadded output on its real pixels, up to float rounding: padded positions are kept at
+    exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
+    the attention's keys and normaliser. Evaluation pads images to shared shapes with it.
     """
     scale: int = 2
     n_resblocks: int = 32
@@ -213,25 +226,26 @@ class ENLCN(nn.Module):
         return layout
 
     @nn.compact
-    def __call__(self, x: Array, return_embeddings: bool = False):
+    def __call__(self, x: Array, return_embeddings: bool = False, valid: Array | None = None):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f'ENLCN expects RGB images [B, H, W, 3], got shape {x.shape}')
         mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
         std = jnp.asarray(self.rgb_std, jnp.float32)
-        x = (x.astype(jnp.float32) * self.rgb_range - mean) / std
-        x = conv3x3(self.n_feats, 'head', self.dtype)(x.astype(self.dtype))
+        x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, valid)
+        x = _masked(conv3x3(self.n_feats, 'head', self.dtype)(x.astype(self.dtype)), valid)
 
         embeddings = []
         res = x
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
-                res, qk = ENLCA(self.enlca, self.res_scale, self.dtype, name=f'body_{i}')(res)
+                res, qk = ENLCA(self.enlca, self.res_scale, self.dtype, name=f'body_{i}')(
+                    res, valid)
                 embeddings.append(qk)
             else:
-                res = ResBlock(self.res_scale, self.dtype, name=f'body_{i}')(res)
-        res = conv3x3(self.n_feats, 'body_conv', self.dtype)(res) + x
+                res = ResBlock(self.res_scale, self.dtype, name=f'body_{i}')(res, valid)
+        res = _masked(conv3x3(self.n_feats, 'body_conv', self.dtype)(res), valid) + x
 
-        y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res)
+        y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res, valid)
         y = conv3x3(3, 'tail_conv', self.dtype)(y).astype(jnp.float32)
         sr = (y * std + mean) / self.rgb_range
         return (sr, embeddings) if return_embeddings else sr

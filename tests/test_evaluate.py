@@ -147,10 +147,6 @@ def test_bucket_1_is_the_plain_forward(x2_checkpoint):
     lr = random_lr((21, 19))
     plain = np.asarray(upscaler.model.apply(upscaler.variables, lr[None].astype(np.float32) / 255.0))
     np.testing.assert_allclose(upscaler.predict(lr), plain[0], atol=1e-6)  # jit vs eager
-    # Padding to 32x32: the convolutions near the bottom/right borders see reflected pixels
-    # instead of zeros, and the attention everywhere sees the padded positions too.
-    change = np.abs(inference.load_upscaler(x2_checkpoint, bucket=16).predict(lr) - plain[0])
-    assert 0 < change[:30, :26].max() < 2e-3 < change.max()
 
 
 def test_a_tile_covering_the_image_gives_the_whole_image_output(x2_checkpoint):
@@ -226,16 +222,34 @@ def test_self_ensemble_is_the_mean_of_the_8_back_transformed_outputs():
 
 
 def test_bucketed_output_is_the_unpadded_forward_cropped():
-    """Padding 21 x 19 up to 32 x 32 and cropping back: the exact SR shape, and away from the
-    bottom/right borders (receptive-field radius 6 LR pixels) the unpadded forward's pixels."""
+    """Padding 21 x 19 up to 32 x 32 and cropping back: the exact SR shape and, the padding
+    being masked, the unpadded forward's pixels everywhere (an EDSR)."""
     model, variables = edsr()
     lr = random_lr((21, 19), seed=1)
     exact = inference.ModelUpscaler(model, variables, bucket=1).predict(lr)
     bucketed = inference.ModelUpscaler(model, variables, bucket=16)
     sr = bucketed.predict(lr)
     assert bucketed.compiled_shapes == [(1, 32, 32, 3)] and sr.shape == (42, 38, 3)
-    np.testing.assert_allclose(sr[:2 * (21 - 6), :2 * (19 - 6)], exact[:30, :26], atol=1e-5)
-    assert np.abs(sr - exact).max() > 1e-3  # the reflected padding is seen near the borders
+    np.testing.assert_allclose(sr, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize('attention', ['enla', 'exact'])
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_masked_padding_gives_the_unpadded_output_with_attention(attention, scale):
+    """Padded positions are zero after every convolution and left out of the attention's keys
+    and normaliser: an ENLCN (3 attention modules) on a padded image = the unpadded forward."""
+    model = models.from_config(dict(scale=scale, n_resblocks=2, n_feats=16, attention_every=1,
+                                    num_random_features=16, attention=attention,
+                                    rgb_range=255.0))
+    variables = models.init_variables(model, jax.random.key(scale))
+    lr = random_lr((13, 11), seed=scale)
+    exact = inference.ModelUpscaler(model, variables, bucket=1).predict(lr)
+    padded = inference.ModelUpscaler(model, variables, bucket=8).predict(lr)  # 16 x 16
+    np.testing.assert_allclose(padded, exact, rtol=1e-5, atol=1e-5)
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    x[0, :13, :11] = lr / 255.0
+    unmasked = np.asarray(model.apply(variables, x))[0, :13 * scale, :11 * scale]
+    assert np.abs(unmasked - exact).max() > 1e-3  # without the mask the padding is seen
 
 
 # ---------------------------------------------------------------- results and the CLI

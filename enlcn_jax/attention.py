@@ -62,7 +62,7 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
     Returns:
       `[B, N, c]`.
     """
-    if features.takes_is_query(feature_map):
+    if features.accepts(feature_map, 'is_query'):
         q_features = feature_map(q, projection, is_query=True)
         k_features = feature_map(k, projection, is_query=False)
     else:

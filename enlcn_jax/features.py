@@ -159,15 +159,16 @@ def get_feature_map(spec: str, eps: float | None = None) -> FeatureMap:
     feature_map = FEATURE_MAPS.get(spec)
     if eps is None:
         return feature_map
-    if 'eps' not in inspect.signature(feature_map).parameters:
+    if not accepts(feature_map, 'eps'):
         raise ValueError(f'model.kernel_eps={eps} sets the eps option of a feature map, and '
                          f'{spec!r} has none: leave model.kernel_eps unset (None)')
     return functools.partial(feature_map, eps=eps)
 
 
-def takes_is_query(feature_map: FeatureMap) -> bool:
-    """Whether `feature_map` accepts the optional `is_query` keyword (see the module docstring)."""
-    return 'is_query' in inspect.signature(feature_map).parameters
+def accepts(feature_map: FeatureMap, option: str) -> bool:
+    """Whether `feature_map` takes the keyword `option` (`eps`, `is_query`: see the module
+    docstring)."""
+    return option in inspect.signature(feature_map).parameters
 
 
 def get_projection(spec: str) -> ProjectionSampler:

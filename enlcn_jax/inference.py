@@ -130,6 +130,7 @@ class ModelUpscaler:
         self.name = name
         self.memory_budget = memory_budget
         self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
+        self._auto_tiles: dict[tuple[int, ...], int | None] = {}  # by LR image shape
 
     @property
     def compiled_shapes(self) -> list[tuple[int, ...]]:
@@ -165,7 +166,13 @@ class ModelUpscaler:
         return np.asarray(y)[0, :h * self.scale, :w * self.scale]
 
     def _auto_tile(self, x: np.ndarray) -> int | None:
-        """A tile side if the whole-image forward of `x` needs more than the memory budget."""
+        """A tile side if the whole-image forward of `x` needs more than the memory budget;
+        decided (and warned about) once per image size."""
+        if x.shape not in self._auto_tiles:
+            self._auto_tiles[x.shape] = self._tile_for(x)
+        return self._auto_tiles[x.shape]
+
+    def _tile_for(self, x: np.ndarray) -> int | None:
         budget = self.memory_budget or _free_memory_budget()
         needed = compiled_bytes(self._compile(self._padded(x).shape))
         if budget is None or needed is None or needed <= budget:
@@ -208,8 +215,9 @@ class ModelUpscaler:
         x = lr.astype(np.float32) / 255.0
         if not self.self_ensemble:
             return self._run_tiled(x)
-        outputs = [input_pipeline.inverse_dihedral(self._run_tiled(np.ascontiguousarray(input_pipeline.dihedral(x, k))), k)
-                   for k in range(8)]
+        outputs = [input_pipeline.inverse_dihedral(
+            self._run_tiled(np.ascontiguousarray(input_pipeline.dihedral(x, k))), k)
+            for k in range(8)]
         return np.mean(outputs, axis=0, dtype=np.float32)
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:

@@ -495,7 +495,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
             if done % train_cfg.log_every == 0 or do_save or do_eval:
                 flush(done)
             if do_save:
-                if not _on_every_process(bool(_all_finite(state.params))):
+                if not _on_every_process(_all_finite(state.params)):
                     latest.wait_until_finished()
                     raise FloatingPointError(
                         f'the parameters after step {done} are not finite (the loss was): '

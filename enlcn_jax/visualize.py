@@ -23,8 +23,6 @@ Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used.
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import itertools
 import json
 from pathlib import Path
@@ -107,10 +105,8 @@ def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray
 def study_feature_map(spec: str) -> features.FeatureMap:
     """The feature map `spec` selects (a name or `MODULE:NAME`) with its additive constant, if
     it has an `eps` option, at 0: the study measures the random-feature estimate itself."""
-    feature_map = features.get_feature_map(spec)
-    if 'eps' in inspect.signature(feature_map).parameters:
-        return functools.partial(feature_map, eps=0.0)
-    return feature_map
+    has_eps = features.accepts(features.get_feature_map(spec), 'eps')
+    return features.get_feature_map(spec, eps=0.0 if has_eps else None)
 
 
 def kernel_estimates(q: Array, k: Array, sampler: features.ProjectionSampler, m: int,

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enlcn_jax import checkpoints
+
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'train.lock'
 # Keys a resumed run may change: how long, how often to log / save / validate, and on what.
@@ -95,7 +97,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def record_config(workdir: str | os.PathLike, config: dict, model_config: dict) -> None:
     """Writes `config.json` (the run) and `model_config.json` (what evaluation rebuilds)."""
-    from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
     workdir = Path(workdir)
     _atomic_write(workdir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
     _atomic_write(workdir / checkpoints.MODEL_CONFIG,

@@ -323,4 +323,8 @@ def test_an_image_too_big_for_the_memory_budget_is_tiled_automatically(x2_checkp
     assert 32 <= tile < 60 and overlap == min(16, tile // 4) and '52x60 image needs' in message
     explicit = inference.load_upscaler(x2_checkpoint, bucket=1, tile=tile, tile_overlap=overlap)
     np.testing.assert_array_equal(sr, explicit.predict(lr))
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+        np.testing.assert_array_equal(tight.predict(lr), sr)  # decided once per image size
+    assert not any('tiling it' in r.getMessage() for r in caplog.records)
     assert not np.array_equal(sr, whole.predict(lr))  # the attention sees one tile at a time

@@ -11,7 +11,7 @@ from conftest import REPO
 @pytest.mark.parametrize('mutant', mutants.MUTANTS, ids=lambda m: m.name)
 def test_mutant_applies_once_and_names_existing_tests(mutant, tmp_path):
     source = REPO / mutant.path
-    (tmp_path / mutant.path).parent.mkdir(parents=True)
+    (tmp_path / mutant.path).parent.mkdir(parents=True, exist_ok=True)  # eval.py: tmp_path
     (tmp_path / mutant.path).write_text(source.read_text())
     original = mutants.apply(mutant, tmp_path)
     assert original == source.read_text()

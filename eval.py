@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from enlcn_jax import data, evaluate, image_io, inference, pictures
+from enlcn_jax import data, evaluate, image_io, inference, models, pictures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -40,6 +40,8 @@ flags.DEFINE_integer('bucket', 16, 'pad LR sides to a multiple of this so sizes 
 flags.DEFINE_integer('tile', None, 'LR tile side for devices short of memory (default: whole '
                      'images)', lower_bound=1)
 flags.DEFINE_integer('tile_overlap', 16, 'LR pixels of overlap between tiles', lower_bound=0)
+flags.DEFINE_enum('dtype', None, list(models.PRECISIONS), 'compute precision of the network '
+                  '(default: the one the checkpoint was trained in, its model.dtype)')
 flags.DEFINE_string('save_images', None, 'write SR PNGs to DIR/<dataset>/X<s>/<name>.png')
 flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | SR | HR crop PNG '
                     'beside --output')
@@ -74,7 +76,7 @@ def _upscalers(scales: list[int]) -> list[inference.Upscaler]:
         raise app.UsageError(f'--tile_overlap {FLAGS.tile_overlap} must be less than --tile {FLAGS.tile}')
     try:
         upscaler = inference.load_upscaler(
-            FLAGS.checkpoint, FLAGS.which, bucket=FLAGS.bucket, tile=FLAGS.tile,
+            FLAGS.checkpoint, FLAGS.which, dtype=FLAGS.dtype, bucket=FLAGS.bucket, tile=FLAGS.tile,
             tile_overlap=FLAGS.tile_overlap, self_ensemble=FLAGS.self_ensemble)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f'eval.py: --checkpoint {FLAGS.checkpoint}: {e}') from e

@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     # The feature map's eps option; None: its own default (softmax_kernel: the code's
     # (exp(.) + 1e-4) / sqrt(m)); paper: 0.0. Only for maps that have an eps argument.
     config.model.kernel_eps = config_dict.placeholder(float)
+    # Compute precision of the convolutions: 'float32', 'bfloat16' (mixed precision: parameters,
+    # optimizer state, attention and losses stay float32) or 'float16' (evaluation only).
+    config.model.dtype = 'float32'
     config.model.rgb_range = 255.0          # EDSR's internal pixel scale (255 in the released code)
 
     config.data = ml_collections.ConfigDict()

@@ -225,13 +225,18 @@ class ModelUpscaler:
         return metrics.quantize(self.predict(lr))
 
 
-def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', **options) -> ModelUpscaler:
+def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: str | None = None,
+                  **options) -> ModelUpscaler:
     """A `ModelUpscaler` for a model directory or training workdir (`checkpoints.load_model`).
 
     Args:
       checkpoint: the directory.
       which: `'latest'` or `'best'` checkpoint of a workdir.
+      dtype: compute precision (`models.PRECISIONS`); None: the one the model was trained in
+        (its recorded `model.dtype`; float32 for models recorded without one).
       **options: `ModelUpscaler`'s keyword arguments.
     """
     config, variables = checkpoints.load_model(checkpoint, which)
+    if dtype is not None:
+        config = {**config, 'dtype': dtype}
     return ModelUpscaler(models.from_config(config), variables, **options)

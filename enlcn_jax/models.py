@@ -31,6 +31,8 @@ Embeddings = tuple[Array, Array]
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RANDOM_FEATURES = 'random_features'
+# Compute precisions of `ENLCN.dtype` (`model.dtype`): see `ENLCN`.
+PRECISIONS = ('float32', 'bfloat16', 'float16')
 
 
 def pixel_shuffle(x: Array, r: int) -> Array:
@@ -202,6 +204,12 @@ class ENLCN(nn.Module):
     unpadded output on its real pixels, up to float rounding: padded positions are kept at
     exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
     the attention's keys and normaliser. Evaluation pads images to shared shapes with it.
+
+    `dtype` (`'float32'`, `'bfloat16'` or `'float16'`) is the precision the convolutions compute
+    in, except the last one, which writes the image. Parameters stay float32 (cast per
+    convolution), and so does everything else: the residual stream between modules, ENLCA's
+    q, k, v, random features, normaliser and output, and the returned image and embeddings (so
+    the losses are float32 too).
     """
     scale: int = 2
     n_resblocks: int = 32
@@ -212,7 +220,7 @@ class ENLCN(nn.Module):
     rgb_range: float = 1.0
     rgb_mean: Sequence[float] = DIV2K_RGB_MEAN
     rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
-    dtype: Any = jnp.float32
+    dtype: str = 'float32'
 
     def body_layout(self) -> list[str]:
         """Kind of each body module in order: 'enlca' or 'resblock' (the closing conv excluded)."""
@@ -232,7 +240,7 @@ class ENLCN(nn.Module):
         mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
         std = jnp.asarray(self.rgb_std, jnp.float32)
         x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, valid)
-        x = _masked(conv3x3(self.n_feats, 'head', self.dtype)(x.astype(self.dtype)), valid)
+        x = _masked(conv3x3(self.n_feats, 'head', self.dtype)(x).astype(jnp.float32), valid)
 
         embeddings = []
         res = x
@@ -246,7 +254,7 @@ class ENLCN(nn.Module):
         res = _masked(conv3x3(self.n_feats, 'body_conv', self.dtype)(res), valid) + x
 
         y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res, valid)
-        y = conv3x3(3, 'tail_conv', self.dtype)(y).astype(jnp.float32)
+        y = conv3x3(3, 'tail_conv', jnp.float32)(y.astype(jnp.float32))
         sr = (y * std + mean) / self.rgb_range
         return (sr, embeddings) if return_embeddings else sr
 
@@ -275,6 +283,8 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
         raise ValueError(f'unknown model config key(s) {unknown}; known: '
                          f'{sorted(network_keys | set(ENLCA_KEYS))}')
     check_scale(config.get('scale', 2))
+    if config.get('dtype', 'float32') not in PRECISIONS:
+        raise ValueError(f"model.dtype={config['dtype']!r}; choose one of {PRECISIONS}")
     for key in ('n_resblocks', 'n_feats', 'attention_every'):
         if key in config and config[key] < 1:
             raise ValueError(f'model.{key} must be >= 1, got {config[key]}')

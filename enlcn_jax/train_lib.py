@@ -247,6 +247,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model, data, train = config.model, config.data, config.train
     # Unknown keys or values, and every swappable function checked on a small input.
     models.from_config(model.to_dict())
+    if model.dtype == 'float16':
+        raise ValueError("config.model.dtype='float16' is for evaluation only: without loss "
+                         'scaling its gradients underflow (an L1 gradient per pixel is ~1e-6); '
+                         "train in 'bfloat16' or 'float32'")
     if data.source not in SOURCES:
         raise ValueError(f'config.data.source={data.source!r}; choose one of {SOURCES}')
     if data.val_source not in SOURCES + ('none',):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from enlcn_jax import image_io, inference
+from enlcn_jax import image_io, inference, models
 
 
 def upscale_file(src: str | Path, dst: str | Path, upscaler: inference.ModelUpscaler) -> np.ndarray:
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--tile_overlap', type=int, default=16, help='LR overlap between tiles')
     parser.add_argument('--bucket', type=int, default=1,
                         help='pad LR sides to a multiple of this (1: exact, no padding)')
+    parser.add_argument('--dtype', choices=models.PRECISIONS, default=None,
+                        help='compute precision (default: the one the model was trained in)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     args = parser.parse_args(argv)
     if Path(args.output).exists() and Path(args.input).exists() and \
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
         parser.error(f'--tile_overlap {args.tile_overlap} must be in [0, --tile {args.tile})')
     try:
-        upscaler = inference.load_upscaler(args.checkpoint, args.which, bucket=args.bucket,
+        upscaler = inference.load_upscaler(args.checkpoint, args.which, dtype=args.dtype,
+                                          bucket=args.bucket,
                                           tile=args.tile, tile_overlap=args.tile_overlap,
                                           self_ensemble=args.self_ensemble)
     except (FileNotFoundError, ValueError) as e:

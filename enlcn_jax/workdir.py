@@ -7,7 +7,7 @@
 * `check_resume`: a workdir remembers its run's config (`config.json`). Re-running it with a
   different model, data, seed or recipe is refused before anything is written, naming the
   differing keys; the keys in `SAFE_TO_CHANGE` (more epochs, logging and checkpoint cadence,
-  validation) may change, and `allow_changes` accepts the rest deliberately.
+  validation, the compute precision) may change, and `allow_changes` accepts the rest deliberately.
 * `record_config`: writes `config.json` and `model_config.json` atomically (temp file, rename).
 """
 
@@ -30,7 +30,7 @@ SAFE_TO_CHANGE = (
     'train.epochs', 'train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
     'train.eval_every_epochs', 'train.eval_bucket', 'data.num_workers', 'data.cache_dir',
     'data.tfds_data_dir', 'data.val_source', 'data.val_hr_dir', 'data.val_lr_dir',
-    'data.val_photos', 'data.val_limit', 'distributed', 'ablation')
+    'data.val_photos', 'data.val_limit', 'distributed', 'ablation', 'model.dtype')
 
 
 class WorkdirError(RuntimeError):

@@ -138,9 +138,9 @@ def main(argv: list[str]) -> None:
               file=sys.stderr)
 
     config = {name: FLAGS[name].value for name in (
-        'dataset', 'scale', 'checkpoint', 'which', 'model', 'data_dir', 'self_ensemble', 'bucket',
-        'tile', 'tile_overlap', 'output', 'save_images')}
-    compiled = [{'model': u.name, 'scale': u.scale,
+        'dataset', 'scale', 'checkpoint', 'which', 'model', 'dtype', 'data_dir', 'self_ensemble',
+        'bucket', 'tile', 'tile_overlap', 'output', 'save_images')}
+    compiled = [{'model': u.name, 'scale': u.scale, 'precision': u.precision,
                  'shapes': [list(s) for s in u.compiled_shapes]} for u in upscalers]
     paths = evaluate.write_results(results, output, {**config, 'compiled': compiled})
     print(evaluate.markdown_table(results))

@@ -33,9 +33,11 @@ from enlcn_jax.imresize import imresize
 
 class Upscaler(Protocol):
     """LR `uint8 [H, W, 3]` -> SR `uint8 [H s, W s, 3]`, plus what the results table reports:
-    `compiled_shapes`, the input shapes compiled so far (one per compilation)."""
+    `compiled_shapes`, the input shapes compiled so far (one per compilation), and `precision`,
+    the dtype the upscaling computes in."""
     name: str
     scale: int
+    precision: str
     compiled_shapes: Sequence[tuple[int, ...]]
 
     def __call__(self, lr: np.ndarray) -> np.ndarray: ...
@@ -46,6 +48,7 @@ class BicubicUpscaler:
 
     name = 'bicubic'
     compiled_shapes = ()
+    precision = 'float64'
 
     def __init__(self, scale: int):
         self.scale = int(scale)
@@ -121,6 +124,7 @@ class ModelUpscaler:
             raise ValueError(f'tile_overlap must be in [0, tile={tile}), got {tile_overlap}')
         self.model = model
         self.scale = model.scale
+        self.precision = model.dtype
         self.variables = jax.device_put(variables)
         self.bucket = bucket
         self.tile = tile

@@ -58,6 +58,7 @@ IMRESIZE = ('tests/test_imresize.py',)
 TRAIN_STEP = ('tests/test_train.py', '-k', 'not cli and not resume and not four_devices '
               'and not killed and not nan_loss and not best_checkpoint')
 EVALUATE = ('tests/test_evaluate.py', '-k', 'not cli')
+PRECISION = ('tests/test_precision.py',)
 VISUALIZE = ('tests/test_visualize.py', '-k', 'not cli')
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -249,6 +250,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('upscale_overwrites', 'enlcn_jax/upscale.py',
            'if Path(args.output).exists() and not args.overwrite:', 'if False:',
            ('tests/test_outputs.py', '-k', 'upscale')),
+    # --- mixed precision ----------------------------------------------------------------------------
+    Mutant('tail_conv_in_bfloat16', 'enlcn_jax/models.py',
+           "conv3x3(3, 'tail_conv', jnp.float32)", "conv3x3(3, 'tail_conv', self.dtype)",
+           PRECISION),
+    Mutant('residual_stream_in_bfloat16', 'enlcn_jax/models.py',
+           "(x).astype(jnp.float32), valid)", "(x), valid)", PRECISION),
+    Mutant('dtype_ignored', 'enlcn_jax/models.py',
+           "ENLCA(self.enlca, self.res_scale, self.dtype,", "ENLCA(self.enlca, self.res_scale, 'float32',",
+           PRECISION),
+    Mutant('dtype_override_ignored', 'enlcn_jax/inference.py',
+           "config = {**config, 'dtype': dtype}", "config = dict(config)", PRECISION),
+    Mutant('float16_training_allowed', 'enlcn_jax/train_lib.py',
+           "    if model.dtype == 'float16':\n", "    if False:\n", PRECISION),
     # --- inference --------------------------------------------------------------------------------
     Mutant('ensemble_two_transforms', 'enlcn_jax/inference.py',
            'for k in range(8)]', 'for k in range(2)]', EVALUATE),

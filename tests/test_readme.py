@@ -10,7 +10,8 @@ of the prose are parsed out of README.md, so a changed README changes what is te
 * the cheap commands run for real on `tests/data` (the bicubic rows of eval.py, pytest's
   collection); commands that need data the repository does not have (DIV2K, `ENLCAx4.pt`) or
   hours (training, the ablation, benchmarks) are only parsed. The quickstart command runs for
-  real, exactly as written, in the `slow` test at the end (about 4 min on a 2-core CPU).
+  real, exactly as written, in float32 and bfloat16, in the `slow` tests at the end (about 2 min
+  each on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -334,10 +335,13 @@ def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_command_beats_bicubic(tmp_path):
-    """The quickstart command exactly as the README gives it (its workdir moved to tmp_path)."""
-    command = next(c for c, _ in readme_commands()
-                   if c.startswith('python train.py --config configs/quickstart.py'))
+@pytest.mark.parametrize('start', [
+    'python train.py --config configs/quickstart.py --workdir',
+    'python train.py --config configs/quickstart.py --config.model.dtype=bfloat16 --workdir'])
+def test_quickstart_command_beats_bicubic(tmp_path, start):
+    """The quickstart commands (float32, bfloat16) exactly as the README gives them (their
+    workdirs moved to tmp_path)."""
+    command = next(c for c, _ in readme_commands() if c.startswith(start))
     args = shlex.split(command)[1:]
     args[args.index('--workdir') + 1] = str(tmp_path / 'quickstart')
     start = time.perf_counter()

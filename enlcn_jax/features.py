@@ -13,7 +13,8 @@ each in a `registry.Registry`, selected by name or as `MODULE:NAME` in the confi
   precision; `relu` is Performer's ReLU map. A map's options are its own keyword arguments with
   defaults (the additive constant `eps` of the softmax-kernel map: the released 1e-4);
   `model.kernel_eps` sets `eps` of a map that has one. A map may also take a keyword
-  `is_query: bool`, which ENLA then passes (queries and keys may be treated differently).
+  `is_query: bool`, which ENLA then passes (queries and keys may be treated differently). ENLA
+  maps queries a block of rows at a time: a map must treat query rows independently.
 """
 
 from __future__ import annotations

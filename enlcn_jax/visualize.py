@@ -56,9 +56,9 @@ def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
         raise ValueError(f'--module {module} out of range: the model has {len(names)} ENLCA modules')
     x = jnp.asarray(image, jnp.float32)[None] / 255.0
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=['intermediates'])
-    captured = state['intermediates'][names[module]]
-    flat = lambda name: captured[name]['__call__'][0].reshape(-1, captured[name]['__call__'][0].shape[-1])
-    return flat('conv_match1'), flat('conv_match2'), flat('conv_assembly'), names[module]
+    embedded = state['intermediates'][names[module]]['embeddings'][0][0]  # [N, 2 d + c]
+    d = (embedded.shape[-1] - model.n_feats) // 2
+    return embedded[:, :d], embedded[:, d:2 * d], embedded[:, 2 * d:], names[module]
 
 
 def attention_row(q: Array, k: Array, kind: str, projection: Array | None = None,

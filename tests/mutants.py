@@ -59,6 +59,7 @@ TRAIN_STEP = ('tests/test_train.py', '-k', 'not cli and not resume and not four_
               'and not killed and not nan_loss and not best_checkpoint')
 EVALUATE = ('tests/test_evaluate.py', '-k', 'not cli')
 PRECISION = ('tests/test_precision.py',)
+ATTENTION = ('tests/test_attention.py',)
 VISUALIZE = ('tests/test_visualize.py', '-k', 'not cli')
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -250,6 +251,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('upscale_overwrites', 'enlcn_jax/upscale.py',
            'if Path(args.output).exists() and not args.overwrite:', 'if False:',
            ('tests/test_outputs.py', '-k', 'upscale')),
+    # --- query-blocked ENLA and its written-out gradient --------------------------------------------
+    Mutant('enla_grad_normaliser_sign', 'enlcn_jax/attention.py',
+           'jnp.where(has_weight, -jnp.sum(grad_out * out, axis=-1) / safe, 0.0)',
+           'jnp.where(has_weight, jnp.sum(grad_out * out, axis=-1) / safe, 0.0)', ATTENTION),
+    Mutant('enla_grad_key_sum_dropped', 'enlcn_jax/attention.py',
+           'v @ grad_summary[:, :-1].T + grad_summary[:, -1]', 'v @ grad_summary[:, :-1].T',
+           ATTENTION),
+    Mutant('enla_grad_projection_zero', 'enlcn_jax/attention.py',
+           'return grad_q, grad_projection, grad_k_features, grad_v',
+           'return grad_q, 0 * grad_projection, grad_k_features, grad_v', ATTENTION),
+    Mutant('enla_block_rows_unnormalised', 'enlcn_jax/attention.py',
+           'return numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None], normaliser',
+           'return numerator, normaliser', ATTENTION),
     # --- mixed precision ----------------------------------------------------------------------------
     Mutant('tail_conv_in_bfloat16', 'enlcn_jax/models.py',
            "conv3x3(3, 'tail_conv', jnp.float32)", "conv3x3(3, 'tail_conv', self.dtype)",
@@ -259,6 +273,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('dtype_ignored', 'enlcn_jax/models.py',
            "ENLCA(self.enlca, self.res_scale, self.dtype,", "ENLCA(self.enlca, self.res_scale, 'float32',",
            PRECISION),
+    Mutant('embeddings_in_float32', 'enlcn_jax/models.py',
+           "axis=1).astype(self.dtype)", "axis=1).astype(jnp.float32)", PRECISION),
     Mutant('dtype_override_ignored', 'enlcn_jax/inference.py',
            "config = {**config, 'dtype': dtype}", "config = dict(config)", PRECISION),
     Mutant('float16_training_allowed', 'enlcn_jax/train_lib.py',

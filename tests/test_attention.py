@@ -1,5 +1,7 @@
 """ENLA against exact softmax attention, and ENLA's linear memory."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +45,55 @@ def test_linear_attention_with_identity_features_is_normalised_kernel_attention(
     w = np.einsum('bnm,bkm->bnk', qf, kf)
     expected = np.einsum('bnk,bkc->bnc', w / w.sum(-1, keepdims=True), v)
     np.testing.assert_allclose(attention.linear_attention(qf, kf, v), expected, rtol=1e-5)
+
+
+def whole_array_enla(q, k, v, projection, feature_map, key_mask):
+    """ENLA as Eq. 6 writes it: every query and key feature at once, autodiff gradients."""
+    if features.accepts(feature_map, 'is_query'):
+        qf, kf = feature_map(q, projection, is_query=True), feature_map(k, projection, is_query=False)
+    else:
+        qf, kf = feature_map(q, projection), feature_map(k, projection)
+    return attention.linear_attention(qf, kf * key_mask[..., None], v)
+
+
+@pytest.mark.parametrize('map_name', ['softmax_kernel', 'softmax_kernel_stable', 'relu'])
+@pytest.mark.parametrize('n, block', [(70, 16), (70, 2048)])  # 5 blocks, the last padded; one
+def test_query_blocked_enla_and_its_written_out_gradient_equal_the_whole_array_formula(
+        map_name, n, block):
+    """Values and gradients w.r.t. q, k, v and the projection, with some keys masked."""
+    q, k, v = normalized_qkv(jax.random.key(5), 2, n, 8, 5)
+    projection = features.orthogonal_gaussian_projection(jax.random.key(6), 16, 8)
+    key_mask = jnp.ones((2, n)).at[0, -9:].set(0.0)
+    phi = features.get_feature_map(map_name)
+    blocked = lambda *a: attention.enla(*a, phi, key_mask=key_mask, query_block=block)
+    whole = lambda *a: whole_array_enla(*a, phi, key_mask)
+    args = (q, k, v, projection)
+    np.testing.assert_allclose(blocked(*args), whole(*args), rtol=1e-5, atol=1e-6)
+    probe = jax.random.normal(jax.random.key(7), (2, n, 5))
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=(0, 1, 2, 3))(*args)
+             for f in (blocked, whole)]
+    for g_blocked, g_whole in zip(*grads):
+        scale = float(jnp.max(jnp.abs(g_whole)))
+        assert scale > 0
+        np.testing.assert_allclose(g_blocked, g_whole, rtol=0, atol=1e-5 * scale)
+
+
+def test_enla_row_with_no_weight_is_zero_with_finite_gradients():
+    """ReLU features without their constant give a query no weight on any key: its output is 0
+    and the written-out gradient stays finite (and equals autodiff of the whole-array formula)."""
+    q, k, v = normalized_qkv(jax.random.key(8), 1, 12, 4, 3)
+    projection = jnp.eye(4)
+    q = q.at[0, 0].set(-jnp.abs(q[0, 0]))   # every feature of query 0 is relu(< 0) = 0
+    phi = functools.partial(features.relu_features, eps=0.0)
+    mask = jnp.ones((1, 12))
+    out = attention.enla(q, k, v, projection, phi, query_block=5)
+    assert float(jnp.max(jnp.abs(out[0, 0]))) == 0.0
+    grads = [jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2))(q, k, v, projection)
+             for f in (lambda *a: attention.enla(*a, phi, query_block=5),
+                       lambda *a: whole_array_enla(*a, phi, mask))]
+    for g_blocked, g_whole in zip(*grads):
+        assert bool(jnp.all(jnp.isfinite(g_blocked)))
+        np.testing.assert_allclose(g_blocked, g_whole, rtol=1e-5, atol=1e-6)
 
 
 def test_enla_approaches_exact_exact_attention_as_m_grows():

@@ -65,8 +65,9 @@ def _equations(jaxpr):
 
 def test_bfloat16_model_computes_convolutions_in_bfloat16_and_the_rest_in_float32():
     """Which operations run in which precision, read from the traced program: every convolution
-    but the last (which writes the image) in bfloat16; the attention's products (ENLA's einsums),
-    the parameters, the embeddings and the image in float32."""
+    but the last (which writes the image) in bfloat16, ENLCA's three 1x1 convolutions included
+    (one matmul per module); the attention's products, the parameters, the embeddings and the
+    image in float32."""
     model = models.ENLCN(scale=2, n_resblocks=2, n_feats=16, attention_every=1,
                          enlca=models.ENLCAConfig(num_random_features=8), dtype='bfloat16')
     variables = models.init_variables(model, jax.random.key(0))
@@ -75,13 +76,17 @@ def test_bfloat16_model_computes_convolutions_in_bfloat16_and_the_rest_in_float3
     jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, return_embeddings=True))(variables)
     equations = list(_equations(jaxpr.jaxpr))
     convs = [e for e in equations if e.primitive.name == 'conv_general_dilated']
-    n_convs = len(jax.tree.leaves(variables['params'])) // 2  # a kernel and a bias each
+    n_modules = model.body_layout().count('enlca')
+    n_convs = len(jax.tree.leaves(variables['params'])) // 2 - 3 * n_modules  # the 3x3 ones
     assert len(convs) == n_convs
     conv_dtypes = [e.invars[0].aval.dtype for e in convs]
     assert conv_dtypes.count(jnp.bfloat16) == n_convs - 1
     assert conv_dtypes[-1] == jnp.float32  # tail_conv
-    products = [e for e in equations if e.primitive.name == 'dot_general']
-    assert products and all(v.aval.dtype == jnp.float32 for e in products for v in e.invars)
+    products = [[v.aval.dtype for v in e.invars] for e in equations
+                if e.primitive.name == 'dot_general']
+    assert products.count([jnp.bfloat16, jnp.bfloat16]) == n_modules  # the 1x1 convolutions
+    assert len(products) > n_modules
+    assert products.count([jnp.float32, jnp.float32]) == len(products) - n_modules
     sr, embeddings = jax.eval_shape(lambda v: model.apply(v, x, return_embeddings=True),
                                     variables)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((sr, embeddings)))

@@ -375,7 +375,9 @@ def test_validation_psnr_is_eval_py_s_on_the_same_checkpoint_and_images(tmp_path
         assert scores[bucket]['images'] == 2 and len(upscaler.compiled_shapes) == 2
     assert scores[20]['psnr'] == pytest.approx(final['val/psnr_y'], abs=1e-9)
     assert scores[20]['ssim'] == pytest.approx(final['val/ssim_y'], abs=1e-12)
-    assert scores[1]['psnr'] == pytest.approx(scores[20]['psnr'], abs=1e-6)  # padding is masked
+    # Padding is masked: equal up to float rounding, which can flip an 8-bit output level (a
+    # flipped level moves this PSNR by ~1e-6 dB).
+    assert scores[1]['psnr'] == pytest.approx(scores[20]['psnr'], abs=1e-5)
 
 
 # --- configs and the CLI ---------------------------------------------------------------------

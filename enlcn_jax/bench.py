@@ -7,6 +7,8 @@
     python -m enlcn_jax.bench contrastive [--sizes 48] [--batch 4] [--repeats 10]
     python -m enlcn_jax.bench gpu [--config x2] [--batch_size 16] [--lr_patch 48] [--steps 20]
         [--attention_sizes 100,150] [--eval_size 512x384] [--repeats 5] [--matmul_n 2048]
+    python -m enlcn_jax.bench profile [--n_resblocks 16] [--n_feats 64] [--batch_size 4]
+        [--lr_patch 48] [--dtype float32]
 
 `attention`: `bench_attention` (ENLCA vs exact NLA, time and memory, the paper's Table 5 beside);
 `train`: `bench_train` (steps/s, images/s, GFLOP/s and % of the matmul peak, input-pipeline
@@ -15,14 +17,16 @@ and its gradient as a train step computes them); `gpu`: `bench_gpu`, the issue's
 run (x2 training in float32 and bfloat16 on 1 and all devices, ENLCA at 100 and 150 px,
 Urban100-sized eval, peak device memory): the three parts' files plus `gpu.json`. On a CPU,
 shrink it: `gpu --config quickstart --batch_size 2 --lr_patch 24 --steps 1 --attention_sizes 16
---eval_size 32x24 --repeats 1 --matmul_n 256`.
+--eval_size 32x24 --repeats 1 --matmul_n 256`. `profile`: `bench_profile`, where a train step's
+time goes (convolutions, attention, backward, contrastive, optimizer, the rest).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from enlcn_jax import bench_attention, bench_contrastive, bench_eval, bench_gpu, bench_train
+from enlcn_jax import (bench_attention, bench_contrastive, bench_eval, bench_gpu, bench_profile,
+                       bench_train)
 from enlcn_jax.bench_lib import parse_size
 
 
@@ -61,12 +65,17 @@ def main(argv: list[str] | None = None) -> None:
     gpu.add_argument('--attention_sizes', default='100,150', help='square feature-map sides')
     gpu.add_argument('--eval_size', default='512x384', help='LR size, WIDTHxHEIGHT')
     gpu.add_argument('--repeats', type=int, default=5, help='timed attention and eval runs')
-    for p in (train, gpu):
-        p.add_argument('--batch_size', type=int, default=16)
+    profile = sub.add_parser('profile', help="a train step's time split into its parts")
+    profile.add_argument('--n_resblocks', type=int, default=16)
+    profile.add_argument('--n_feats', type=int, default=64)
+    profile.add_argument('--dtype', default='float32', help='model.dtype')
+    profile.add_argument('--repeats', type=int, default=5)
+    for p, batch_size in ((train, 16), (gpu, 16), (profile, 4)):
+        p.add_argument('--batch_size', type=int, default=batch_size)
         p.add_argument('--lr_patch', type=int, default=48)
         p.add_argument('--matmul_n', type=int, default=2048,
                        help='side of the square matmul that measures the peak')
-    for p in (attn, train, evaluation, contrastive, gpu):
+    for p in (attn, train, evaluation, contrastive, gpu, profile):
         p.add_argument('--out', default='bench_results', help='directory for the JSON file')
     args = parser.parse_args(argv)
     ints = lambda text: [int(v) for v in text.split(',')]
@@ -84,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == 'contrastive':
         bench_contrastive.contrastive_bench(ints(args.sizes), args.batch, args.d, args.repeats,
                                             out_dir=args.out)
+    elif args.command == 'profile':
+        bench_profile.train_step_profile(args.n_resblocks, args.n_feats, args.batch_size,
+                                         args.lr_patch, args.dtype, args.repeats, args.matmul_n,
+                                         args.out)
     else:
         bench_gpu.gpu_bench(args.config, args.batch_size, args.lr_patch, args.steps,
                             ints(args.attention_sizes), parse_size(args.eval_size), args.repeats,

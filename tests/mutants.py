@@ -264,6 +264,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('enla_block_rows_unnormalised', 'enlcn_jax/attention.py',
            'return numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None], normaliser',
            'return numerator, normaliser', ATTENTION),
+    Mutant('profile_split_double_counts', 'enlcn_jax/bench_profile.py',
+           "'backward of the L1 path': ms['forward + backward, L1'] - ms['forward'],",
+           "'backward of the L1 path': ms['forward + backward, L1'] - ms['EDSR forward'],",
+           ('tests/test_bench.py', '-k', 'profile')),
     # --- mixed precision ----------------------------------------------------------------------------
     Mutant('tail_conv_in_bfloat16', 'enlcn_jax/models.py',
            "conv3x3(3, 'tail_conv', jnp.float32)", "conv3x3(3, 'tail_conv', self.dtype)",

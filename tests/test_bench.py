@@ -23,14 +23,15 @@ TWO_CPU_DEVICES = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=2']).strip()}
 
 
-def bench(command: str, out_dir, *args: str, env: dict | None = None) -> tuple[str, dict]:
+def bench(command: str, out_dir, *args: str, env: dict | None = None,
+          json_name: str | None = None) -> tuple[str, dict]:
     """Runs `python -m enlcn_jax.bench COMMAND ARGS --out OUT_DIR` with `env` added to the
-    environment: `(stdout, the JSON <command>.json written)`."""
+    environment: `(stdout, the JSON written, <json_name or command>.json)`."""
     result = subprocess.run([sys.executable, '-m', 'enlcn_jax.bench', command, *args, '--out',
                              str(out_dir)], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, **(env or {})}, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout, json.loads((out_dir / f'{command}.json').read_text())
+    return result.stdout, json.loads((out_dir / f'{json_name or command}.json').read_text())
 
 
 @pytest.fixture(scope='module')
@@ -146,3 +147,28 @@ def test_compiled_flops_counts_a_matmul_and_reads_every_cost_analysis_form():
         raise NotImplementedError
     assert bench_lib.compiled_flops(SimpleNamespace(cost_analysis=unavailable)) is None
     assert bench_lib.compiled_flops(SimpleNamespace(cost_analysis=lambda: None)) is None
+
+
+def test_profile_splits_the_train_step_into_parts_that_add_up(tmp_path):
+    """`bench profile`: the split is the differences of the timed programs, so it adds up to the
+    step; each part's FLOPs are XLA's count (the forward about a third of the L1 step's, the
+    contrastive loss adding FLOPs), and the rates are FLOPs over times."""
+    _, report = bench('profile', tmp_path, '--n_resblocks', '2', '--n_feats', '16',
+                      '--batch_size', '2', '--lr_patch', '16', '--repeats', '1',
+                      '--matmul_n', '256', json_name='train_profile')
+    rows = {r['part']: r for r in report['rows']}
+    split = [r for name, r in rows.items() if name.startswith('split: ')]
+    assert len(split) == 6
+    assert sum(r['ms'] for r in split) == pytest.approx(rows['train step']['ms'], rel=1e-9)
+    assert sum(r['% of step'] for r in split) == pytest.approx(100, rel=1e-9)
+    gflop = {name: r['GFLOP'] for name, r in rows.items() if 'GFLOP' in r}
+    assert 2 < gflop['forward + backward, L1'] / gflop['forward'] < 4
+    assert gflop['EDSR forward'] < gflop['forward']
+    assert (gflop['forward + backward, L1'] < gflop['forward + backward, L1 + contrastive']
+            <= gflop['train step'])
+    for row in rows.values():
+        if row.get('GFLOP') is not None:
+            assert row['GFLOP/s'] == pytest.approx(row['GFLOP'] / row['ms'] * 1e3)
+            assert row['% of matmul peak'] == pytest.approx(
+                100 * row['GFLOP/s'] / report['matmul peak GFLOP/s'])
+    assert report['model']['n_resblocks'] == 2 and report['batch_size'] == 2

@@ -92,11 +92,10 @@ def _key_summary(k_features: Array, v: Array) -> Array:
     return jnp.concatenate([k_features.T @ v, jnp.sum(k_features, axis=0)[:, None]], axis=-1)
 
 
-def _normalised(numerator_and_normaliser: Array) -> tuple[Array, Array]:
-    """`[R, c + 1]` -> (`[R, c]` the rows divided by their last column (0 where it is 0), the
-    last column `[R]`)."""
+def _normalised(numerator_and_normaliser: Array) -> Array:
+    """`[R, c + 1]` -> `[R, c]`: the rows divided by their last column (0 where it is 0)."""
     numerator, normaliser = numerator_and_normaliser[:, :-1], numerator_and_normaliser[:, -1]
-    return numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None], normaliser
+    return numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -108,7 +107,7 @@ def _attend_in_query_blocks(query_map: features.FeatureMap, query_block: int, q:
     """
     summary = _key_summary(k_features, v)
     return blockwise.map_row_blocks(
-        lambda rows: _normalised(query_map(rows, projection) @ summary)[0], q, query_block,
+        lambda rows: _normalised(query_map(rows, projection) @ summary), q, query_block,
         remat=False)
 
 
@@ -122,16 +121,15 @@ def _attend_backward(query_map, query_block, residuals, grad_out):
     del query_block
     q, projection, k_features, v, out = residuals
     q_features, map_vjp = jax.vjp(query_map, q, projection)
-    normaliser = q_features @ jnp.sum(k_features, axis=0)                     # [N]
+    summary = _key_summary(k_features, v)                                      # [m, c + 1]
+    normaliser = q_features @ summary[:, -1]                                   # [N]
     has_weight = normaliser > 0
     safe = jnp.where(has_weight, normaliser, 1.0)
     grad_numerator = grad_out / safe[:, None]                                  # [N, c]
     grad_normaliser = jnp.where(has_weight, -jnp.sum(grad_out * out, axis=-1) / safe, 0.0)
-    grad_summary = q_features.T @ jnp.concatenate([grad_numerator, grad_normaliser[:, None]],
-                                                  axis=-1)                     # [m, c + 1]
-    summary = _key_summary(k_features, v)
-    grad_q_features = jnp.concatenate([grad_numerator, grad_normaliser[:, None]],
-                                      axis=-1) @ summary.T                     # [N, m]
+    grad_rows = jnp.concatenate([grad_numerator, grad_normaliser[:, None]], axis=-1)
+    grad_summary = q_features.T @ grad_rows                                    # [m, c + 1]
+    grad_q_features = grad_rows @ summary.T                                    # [N, m]
     grad_q, grad_projection = map_vjp(grad_q_features)
     grad_k_features = v @ grad_summary[:, :-1].T + grad_summary[:, -1]         # [N, m]
     grad_v = k_features @ grad_summary[:, :-1]                                 # [N, c]

@@ -24,14 +24,13 @@ of the step, and the step's GFLOP/s against the machine's matmul peak (measured 
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from enlcn_jax import data, input_pipeline, losses, models, train_lib
+from enlcn_jax import bench_train, data, input_pipeline, losses, models, train_lib
 from enlcn_jax.bench_lib import (compiled_flops, load_config, matmul_peak_gflops, median_time,
                                  write_results)
 
@@ -141,17 +140,13 @@ def _adam_step(tx: optax.GradientTransformation):
 
 
 def _train_step_time(config, state: train_lib.TrainState, batch: dict, repeats: int) -> dict:
-    """`{'ms', 'GFLOP'}` of the jit-compiled train step on one device, run back to back."""
+    """`{'ms', 'GFLOP'}` of the jit-compiled train step on one device, run back to back
+    (`bench_train.steps_per_second`, after one warm-up step)."""
     mesh = train_lib.create_mesh(jax.devices()[:1])
     sharded = train_lib.shard_batch(batch, mesh)
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     compiled = train_lib.compile_train_step(config, mesh).lower(state, sharded).compile()
     flops = compiled_flops(compiled)
-    state, metrics = compiled(state, sharded)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        state, metrics = compiled(state, sharded)
-    jax.block_until_ready(metrics)
-    return {'ms': 1e3 * (time.perf_counter() - start) / repeats,
-            'GFLOP': None if flops is None else flops / 1e9}
+    _, state = bench_train.steps_per_second(compiled, state, sharded, 1)  # warm-up
+    rate, _ = bench_train.steps_per_second(compiled, state, sharded, repeats)
+    return {'ms': 1e3 / rate, 'GFLOP': None if flops is None else flops / 1e9}

@@ -68,7 +68,7 @@ def train_config(name: str, batch_size: int, lr_patch: int,
     return config
 
 
-def _steps_per_second(step_fn, state, batch, steps: int) -> tuple[float, train_lib.TrainState]:
+def steps_per_second(step_fn, state, batch, steps: int) -> tuple[float, train_lib.TrainState]:
     """Runs `steps` steps back to back (the state is donated); returns (steps/s, final state)."""
     start = time.perf_counter()
     for _ in range(steps):
@@ -129,7 +129,7 @@ def time_train_step(config: ml_collections.ConfigDict, initial_state: train_lib.
     for phase, step in (('L1 only', 0), ('L1 + contrastive', contrastive_start)):
         # full_like keeps the step's dtype, weak type and sharding, as the compiled step needs.
         state = state.replace(step=jnp.full_like(state.step, step))
-        rate, state = _steps_per_second(step_fn, state, batch, steps)
+        rate, state = steps_per_second(step_fn, state, batch, steps)
         gflop = None if flops[phase] is None else flops[phase] * len(devices) / 1e9
         gflops = None if gflop is None else gflop * rate
         rows.append({'phase': phase, 'devices': len(devices),

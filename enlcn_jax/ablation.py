@@ -72,7 +72,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         start = time.perf_counter()
         train_lib.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
-        model_config, variables = checkpoints.load_model(workdir / name, 'latest')
+        model_config, variables, _ = checkpoints.load_model(workdir / name, 'latest')
         upscaler = inference.ModelUpscaler(
             models.from_config(model_config), variables, bucket=1, name=name,
             tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)

@@ -135,7 +135,7 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
                          best_fn=_best_metric, best_mode='max'))
 
 
-def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
+def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int | None]:
     """Reads a model from a model directory (`save_model`) or a training workdir.
 
     Args:
@@ -144,8 +144,9 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
         with the best validation PSNR-Y, `best/`). A model directory holds one model and
         ignores it.
     Returns:
-      `(model_config, variables)`: keyword arguments of `models.ENLCN`, and
-      `{'params': ..., 'random_features': ...}` as numpy arrays.
+      `(model_config, variables, step)`: keyword arguments of `models.ENLCN`,
+      `{'params': ..., 'random_features': ...}` as numpy arrays, and the training step the
+      variables were saved at (None for a model directory).
     Raises:
       FileNotFoundError: `path` is neither, or the workdir has no checkpoint of that kind yet.
     """
@@ -153,7 +154,7 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     path = Path(path).absolute()
     if (path / VARIABLES).exists():
-        return load_model_dir(path)
+        return (*load_model_dir(path), None)
     if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
         raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
                                 f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
@@ -173,7 +174,7 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict]:
         if saved is not None:
             verify_checksums(variables, saved[VARIABLES], where)
     check_finite(variables, where)
-    return config, variables
+    return config, variables, step
 
 
 def _train_items(state) -> dict:

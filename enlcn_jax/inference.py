@@ -240,7 +240,7 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: s
         (its recorded `model.dtype`; float32 for models recorded without one).
       **options: `ModelUpscaler`'s keyword arguments.
     """
-    config, variables = checkpoints.load_model(checkpoint, which)
+    config, variables, _ = checkpoints.load_model(checkpoint, which)
     if dtype is not None:
         config = {**config, 'dtype': dtype}
     return ModelUpscaler(models.from_config(config), variables, **options)

@@ -183,7 +183,7 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
 def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
     if checkpoint:
         from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
-        config, variables = checkpoints.load_model(checkpoint)
+        config, variables, _ = checkpoints.load_model(checkpoint)
         return models.from_config(config), variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
     return model, models.init_variables(model, jax.random.key(0))

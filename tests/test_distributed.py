@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 def params(workdir):
-    _, variables = checkpoints.load_model(workdir)
+    _, variables, _ = checkpoints.load_model(workdir)
     return jax.tree.leaves(variables['params'])
 
 

@@ -239,7 +239,7 @@ def test_four_devices_match_one_device(tmp_path, env):
     np.testing.assert_allclose(losses[:3], losses[3:], rtol=1e-5)
     # A checkpoint of the 4-device run loads in this 1-device process.
     (tmp_path / checkpoints.MODEL_CONFIG).write_text(json.dumps(tiny_config().model.to_dict()))
-    _, variables = checkpoints.load_model(tmp_path)
+    _, variables, _ = checkpoints.load_model(tmp_path)
     assert variables['params']['head']['kernel'].shape == (3, 3, 3, 16)
 
 
@@ -254,8 +254,8 @@ def test_resume_in_a_new_process_repeats_a_straight_run(tmp_path, env):
     assert train_losses(resumed) == train_losses(straight)
     assert sorted(train_losses(straight)) == list(range(1, 7))
     for which in ('latest', 'best'):
-        config_a, variables_a = checkpoints.load_model(straight, which)
-        config_b, variables_b = checkpoints.load_model(resumed, which)
+        config_a, variables_a, _ = checkpoints.load_model(straight, which)
+        config_b, variables_b, _ = checkpoints.load_model(resumed, which)
         assert config_a == config_b
         assert_trees_close(variables_a, variables_b, rtol=1e-6)
 
@@ -269,7 +269,7 @@ def test_quickstart_cli_end_to_end(tmp_path, env):
     assert [r['step'] for r in evals] == [3, 6]
     assert all(r['val/bicubic_psnr_y'] > 30 and np.isfinite(r['val/psnr_y']) for r in evals)
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
-    model_config, variables = checkpoints.load_model(tmp_path)
+    model_config, variables, _ = checkpoints.load_model(tmp_path)
     sr = models.from_config(model_config).apply(variables, jnp.zeros((1, 8, 8, 3)))
     assert sr.shape == (1, 16, 16, 3)
     # Random features: the epoch-1 draw, made at step 3.
@@ -288,7 +288,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
         train_lib.train_and_evaluate(config, tmp_path)
     manager = checkpoints.latest_manager(tmp_path, read_only=True)
     assert manager.all_steps() == [1]
-    _, variables = checkpoints.load_model(tmp_path)
+    _, variables, _ = checkpoints.load_model(tmp_path)
     assert all(np.isfinite(v).all() for v in jax.tree.leaves(variables))
 
 
@@ -347,8 +347,8 @@ def test_best_checkpoint_tracks_the_highest_validation_psnr(tmp_path):
     assert checkpoints.latest_manager(tmp_path, read_only=True).all_steps() == [3, 4]
     assert checkpoints.best_manager(tmp_path, read_only=True).all_steps() == [2]
     head = state.params['head']['bias']
-    _, best_variables = checkpoints.load_model(tmp_path, 'best')
-    _, latest_variables = checkpoints.load_model(tmp_path, 'latest')
+    _, best_variables, _ = checkpoints.load_model(tmp_path, 'best')
+    _, latest_variables, _ = checkpoints.load_model(tmp_path, 'latest')
     np.testing.assert_allclose(best_variables['params']['head']['bias'], head + 2)
     np.testing.assert_allclose(latest_variables['params']['head']['bias'], head + 4)
 

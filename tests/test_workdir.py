@@ -183,7 +183,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_a_clear_error(trained, tmp_path):
 def test_evaluation_refuses_non_finite_weights(reference, tmp_path, env):
     from conftest import save_fixture_model  # pylint: disable=import-outside-toplevel
     model = save_fixture_model(reference, tmp_path / 'model')
-    config, variables = checkpoints.load_model(model)
+    config, variables, _ = checkpoints.load_model(model)
     variables['params']['head']['bias'][0] = np.nan
     checkpoints.save_model(tmp_path / 'nan_model', config, variables)
     with pytest.raises(checkpoints.CheckpointError, match=r"\['params'\]\['head'\]\['bias'\] "

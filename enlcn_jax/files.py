@@ -1,0 +1,93 @@
+"""Writing outputs so that nothing is half-written: the one place every output file goes through.
+
+A file is written to a temporary file in its own folder and renamed into place only when it is
+complete (`os.replace` is atomic within a file system), so a reader sees either the old file or
+the new one, never a mix; a failed write (full disk, no permission, an exception of the writer)
+removes the temporary file and leaves what was there before intact. An append (`append_line`)
+that fails half-way is cut back to the file's previous length.
+
+Every failure is a `WriteError` whose message names the path and the reason in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+class WriteError(OSError):
+    """An output could not be written; the message names it. What was there before is intact."""
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return 'no space left on the device'
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def write_error(path: str | os.PathLike, error: BaseException) -> WriteError:
+    """The `WriteError` for a failed write of `path` (keeps the errno of an `OSError`)."""
+    code = error.errno if isinstance(error, OSError) else None
+    return WriteError(code, f'cannot write {path}: {_reason(error)}')
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, so writers that pick the format from it
+    work), renamed to `path` when the block completes and removed when it raises.
+
+    Missing parent folders are created. Raises `WriteError` for an `OSError` of the block or of
+    the rename; other exceptions pass through (the temporary file is removed either way).
+    """
+    path = Path(path)
+    temporary = path.with_name(f'.{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as e:
+        raise write_error(path, e) from e
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to `path` atomically (flushed to disk before the rename)."""
+    with atomic_path(path) as temporary, open(temporary, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    return write_bytes(path, text.encode('utf-8'))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Appends `line` plus a newline to `path`; a failed append leaves the file as it was."""
+    path = Path(path)
+    data = (line + '\n').encode('utf-8')
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e

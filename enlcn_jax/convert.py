@@ -57,8 +57,19 @@ def _enlca(state: StateDict, prefix: str, used: set[str]) -> tuple[dict, dict]:
     return params, {'projection': np.asarray(state[key], np.float32)}
 
 
+def _check_finite(state: StateDict) -> None:
+    """Raises ConversionError naming the first tensor (in state_dict order) with a NaN or inf."""
+    for name, value in state.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise ConversionError(f'state_dict tensor {name!r} has {bad} non-finite value(s) '
+                                  f'(NaN or inf) of {np.size(value)}: corrupt weights')
+
+
 def convert_enlca_state_dict(state: StateDict) -> dict:
     """Variables of a lone `models.ENLCA` from the state_dict of a PyTorch ENLCA module."""
+    _check_finite(state)
     used: set[str] = set()
     params, random_features = _enlca(state, '', used)
     unused = sorted(set(state) - used)
@@ -126,9 +137,11 @@ def convert_state_dict(state: StateDict, scale: int,
       `(model_config, variables)`: a flat model config (`models.from_config`) and
       `{'params': ..., 'random_features': ...}` as numpy arrays.
     Raises:
-      ConversionError naming missing, unused or mis-shaped keys.
+      ConversionError naming missing, unused or mis-shaped keys, or the first tensor holding a
+      NaN or inf.
     """
     state = {k.removeprefix('module.'): np.asarray(v) for k, v in state.items()}
+    _check_finite(state)
     config = _infer_model_config(state, scale, rgb_range)
     model = models.from_config(config)
     used = {'sub_mean.weight', 'sub_mean.bias', 'add_mean.weight', 'add_mean.bias'} & set(state)
@@ -216,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     if (Path(args.out) / checkpoints.VARIABLES).exists():
         parser.error(f'--out {args.out} already holds a model; choose another directory')
     try:
-        config, variables = convert_state_dict(load_state_dict(args.weights), args.scale,
-                                               args.rgb_range)
+        state = load_state_dict(args.weights)
+        try:
+            config, variables = convert_state_dict(state, args.scale, args.rgb_range)
+        except ConversionError as e:  # load_state_dict's errors already name the file
+            raise ConversionError(f'{args.weights}: {e}') from e
         checkpoints.save_model(args.out, config, variables)
     except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
         sys.exit(f'convert: {e}')

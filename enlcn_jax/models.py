@@ -218,6 +218,10 @@ class ENLCN(nn.Module):
     `[B, H, W, 3]` in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k)
     of every ENLCA module in body order when `return_embeddings=True`.
 
+    The mean shifts are PyTorch EDSR's `MeanShift` convolutions (weight `eye(3) / rgb_std`): the
+    head sees `(x rgb_range - rgb_range rgb_mean) / rgb_std` and the tail's output `y` becomes
+    `(y + rgb_range rgb_mean) / rgb_std / rgb_range`, so `rgb_std` divides at both ends.
+
     `valid` (`[B, H, W, 1]`, 1 on real pixels, 0 on padding) makes a padded input give the
     unpadded output on its real pixels, up to float rounding: padded positions are kept at
     exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
@@ -273,7 +277,8 @@ class ENLCN(nn.Module):
 
         y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res, valid)
         y = conv3x3(3, 'tail_conv', jnp.float32)(y.astype(jnp.float32))
-        sr = (y * std + mean) / self.rgb_range
+        # PyTorch EDSR's add_mean: a 1x1 conv, weight eye(3) / std, bias rgb_range * mean / std.
+        sr = (y + mean) / std / self.rgb_range
         return (sr, embeddings) if return_embeddings else sr
 
 

@@ -1,9 +1,12 @@
 """PyTorch state_dict import: architecture inference, clear errors, the CLI and model directories."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -112,3 +115,90 @@ def test_cli_errors_are_one_line(reference, x4_state, tmp_path, setup, args, mes
     assert result.returncode != 0 and message in result.stderr, result.stderr[-1500:]
     assert 'Traceback' not in result.stderr
     assert setup == 'existing_out' or not out.exists()
+
+
+def release_mean_shift(rgb_range, std, sign):
+    """EDSR `common.MeanShift(rgb_range, DIV2K mean, std, sign)`: `(weight [3, 3, 1, 1], bias [3])`."""
+    std = np.asarray(std, np.float32)
+    weight = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1) / std.reshape(3, 1, 1, 1)
+    bias = sign * rgb_range * np.asarray(models.DIV2K_RGB_MEAN, np.float32) / std
+    return weight, bias
+
+
+def conv1x1(state, prefix, x):
+    """The PyTorch 1x1 conv `prefix` of `state` on NHWC `x`, in float64."""
+    weight = np.asarray(state[f'{prefix}.weight'], np.float64)[:, :, 0, 0]
+    return np.einsum('oi,bhwi->bhwo', weight, np.asarray(x, np.float64)) + state[f'{prefix}.bias']
+
+
+def apply_capturing(model, variables, x):
+    """`(sr, input of the head conv, output of tail_conv)` of `model` on NHWC `x`, jitted."""
+    def run(variables, x):
+        seen = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == '__call__' and context.module.name in ('head', 'tail_conv'):
+                seen[context.module.name] = (args[0], out)
+            return out
+
+        with nn.intercept_methods(interceptor):
+            sr = model.apply(variables, x)
+        return sr, seen['head'][0], seen['tail_conv'][1]
+    return jax.jit(run)(variables, jnp.asarray(x))
+
+
+RELEASE_STD = (0.5, 1.25, 2.0)
+
+
+@pytest.mark.parametrize('rgb_range', [1.0, 255.0])
+def test_mean_shift_with_std_reproduces_the_release(x4_state, rgb_range):
+    """sub_mean / add_mean built by the release with std != 1: convert recovers rgb_std and
+    rgb_mean, and the model applies them as the release's 1x1 convolutions do."""
+    state = dict(x4_state)
+    for prefix, sign in (('sub_mean', -1), ('add_mean', 1)):
+        state[f'{prefix}.weight'], state[f'{prefix}.bias'] = release_mean_shift(
+            rgb_range, RELEASE_STD, sign)
+    config, variables = convert.convert_state_dict(state, 4)
+    assert config['rgb_range'] == rgb_range
+    assert config['rgb_std'] == pytest.approx(RELEASE_STD, rel=1e-6)
+    assert config['rgb_mean'] == pytest.approx(models.DIV2K_RGB_MEAN, rel=1e-6)
+
+    x = np.random.default_rng(0).uniform(size=(2, 6, 5, 3)).astype(np.float32)
+    sr, head_in, y = map(np.asarray, apply_capturing(models.from_config(config), variables, x))
+    mean, std = rgb_range * np.asarray(models.DIV2K_RGB_MEAN), np.asarray(RELEASE_STD)
+    assert rel_err(head_in, conv1x1(state, 'sub_mean', rgb_range * x)) <= 1e-6
+    assert rel_err(head_in, (rgb_range * x - mean) / std) <= 1e-6
+    assert rel_err(sr, conv1x1(state, 'add_mean', y) / rgb_range) <= 1e-6
+    assert rel_err(sr, (y + mean) / std / rgb_range) <= 1e-6
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('first', ['add_mean.bias', 'body.3.body.0.weight'])
+def test_non_finite_weights_are_refused_naming_the_first(x4_state, first, bad):
+    state = {name: value.copy() for name, value in x4_state.items()}
+    for name in (first, 'tail.1.bias'):
+        state[name].flat[-1] = bad
+    with pytest.raises(convert.ConversionError,
+                       match=rf"^state_dict tensor '{re.escape(first)}' has 1 non-finite"):
+        convert.convert_state_dict(state, 4)
+
+
+def test_non_finite_enlca_weights_are_refused(reference):
+    state = {name: value.copy() for name, value in state_dict(reference, 'enlca').items()}
+    state['attn_fn.projection_matrix'][0, 0] = np.nan
+    with pytest.raises(convert.ConversionError, match=r"'attn_fn\.projection_matrix'.*NaN"):
+        convert.convert_enlca_state_dict(state)
+
+
+def test_cli_refuses_non_finite_weights_before_writing(x4_state, tmp_path):
+    state = dict(x4_state, **{'body.5.body.2.bias': np.full(32, np.inf, np.float32)})
+    weights = tmp_path / 'weights.npz'
+    np.savez(weights, **state)
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main([str(weights), '--scale', '4', '--out', str(out)])
+    message = str(exit_info.value.code)
+    assert '\n' not in message and str(weights) in message, message
+    assert "'body.5.body.2.bias' has 32 non-finite" in message, message
+    assert not out.exists()

@@ -10,7 +10,9 @@ workdir); `--scale` only checks it, and is required for `--model bicubic` (sever
 once are allowed there). Datasets are Set5, Set14, B100, Urban100, Manga109 and DIV2K (validation
 0801-0900) under `--data_dir` (else $ENLCN_DATA, else ./datasets), or any folder path. Prints a
 markdown table and writes `--output` (JSON), with `.csv` (every image) and `.md` (the table)
-beside it. See `enlcn_jax/evaluate.py` for the protocol and `enlcn_jax/inference.py` for the
+beside it; the JSON config and the printed results name the training step scored when
+`--checkpoint` is a workdir. A failed write (a full disk) is one line naming the file, which keeps
+its previous content. See `enlcn_jax/evaluate.py` for the protocol and `enlcn_jax/inference.py` for the
 inference options.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from enlcn_jax import data, evaluate, image_io, inference, models, pictures
+from enlcn_jax import data, evaluate, files, inference, models, pictures
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -114,11 +116,20 @@ def main(argv: list[str]) -> None:
     try:  # resolve every dataset, and list its images, before the first forward
         jobs = [(data.find_dataset(name, u.scale, FLAGS.data_dir), u)
                 for u in upscalers for name in FLAGS.dataset]
-        for source, _ in jobs:
-            image_io.list_images(source.hr_dir)
-    except FileNotFoundError as e:  # DatasetNotFoundError, or a folder without images
+        for source, upscaler in jobs:
+            data.list_hr_images(source.hr_dir, upscaler.scale, source.lr_dir)
+    # DatasetNotFoundError, a folder without images, HR files sharing the stem of one LR file
+    except (FileNotFoundError, data.AmbiguousLRError) as e:
         raise SystemExit(f'eval.py: --dataset: {e}') from e
+    try:
+        _score(jobs, upscalers, crop)
+    except files.WriteError as e:  # a full disk, a read-only folder: the message names the file
+        raise SystemExit(f'eval.py: {e}') from e
 
+
+def _score(jobs: list[tuple[data.DatasetSource, inference.Upscaler]],
+           upscalers: list[inference.Upscaler], crop: list[int]) -> None:
+    """Scores every `(dataset, upscaler)` job, writes and prints the results."""
     output = Path(FLAGS.output)
     results = []
     for source, upscaler in jobs:
@@ -141,9 +152,14 @@ def main(argv: list[str]) -> None:
         'dataset', 'scale', 'checkpoint', 'which', 'model', 'dtype', 'data_dir', 'self_ensemble',
         'bucket', 'tile', 'tile_overlap', 'output', 'save_images')}
     compiled = [{'model': u.name, 'scale': u.scale, 'precision': u.precision,
+                 'checkpoint_step': u.checkpoint_step,
                  'shapes': [list(s) for s in u.compiled_shapes]} for u in upscalers]
-    paths = evaluate.write_results(results, output, {**config, 'compiled': compiled})
+    step = upscalers[0].checkpoint_step  # one checkpoint, or bicubic upscalers (None)
+    paths = evaluate.write_results(results, output,
+                                   {**config, 'checkpoint_step': step, 'compiled': compiled})
     print(evaluate.markdown_table(results))
+    if step is not None:
+        print(f'scored step {step} of {FLAGS.checkpoint} ({FLAGS.which})')
     for r in results:
         for s in r.skipped:
             print(f'skipped in {r.dataset} x{r.scale}: {s["name"]}: {s["error"]}')

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from enlcn_jax import checkpoints, data, evaluate, inference, models, train_lib
+from enlcn_jax import checkpoints, data, evaluate, files, inference, models, train_lib
 
 # Overrides applied to the base config for each row of the table.
 VARIANTS: dict[str, dict] = {
@@ -111,8 +111,8 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
                  f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}",
                  f"{row['eval_seconds'] / 60:.1f}"]
         lines.append('| ' + ' | '.join(cells) + ' |')
-    (workdir / 'ablation.md').write_text('\n'.join(lines) + '\n')
-    (workdir / 'ablation.json').write_text(json.dumps(rows, indent=2))
+    files.write_text(workdir / 'ablation.md', '\n'.join(lines) + '\n')
+    files.write_text(workdir / 'ablation.json', json.dumps(rows, indent=2))
     print('\n'.join(lines))
 
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from enlcn_jax import files
+
 
 def median_time(fn: Callable, args: tuple, repeats: int) -> float:
     """Median seconds of `fn(*args)` over `repeats` runs after one warm-up run."""
@@ -99,9 +101,8 @@ def machine() -> dict:
 
 def write_report(name: str, report: dict, out_dir: str | Path) -> Path:
     """Writes `{'machine': machine(), **report}` to `<out_dir>/<name>.json`."""
-    out = Path(out_dir) / f'{name}.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'machine': machine(), **report}, indent=2))
+    out = files.write_text(Path(out_dir) / f'{name}.json',
+                           json.dumps({'machine': machine(), **report}, indent=2))
     print(f'wrote {out}')
     return out
 

@@ -19,13 +19,13 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import os
-import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 from absl import logging
 
+from enlcn_jax import files
 from enlcn_jax.image_io import list_images, load_image, save_image
 from enlcn_jax.imresize import bicubic_downscale, modcrop
 
@@ -34,6 +34,10 @@ DIV2K_SCALES = (2, 3, 4, 8)
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not available locally; the message says how to provide it."""
+
+
+class AmbiguousLRError(ValueError):
+    """Two HR images of a folder share a stem, so one LR file of an LR folder would serve both."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,16 +108,42 @@ def _bicubic_lr(hr: np.ndarray, hr_path: Path, scale: int, cache_dir: Path | Non
         lr = load_image(cache_path)
         return _match_pair(hr, lr, scale, str(cache_path)), lr
     hr_cropped, lr = bicubic_downscale(hr, scale)
-    # Write-then-rename so concurrent loaders never read a half-written file.
-    tmp_path = cache_path.with_name(f".tmp-{uuid.uuid4().hex}-{cache_path.name}")
-    save_image(tmp_path, lr)
-    os.replace(tmp_path, cache_path)
+    try:  # atomic: concurrent loaders never read a half-written file
+        save_image(cache_path, lr)
+    except files.WriteError as e:  # the LR is still good; only its reuse is lost
+        logging.warning('LR cache not written: %s', e)
     return hr_cropped, lr
 
 
 def div2k_lr_path(lr_dir: str | os.PathLike, hr_stem: str, scale: int) -> Path:
     """DIV2K layout: ``<lr_dir>/X{s}/<stem>x{s}.png`` (e.g. ``X2/0001x2.png``)."""
     return Path(lr_dir) / f"X{scale}" / f"{hr_stem}x{scale}.png"
+
+
+def list_hr_images(
+    hr_dir: str | os.PathLike, scale: int, lr_dir: str | os.PathLike | None = None
+) -> list[Path]:
+    """``list_images(hr_dir)``, checked to pair one to one with the LR files of ``lr_dir``.
+
+    The LR file of an HR image is named by its stem (``div2k_lr_path``), so with an ``lr_dir``
+    two HR files sharing a stem (``a.png``, ``a.bmp``) would both be paired with one LR file.
+    Without an ``lr_dir`` each LR image is made from its own HR image and stems may repeat.
+
+    Raises:
+      FileNotFoundError: ``hr_dir`` is missing or holds no image.
+      AmbiguousLRError: with ``lr_dir``, two HR files share a stem (names both).
+    """
+    paths = list_images(hr_dir)
+    if lr_dir is not None:
+        by_stem: dict[str, Path] = {}
+        for path in paths:
+            other = by_stem.setdefault(path.stem, path)
+            if other != path:
+                raise AmbiguousLRError(
+                    f"HR images {other} and {path} share the stem {path.stem!r}, so both would "
+                    f"be paired with the LR image {div2k_lr_path(lr_dir, path.stem, scale)}: "
+                    "rename one of them")
+    return paths
 
 
 def load_pair(
@@ -178,11 +208,12 @@ def iter_folder(
 
     Raises:
       FileNotFoundError: ``hr_dir`` is missing or holds no image (before the first item).
+      AmbiguousLRError: as ``list_hr_images`` (before the first item).
     """
     if prefetch < 0:
         raise ValueError(f"iter_folder: prefetch must be >= 0, got {prefetch}")
     scale = _check_scale(scale)
-    hr_paths = list_images(hr_dir)
+    hr_paths = list_hr_images(hr_dir, scale, lr_dir)
 
     def result(path: Path, future: concurrent.futures.Future):
         try:
@@ -226,11 +257,12 @@ def load_folder(
 
     Raises:
       DatasetNotFoundError: ``hr_dir`` is missing or holds no image.
+      AmbiguousLRError: with ``lr_dir``, two HR files share a stem (``list_hr_images``).
       ValueError, OSError: no image of the folder could be used (the first one's error).
     """
     scale = _check_scale(scale)
     try:
-        hr_paths = list_images(hr_dir)
+        hr_paths = list_hr_images(hr_dir, scale, lr_dir)
     except FileNotFoundError as e:
         raise DatasetNotFoundError(str(e)) from e
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import json
 import os
 import statistics
@@ -30,7 +31,7 @@ from typing import Collection, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from enlcn_jax import data, image_io, inference, metrics
+from enlcn_jax import data, files, image_io, inference, metrics
 
 
 @dataclasses.dataclass
@@ -114,8 +115,9 @@ def evaluate_dataset(source: data.DatasetSource, upscaler: inference.Upscaler,
                      **options) -> DatasetResult:
     """`evaluate_pairs` over the images of `source` (from `data.find_dataset`), read one by one;
     `options` as there. An image is named by its file stem, or by its file name where two files
-    share a stem (`a.png`, `a.jpg`), so rows and saved images stay distinct."""
-    paths = image_io.list_images(source.hr_dir)
+    share a stem (`a.png`, `a.jpg`; refused with an LR folder, `data.list_hr_images`), so rows
+    and saved images stay distinct."""
+    paths = data.list_hr_images(source.hr_dir, upscaler.scale, source.lr_dir)
     stems = collections.Counter(path.stem for path in paths)
     pairs = ((path.stem if stems[path.stem] == 1 else path.name, pair)
              for path, pair in data.iter_folder(source.hr_dir, upscaler.scale, source.lr_dir))
@@ -148,30 +150,34 @@ def write_results(results: list[DatasetResult], output: str | os.PathLike,
                   config: dict | None = None) -> list[Path]:
     """Writes the results as three files with `output`'s stem, whichever of them `output` names:
     `.json` (config, summary rows, every image's scores, skipped images), `.csv` (one row per
-    image) and `.md` (the table).
+    image) and `.md` (the table). Each file is written atomically (`files.write_text`).
 
     Returns:
       The three paths written.
+    Raises:
+      files.WriteError: a file cannot be written (one line naming it); it keeps its previous
+        content.
     """
     if Path(output).suffix not in RESULT_SUFFIXES:
         raise ValueError(f'{output}: results are written as {", ".join(RESULT_SUFFIXES)}')
     json_path = Path(output).with_suffix('.json')
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     images = [{'dataset': r.dataset, 'scale': r.scale, 'model': r.model, **image}
               for r in results for image in r.images]
     skipped = [{'dataset': r.dataset, 'scale': r.scale, **s} for r in results for s in r.skipped]
-    json_path.write_text(json.dumps({'config': config or {}, 'summary': [r.summary() for r in results],
-                                     'images': images, 'skipped': skipped}, indent=2))
+    files.write_text(json_path, json.dumps({'config': config or {},
+                                            'summary': [r.summary() for r in results],
+                                            'images': images, 'skipped': skipped}, indent=2))
     csv_path = json_path.with_suffix('.csv')
     columns = ['dataset', 'scale', 'model', 'name', 'psnr', 'ssim', 'seconds', 'lr_height', 'lr_width']
-    with csv_path.open('w', newline='') as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(images)
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, columns)
+    writer.writeheader()
+    writer.writerows(images)
+    files.write_text(csv_path, table.getvalue())
     md_path = json_path.with_suffix('.md')
     md = [markdown_table(results)]
     if skipped:
         md += ['', 'Skipped images:'] + [f'- {s["dataset"]} x{s["scale"]} {s["name"]}: {s["error"]}'
                                          for s in skipped]
-    md_path.write_text('\n'.join(md) + '\n')
+    files.write_text(md_path, '\n'.join(md) + '\n')
     return [json_path, csv_path, md_path]

@@ -7,8 +7,12 @@ is dropped (not composited); each such conversion emits one ``UserWarning``
 that names the file, so a dataset with odd files is noticed instead of
 silently altered. 16-bit grayscale is rescaled to 8 bits (``v / 257``)
 rather than clipped; 16-bit RGB PNGs (which PIL reads as 8 bits) get the same
-warning. An EXIF orientation tag is applied, so photos come in the way they
-are shown.
+warning. Of a multi-frame image (an animated GIF, a multi-page TIFF) only the
+first frame is read, with the same warning. An EXIF orientation tag is applied,
+so photos come in the way they are shown.
+
+``save_image`` writes atomically (``files.atomic_path``): a failed write leaves
+what was at the path before.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from enlcn_jax import files
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -62,7 +68,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            mode, alpha = im.mode, _has_alpha(im)
+            mode, alpha, frames = im.mode, _has_alpha(im), getattr(im, "n_frames", 1)
             sixteen_bit_rgb = im.format == "PNG" and mode in ("RGB", "RGBA") and \
                 _png_bit_depth(path) == 16
             rgb = _to_rgb_array(ImageOps.exif_transpose(im))
@@ -73,6 +79,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         what.append("16-bit RGB reduced to 8 bits")
     if alpha:
         what.append("alpha channel dropped")
+    if frames > 1:
+        what.append(f"only the first of its {frames} frames used")
     if what:
         warnings.warn(f"{path}: {', '.join(what)}", UserWarning, stacklevel=2)
     return rgb
@@ -86,16 +94,31 @@ def _png_bit_depth(path: Path) -> int:
 
 
 def save_image(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write ``img`` (``uint8 [H, W, 3]`` or ``[H, W]``) to ``path``; the format
-    follows the suffix and missing parent directories are created."""
+    """Write ``img`` (``uint8 [H, W, 3]`` or ``[H, W]``) to ``path`` atomically; the format
+    follows the suffix and missing parent directories are created.
+
+    Raises:
+      ValueError: ``img`` is not such an array, or the suffix names no format PIL writes.
+      files.WriteError: the file cannot be written (one line naming ``path``); what was at
+        ``path`` before is intact.
+    """
     img = np.asarray(img)
     if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
         raise ValueError(
             f"save_image({path}): expected uint8 [H, W, 3] or [H, W], got {img.dtype} {img.shape}"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(path)
+    if save_format(path) is None:
+        raise ValueError(f"save_image({path}): PIL writes no image format of suffix "
+                         f"{Path(path).suffix!r}")
+    with files.atomic_path(path) as temporary:
+        Image.fromarray(img).save(temporary)
+
+
+def save_format(path: str | os.PathLike) -> str | None:
+    """The PIL format ``save_image`` writes for ``path``'s suffix (case-insensitive), or None
+    where PIL has no writer for it (no suffix, an unknown suffix, a read-only format)."""
+    image_format = Image.registered_extensions().get(Path(path).suffix.lower())
+    return image_format if image_format in Image.SAVE else None
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -20,6 +20,7 @@ Inference (`ModelUpscaler`), batch of one:
 from __future__ import annotations
 
 import os
+import resource
 from typing import Protocol, Sequence
 
 import jax
@@ -32,13 +33,15 @@ from enlcn_jax.imresize import imresize
 
 
 class Upscaler(Protocol):
-    """LR `uint8 [H, W, 3]` -> SR `uint8 [H s, W s, 3]`, plus what the results table reports:
-    `compiled_shapes`, the input shapes compiled so far (one per compilation), and `precision`,
-    the dtype the upscaling computes in."""
+    """LR `uint8 [H, W, 3]` -> SR `uint8 [H s, W s, 3]`, plus what the results report:
+    `compiled_shapes`, the input shapes compiled so far (one per compilation), `precision`,
+    the dtype the upscaling computes in, and `checkpoint_step`, the training step of the
+    workdir checkpoint it runs (None for a model directory and the bicubic baseline)."""
     name: str
     scale: int
     precision: str
     compiled_shapes: Sequence[tuple[int, ...]]
+    checkpoint_step: int | None
 
     def __call__(self, lr: np.ndarray) -> np.ndarray: ...
 
@@ -49,6 +52,7 @@ class BicubicUpscaler:
     name = 'bicubic'
     compiled_shapes = ()
     precision = 'float64'
+    checkpoint_step = None
 
     def __init__(self, scale: int):
         self.scale = int(scale)
@@ -70,19 +74,72 @@ def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:
                + analysis.temp_size_in_bytes)
 
 
-def _free_memory_budget() -> int | None:
-    """80 % of the default device's free memory; on CPU, of the host's available memory."""
-    stats = jax.devices()[0].memory_stats()
-    if stats and 'bytes_limit' in stats:
-        return int(0.8 * (stats['bytes_limit'] - stats.get('bytes_in_use', 0)))
+def _read_int(path: str | os.PathLike) -> int | None:
+    """The integer a one-value file (`/sys/fs/cgroup/memory.max`, ...) holds; None where it is
+    missing, unreadable or not a number (`max`: no limit)."""
     try:
-        with open('/proc/meminfo', encoding='ascii') as meminfo:
-            for line in meminfo:
-                if line.startswith('MemAvailable:'):
-                    return int(0.8 * int(line.split()[1]) * 1024)
-    except OSError:
+        with open(path, encoding='ascii') as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _kib_field(path: str | os.PathLike, field: str) -> int | None:
+    """Bytes of a `Field:  123 kB` line of a /proc file (`MemAvailable` of /proc/meminfo,
+    `VmSize` of /proc/self/status); None where the file or the line is missing."""
+    try:
+        with open(path, encoding='ascii') as f:
+            for line in f:
+                if line.startswith(f'{field}:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def host_available_bytes(meminfo: str | os.PathLike = '/proc/meminfo') -> int | None:
+    """The host's available memory (`MemAvailable`)."""
+    return _kib_field(meminfo, 'MemAvailable')
+
+
+def cgroup_free_bytes(root: str | os.PathLike = '/sys/fs/cgroup') -> int | None:
+    """Memory left under the process's cgroup limit: cgroup v2 `memory.max - memory.current`,
+    else v1 `memory/memory.limit_in_bytes - memory/memory.usage_in_bytes`; None without a limit."""
+    for limit, usage in (('memory.max', 'memory.current'),
+                         ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
+        limit_bytes, usage_bytes = _read_int(f'{root}/{limit}'), _read_int(f'{root}/{usage}')
+        if limit_bytes is not None and usage_bytes is not None:
+            return max(0, limit_bytes - usage_bytes)
+    return None
+
+
+def address_space_free_bytes(status: str | os.PathLike = '/proc/self/status') -> int | None:
+    """Address space left under `RLIMIT_AS` (`ulimit -v`): the soft limit minus the process's
+    `VmSize`; None without a limit."""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    size = _kib_field(status, 'VmSize')
+    if limit == resource.RLIM_INFINITY or size is None:
+        return None
+    return max(0, limit - size)
+
+
+# Fraction of the free memory a forward's XLA estimate may take. On CPU the estimate leaves out
+# the runtime's own allocations: a whole-image forward was measured to reserve about twice its
+# estimate in address space (docs/probes.md), so half of the device fraction.
+DEVICE_MEMORY_FRACTION = 0.8
+HOST_MEMORY_FRACTION = 0.4
+
+
+def _free_memory_budget() -> int | None:
+    """80 % of this process's first local device's free memory; on CPU, 40 % of the least of
+    the host's available memory, the memory left under the cgroup limit and the address space
+    left under `RLIMIT_AS`. None where none of them is known."""
+    stats = jax.local_devices()[0].memory_stats()
+    if stats and 'bytes_limit' in stats:
+        return int(DEVICE_MEMORY_FRACTION * (stats['bytes_limit'] - stats.get('bytes_in_use', 0)))
+    known = [free for free in (host_available_bytes(), cgroup_free_bytes(),
+                               address_space_free_bytes()) if free is not None]
+    return int(HOST_MEMORY_FRACTION * min(known)) if known else None
 
 
 def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
@@ -111,13 +168,16 @@ class ModelUpscaler:
       name: the model's name in results.
       memory_budget: bytes a forward may use; without `tile`, an image whose compiled
         whole-image forward needs more (XLA's estimate) is tiled, with a warning. None: 80 % of
-        the device's free memory (the host's available memory on CPU).
+        the device's free memory (on CPU 40 % of the host's available memory, or of less where
+        a cgroup or an address-space limit leaves less).
+      checkpoint_step: the training step `variables` were saved at, for the results (None: not
+        from a workdir).
     """
 
     def __init__(self, model: models.ENLCN, variables: dict, *, bucket: int = 16,
                  tile: int | None = None, tile_overlap: int = 0, self_ensemble: bool = False,
                  pad_mode: str = 'reflect', name: str = 'enlcn',
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, checkpoint_step: int | None = None):
         if bucket < 1:
             raise ValueError(f'bucket must be >= 1, got {bucket}')
         if tile is not None and not 0 <= tile_overlap < tile:
@@ -133,6 +193,7 @@ class ModelUpscaler:
         self.pad_mode = pad_mode
         self.name = name
         self.memory_budget = memory_budget
+        self.checkpoint_step = checkpoint_step
         self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
         self._auto_tiles: dict[tuple[int, ...], int | None] = {}  # by LR image shape
 
@@ -238,9 +299,10 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: s
       which: `'latest'` or `'best'` checkpoint of a workdir.
       dtype: compute precision (`models.PRECISIONS`); None: the one the model was trained in
         (its recorded `model.dtype`; float32 for models recorded without one).
-      **options: `ModelUpscaler`'s keyword arguments.
+      **options: `ModelUpscaler`'s keyword arguments; its `checkpoint_step` is the step loaded
+        (None for a model directory).
     """
-    config, variables, _ = checkpoints.load_model(checkpoint, which)
+    config, variables, step = checkpoints.load_model(checkpoint, which)
     if dtype is not None:
         config = {**config, 'dtype': dtype}
-    return ModelUpscaler(models.from_config(config), variables, **options)
+    return ModelUpscaler(models.from_config(config), variables, checkpoint_step=step, **options)

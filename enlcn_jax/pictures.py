@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from enlcn_jax import image_io, metrics
+from enlcn_jax import files, image_io, metrics
 from enlcn_jax.imresize import imresize
 
 
@@ -101,14 +101,20 @@ def plot_maps(image: np.ndarray, maps: dict[str, np.ndarray], pixel: tuple[int, 
 
 
 def save_figure(fig, out: str | Path) -> Path:
-    """Writes a matplotlib figure as PNG (parent folders created) and closes it."""
+    """Writes a matplotlib figure as PNG atomically (parent folders created) and closes it.
+
+    Raises:
+      files.WriteError: `out` cannot be written (one line naming it); its previous content is
+        intact.
+    """
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    try:
+        fig.tight_layout()
+        with files.atomic_path(out) as temporary:
+            fig.savefig(temporary, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(out)
 
 
 def plot_study(rows: list[dict], out: str | Path) -> Path:

@@ -5,8 +5,9 @@
 
 Any size and any image PIL reads: grayscale and palette images are converted to RGB and an
 alpha channel is dropped, with a warning (`image_io.load_image`). The output is RGB, `scale`
-times larger, written in the format of its suffix. Inference as `inference.ModelUpscaler`
-(bucket padding, tiling, self-ensemble).
+times larger, written in the format of its suffix (checked before the model is loaded) and
+atomically: a failed write (a full disk) leaves what was at the output path before.
+Inference as `inference.ModelUpscaler` (bucket padding, tiling, self-ensemble).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from enlcn_jax import image_io, inference, models
+from enlcn_jax import files, image_io, inference, models
 
 
 def upscale_file(src: str | Path, dst: str | Path, upscaler: inference.ModelUpscaler) -> np.ndarray:
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f'the output {args.output} is the input: choose another output path')
     if Path(args.output).is_dir():
         parser.error(f'the output {args.output} is a directory: give an image file name')
+    if image_io.save_format(args.output) is None:
+        parser.error(f'the output {args.output} does not end in a suffix of an image format PIL '
+                     'writes (.png, .bmp, .tif, ...)')
     if Path(args.output).exists() and not args.overwrite:
         parser.error(f'the output {args.output} exists: pass --overwrite to replace it')
     if args.bucket < 1:
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     try:
         sr = upscale_file(args.input, args.output, upscaler)
-    except (FileNotFoundError, image_io.ImageError) as e:
+    except (FileNotFoundError, image_io.ImageError, files.WriteError) as e:
         sys.exit(f'upscale: {e}')
     print(f'wrote {args.output}: {sr.shape[1]}x{sr.shape[0]} (x{upscaler.scale}) '
           f'in {time.perf_counter() - start:.1f} s')

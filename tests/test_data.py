@@ -1,7 +1,10 @@
 """Tests for enlcn_jax.data: folder and TFDS sources, the LR cache, pair checks."""
 
+import errno
+
 import numpy as np
 import pytest
+from PIL import Image
 
 import enlcn_jax.data as data
 from enlcn_jax.data import (
@@ -116,3 +119,41 @@ def test_a_folder_with_no_usable_image_is_an_error(tmp_path):
     (tmp_path / "x.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="x.png"):
         load_folder(tmp_path, SCALE)
+
+
+def test_hr_files_sharing_a_stem_are_refused_with_an_lr_folder(tmp_path):
+    """`a.png` and `a.bmp` would both be paired with `X2/ax2.png`; without an LR folder each
+    gets the bicubic LR of its own pixels."""
+    rng = np.random.default_rng(0)
+    hr_dir, lr_dir = tmp_path / "HR", tmp_path / "LR_bicubic"
+    photos = {name: rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for name in ("a.png", "a.bmp")}
+    for name, hr in photos.items():
+        save_image(hr_dir / name, hr)
+    save_image(div2k_lr_path(lr_dir, "a", SCALE), photos["a.png"][::2, ::2])
+    for load in (lambda: load_folder(hr_dir, SCALE, lr_dir=lr_dir),
+                 lambda: next(data.iter_folder(hr_dir, SCALE, lr_dir))):
+        with pytest.raises(data.AmbiguousLRError) as info:
+            load()
+        message = str(info.value)
+        assert str(hr_dir / "a.png") in message and str(hr_dir / "a.bmp") in message
+        assert "ax2.png" in message and "\n" not in message
+    ds = load_folder(hr_dir, SCALE)
+    assert ds.names == ["a", "a"]
+    for name, lr in zip(["a.bmp", "a.png"], ds.lr):
+        np.testing.assert_array_equal(lr, bicubic_downscale(photos[name], SCALE)[1])
+
+
+def test_an_lr_cache_that_cannot_be_written_keeps_the_image(tmp_path, monkeypatch, caplog):
+    hr = np.random.default_rng(0).integers(0, 256, (16, 18, 3), dtype=np.uint8)
+    save_image(tmp_path / "hr" / "img.png", hr)
+
+    def full_disk(image, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with caplog.at_level("WARNING"):
+        ds = load_folder(tmp_path / "hr", SCALE, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.lr[0], bicubic_downscale(hr, SCALE)[1])
+    (warning,) = [r.getMessage() for r in caplog.records if "LR cache" in r.getMessage()]
+    assert "no space left on the device" in warning and "img" in warning
+    assert list((tmp_path / "cache" / "X2").iterdir()) == []

@@ -54,23 +54,52 @@ def random_lr(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 # ---------------------------------------------------------------- protocol: bicubic rows
 
+# The protocol is deterministic (float64 resizing and metrics on uint8 images): our rows are
+# recorded to within float rounding. The published rows (EDSR's table, rounded to 0.01 dB and
+# 0.0001) differ from ours by up to 0.014 dB / 0.0008 on Set5 and by 0.085 dB on Set14 (its
+# grayscale images): those are checked to the gap seen.
+RECORDED_PSNR_TOL, RECORDED_SSIM_TOL = 1e-4, 1e-5
+SET5_BICUBIC = {  # scale: (published PSNR, SSIM), (recorded PSNR, SSIM)
+    2: ((33.66, 0.9299), (33.673410, 0.930287)),
+    3: ((30.39, 0.8682), (30.403312, 0.868906)),
+    4: ((28.42, 0.8104), (28.429017, 0.811135)),
+}
 
-@pytest.mark.parametrize('scale, psnr, ssim', [(2, 33.66, 0.9299), (3, 30.39, 0.8682),
-                                               (4, 28.42, 0.8104)])
-def test_bicubic_rows_on_set5(scale, psnr, ssim):
+
+@pytest.mark.parametrize('scale', sorted(SET5_BICUBIC))
+def test_bicubic_rows_on_set5(scale):
     result = evaluate.evaluate_dataset(benchmark_source('Set5', scale),
                                        inference.BicubicUpscaler(scale), progress=False)
     row = result.summary()
     assert row['images'] == 5 and row['skipped'] == 0 and row['compiles'] == 0
-    assert row['psnr'] == pytest.approx(psnr, abs=0.03)
-    assert row['ssim'] == pytest.approx(ssim, abs=0.002)
+    (psnr, ssim), (recorded_psnr, recorded_ssim) = SET5_BICUBIC[scale]
+    assert row['psnr'] == pytest.approx(recorded_psnr, abs=RECORDED_PSNR_TOL)
+    assert row['ssim'] == pytest.approx(recorded_ssim, abs=RECORDED_SSIM_TOL)
+    assert row['psnr'] == pytest.approx(psnr, abs=0.015)
+    assert row['ssim'] == pytest.approx(ssim, abs=0.0008)
 
 
-def test_bicubic_row_on_set14_x2():
-    row = evaluate.evaluate_dataset(benchmark_source('Set14', 2), inference.BicubicUpscaler(2),
+@pytest.mark.parametrize('scale', sorted(SET5_BICUBIC))
+def test_the_recorded_ssim_tolerance_sees_an_unshaved_border(scale):
+    """SSIM of the whole image instead of the shaved one moves the Set5 mean by 7e-5 to 2e-4:
+    several times the recorded rows' tolerance (and far inside the published rows' rounding)."""
+    unshaved = []
+    for path in benchmark_images('Set5'):
+        hr, lr = bicubic_downscale(image_io.load_image(path), scale)
+        unshaved.append(metrics.ssim_y(inference.BicubicUpscaler(scale)(lr), hr, 0))
+    recorded_ssim = SET5_BICUBIC[scale][1][1]
+    assert abs(np.mean(unshaved) - recorded_ssim) > 5 * RECORDED_SSIM_TOL
+
+
+@pytest.mark.parametrize('name, published_psnr, recorded_psnr, recorded_ssim', [
+    ('Set14', 30.24, 30.324579, 0.869852), ('B100', 29.56, 29.559937, 0.843396)])
+def test_bicubic_x2_rows_on_set14_and_b100(name, published_psnr, recorded_psnr, recorded_ssim):
+    row = evaluate.evaluate_dataset(benchmark_source(name, 2), inference.BicubicUpscaler(2),
                                     progress=False).summary()
-    assert row['images'] == 14
-    assert row['psnr'] == pytest.approx(30.24, abs=0.15)
+    assert row['images'] == {'Set14': 14, 'B100': 100}[name] and row['skipped'] == 0
+    assert row['psnr'] == pytest.approx(recorded_psnr, abs=RECORDED_PSNR_TOL)
+    assert row['ssim'] == pytest.approx(recorded_ssim, abs=RECORDED_SSIM_TOL)
+    assert row['psnr'] == pytest.approx(published_psnr, abs=0.09)
 
 
 # ---------------------------------------------------------------- datasets
@@ -328,3 +357,86 @@ def test_an_image_too_big_for_the_memory_budget_is_tiled_automatically(x2_checkp
         np.testing.assert_array_equal(tight.predict(lr), sr)  # decided once per image size
     assert not any('tiling it' in r.getMessage() for r in caplog.records)
     assert not np.array_equal(sr, whole.predict(lr))  # the attention sees one tile at a time
+
+
+def test_self_ensemble_with_tiles_tiles_every_transformed_image():
+    """Each of the 8 transformed inputs goes through the tiles (only tile-sized forwards are
+    compiled), and the result is the mean of the back-transformed tiled outputs."""
+    model, variables = edsr()
+    lr = random_lr((20, 13))
+    options = dict(bucket=1, tile=8, tile_overlap=2)
+    tiled = inference.ModelUpscaler(model, variables, **options)
+    expected = np.mean([input_pipeline.inverse_dihedral(
+        tiled.predict(np.ascontiguousarray(input_pipeline.dihedral(lr, k))), k) for k in range(8)],
+        axis=0)
+    ensemble = inference.ModelUpscaler(model, variables, self_ensemble=True, **options)
+    np.testing.assert_allclose(ensemble.predict(lr), expected, atol=1e-6)
+    assert ensemble.compiled_shapes == [(1, 8, 8, 3)]
+    whole = inference.ModelUpscaler(model, variables, bucket=1, self_ensemble=True).predict(lr)
+    assert np.abs(whole - expected).max() > 1e-4  # 2 pixels of overlap: the tiles show
+
+
+class FakeDevice:
+    """A jax device whose `memory_stats()` is given (a callable raising stands for a device
+    that cannot report them)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats() if callable(self.stats) else self.stats
+
+
+def test_the_cpu_memory_budget_is_40_percent_of_the_least_free_memory_known(monkeypatch):
+    monkeypatch.setattr(jax, 'local_devices', lambda: [FakeDevice(None)])  # a CPU
+    readers = {'host_available_bytes': 1000, 'cgroup_free_bytes': 500,
+               'address_space_free_bytes': None}
+    for reader in readers:
+        monkeypatch.setattr(inference, reader, lambda reader=reader: readers[reader])
+    assert inference._free_memory_budget() == 200  # pylint: disable=protected-access
+    readers['address_space_free_bytes'] = 250
+    assert inference._free_memory_budget() == 100  # pylint: disable=protected-access
+    readers.update(host_available_bytes=None, cgroup_free_bytes=None, address_space_free_bytes=None)
+    assert inference._free_memory_budget() is None  # pylint: disable=protected-access
+
+
+def test_the_memory_budget_reads_this_process_s_own_device(monkeypatch):
+    """Process 1 of a 2-process run: `jax.devices()[0]` is process 0's, which cannot report."""
+    def not_addressable():
+        raise RuntimeError('MemoryStats is only supported for addressable PjRt devices')
+
+    monkeypatch.setattr(jax, 'devices', lambda: [FakeDevice(not_addressable)])
+    monkeypatch.setattr(jax, 'local_devices',
+                        lambda: [FakeDevice({'bytes_limit': 1000, 'bytes_in_use': 200})])
+    assert inference._free_memory_budget() == 640  # pylint: disable=protected-access
+
+
+def test_memory_readers_parse_proc_and_cgroup_files(tmp_path, monkeypatch):
+    meminfo = tmp_path / 'meminfo'
+    meminfo.write_text('MemTotal:  8000 kB\nMemFree:  100 kB\nMemAvailable:  2048 kB\n')
+    assert inference.host_available_bytes(meminfo) == 2048 * 1024
+    assert inference.host_available_bytes(tmp_path / 'missing') is None
+
+    v2, v1 = tmp_path / 'v2', tmp_path / 'v1'
+    (v1 / 'memory').mkdir(parents=True)
+    v2.mkdir()
+    (v2 / 'memory.max').write_text('1073741824\n')
+    (v2 / 'memory.current').write_text('73741824\n')
+    assert inference.cgroup_free_bytes(v2) == 10 ** 9
+    (v2 / 'memory.max').write_text('max\n')  # no limit
+    assert inference.cgroup_free_bytes(v2) is None
+    (v1 / 'memory' / 'memory.limit_in_bytes').write_text('3000000\n')
+    (v1 / 'memory' / 'memory.usage_in_bytes').write_text('1000000\n')
+    assert inference.cgroup_free_bytes(v1) == 2000000
+    assert inference.cgroup_free_bytes(tmp_path / 'none') is None
+
+    status = tmp_path / 'status'
+    status.write_text('Name:\tpython\nVmPeak:\t 9000 kB\nVmSize:\t    1024 kB\nVmRSS:\t 512 kB\n')
+    limits = {'soft': 10 * 2 ** 20}
+    monkeypatch.setattr(inference.resource, 'getrlimit',
+                        lambda which: (limits['soft'], inference.resource.RLIM_INFINITY)
+                        if which == inference.resource.RLIMIT_AS else (0, 0))
+    assert inference.address_space_free_bytes(status) == 9 * 2 ** 20
+    assert inference.address_space_free_bytes(tmp_path / 'missing') is None
+    limits['soft'] = inference.resource.RLIM_INFINITY
+    assert inference.address_space_free_bytes(status) is None

@@ -1,5 +1,6 @@
 """Tests for enlcn_jax.image_io: decoding to uint8 RGB, warnings, errors, listing."""
 
+import errno
 import warnings
 
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 from PIL import Image
 
 from conftest import benchmark_root
-from enlcn_jax.image_io import ImageError, list_images, load_image, save_image
-
+from enlcn_jax import files
+from enlcn_jax.image_io import ImageError, list_images, load_image, save_format, save_image
 
 
 def _rgb(h=12, w=17, seed=0):
@@ -135,3 +136,49 @@ def _write_png16_rgb(path, rgb16):
     rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _fail_half_way(image, path, *args, **kwargs):
+    """Stands in for `PIL.Image.Image.save` on a disk that fills up mid-write."""
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG half an image")
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_a_save_failing_half_way_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "img.png"
+    save_image(path, _rgb())
+    before = path.read_bytes()
+    monkeypatch.setattr(Image.Image, "save", _fail_half_way)
+    with pytest.raises(files.WriteError) as info:
+        save_image(path, _rgb(seed=1))
+    assert str(info.value).endswith(f"cannot write {path}: no space left on the device")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["img.png"]  # no temporary file left
+
+
+def test_save_format_follows_the_suffix_pil_writes(tmp_path):
+    assert save_format("a/b.png") == save_format("B.PNG") == "PNG"
+    assert save_format("x.tif") == "TIFF" and save_format("x.jpeg") == "JPEG"
+    for name in ("out", "out.xyz", "layers.psd"):  # no suffix, unknown, read-only in PIL
+        assert save_format(name) is None, name
+        with pytest.raises(ValueError, match=f"save_image\\({tmp_path / name}\\)"):
+            save_image(tmp_path / name, _rgb())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_multi_frame_image_warns_that_only_its_first_frame_is_used(tmp_path):
+    first, second = _rgb(8, 10, seed=0) // 64 * 64, _rgb(8, 10, seed=1) // 64 * 64  # 64 colours
+    path = tmp_path / "anim.gif"
+    Image.fromarray(first).save(path, save_all=True, append_images=[Image.fromarray(second)])
+    with Image.open(path) as im:
+        assert im.n_frames == 2
+    with pytest.warns(UserWarning) as record:
+        out = load_image(path)
+    (message,) = [str(w.message) for w in record]
+    assert message.startswith(str(path)) and "only the first of its 2 frames used" in message
+    np.testing.assert_array_equal(out, first)
+    save_image(tmp_path / "still.gif", first)
+    with pytest.warns(UserWarning) as record:  # one frame: the palette warning only
+        load_image(tmp_path / "still.gif")
+    assert not any("frames" in str(w.message) for w in record)

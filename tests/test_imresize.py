@@ -241,19 +241,24 @@ def bicubic_baseline_psnr(dataset: str, scale: int) -> float:
     return float(np.mean(scores))
 
 
+# `ours`: this deterministic pipeline's value (any change to imresize, Y, the shave or the mean
+# moves it past 1e-4 dB); `published`, `gap`: the papers' bicubic rows and how far from them it
+# may be (Set14's rows were computed with other conventions for its grayscale image).
 @pytest.mark.parametrize(
-    "dataset, scale, published, tol",
+    "dataset, scale, ours, published, gap",
     [
-        ("Set5", 2, 33.66, 0.03),
-        ("Set5", 3, 30.39, 0.03),
-        ("Set5", 4, 28.42, 0.03),
-        ("Set14", 2, 30.24, 0.15),
-        ("Set14", 3, 27.55, 0.15),
-        ("Set14", 4, 26.00, 0.15),
-        ("B100", 2, 29.56, 0.15),
-        ("B100", 3, 27.21, 0.15),
-        ("B100", 4, 25.96, 0.15),
+        ("Set5", 2, 33.673410, 33.66, 0.015),
+        ("Set5", 3, 30.403312, 30.39, 0.015),
+        ("Set5", 4, 28.429017, 28.42, 0.015),
+        ("Set14", 2, 30.324579, 30.24, 0.09),
+        ("Set14", 3, 27.631108, 27.55, 0.09),
+        ("Set14", 4, 26.088401, 26.00, 0.09),
+        ("B100", 2, 29.559937, 29.56, 0.005),
+        ("B100", 3, 27.209045, 27.21, 0.005),
+        ("B100", 4, 25.961331, 25.96, 0.005),
     ],
 )
-def test_bicubic_baseline_matches_published_psnr(dataset, scale, published, tol):
-    assert bicubic_baseline_psnr(dataset, scale) == pytest.approx(published, abs=tol)
+def test_bicubic_baseline_matches_published_psnr(dataset, scale, ours, published, gap):
+    value = bicubic_baseline_psnr(dataset, scale)
+    assert value == pytest.approx(ours, abs=1e-4)
+    assert value == pytest.approx(published, abs=gap)

@@ -48,3 +48,28 @@ def test_cli_names_a_missing_input(x4_checkpoint, tmp_path):
                              str(tmp_path / 'sr.png'), '--checkpoint', str(x4_checkpoint)],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and 'nope.png' in result.stderr
+
+
+class Loaded(Exception):
+    """Raised in place of loading the model: the arguments got past the checks before it."""
+
+
+def test_an_output_without_an_image_suffix_is_refused_before_the_model_loads(tmp_path,
+                                                                               monkeypatch,
+                                                                               capsys):
+    image_io.save_image(tmp_path / 'in.png', np.zeros((4, 5, 3), np.uint8))
+
+    def load_upscaler(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(inference, 'load_upscaler', load_upscaler)
+    argv = lambda output: [str(tmp_path / 'in.png'), str(tmp_path / output),
+                           '--checkpoint', str(tmp_path / 'model')]
+    for output in ('out', 'out.xyz', 'out.psd'):
+        with pytest.raises(SystemExit) as info:
+            upscale.main(argv(output))
+        assert info.value.code == 2, output
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f'the output {tmp_path / output} does not end in a suffix' in error, error
+    with pytest.raises(Loaded):
+        upscale.main(argv('OUT.PNG'))

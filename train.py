@@ -11,7 +11,9 @@ be overridden on the command line, e.g. `--config.train.epochs=10`. Running the 
 resumes from the latest checkpoint in the workdir (default `./workdirs/<config file name>`).
 """
 
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import jax
@@ -19,9 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from enlcn_jax import checkpoints
-from enlcn_jax import data as data_lib
 from enlcn_jax import train_lib
-from enlcn_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
@@ -35,6 +35,8 @@ flags.DEFINE_string('coordinator_address', None, 'with config.distributed: host:
                     "0's coordinator (default: what jax.distributed detects, e.g. on SLURM)")
 flags.DEFINE_integer('num_processes', None, 'with config.distributed: number of processes')
 flags.DEFINE_integer('process_id', None, 'with config.distributed: this process, 0 .. n-1')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'with config.distributed: seconds after which a '
+                     'silent process counts as dead and the others stop', lower_bound=1)
 flags.mark_flags_as_required(['config'])
 
 
@@ -58,26 +60,41 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     checkpoints.quiet_orbax_logs()
     config = FLAGS.config
-    if config.distributed:
-        # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
-        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
+    if not config.distributed:
+        error = train_lib.run_training(config, _workdir(config), FLAGS.allow_config_changes)
+        if error:
+            sys.exit(f'FATAL {error}')
+        return
+    _initialize_distributed()
+    who = f'process {jax.process_index()} of {jax.process_count()}'
+    try:
+        error = train_lib.run_training(config, _workdir(config), FLAGS.allow_config_changes)
+    except BaseException as e:  # pylint: disable=broad-except
+        traceback.print_exc()
+        error = f'{type(e).__name__}: {e}'
+    if error:
+        # Ends this process at once: jax.distributed's shutdown would wait for the other
+        # processes, which wait for this one. They stop at their next collective (with a FATAL
+        # line of their own), or, outside one, when the distributed runtime finds this process
+        # silent for --heartbeat_timeout seconds (it aborts them naming this process).
+        print(f'FATAL {who}: {error}', file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _initialize_distributed() -> None:
+    """`jax.distributed.initialize` from the flags, CPU collectives through gloo."""
+    # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+
+
+def _workdir(config) -> str:
     workdir = FLAGS.workdir or str(
         Path('workdirs') / Path(config_flags.get_config_filename(FLAGS['config'])).stem)
     logging.info('JAX process %d / %d, local devices %s; workdir %s', jax.process_index(),
                  jax.process_count(), jax.local_devices(), workdir)
-    try:
-        train_lib.validate_config(config)
-    except (ValueError, data_lib.DatasetNotFoundError) as e:
-        sys.exit(f'FATAL invalid config: {e}')
-    try:
-        train_lib.train_and_evaluate(config, workdir, FLAGS.allow_config_changes)
-    except data_lib.DatasetNotFoundError as e:
-        sys.exit(f'FATAL dataset not found: {e}')
-    except (workdir_lib.WorkdirError, checkpoints.CheckpointError, FloatingPointError,
-            train_lib.TrainingInterrupted) as e:
-        sys.exit(f'FATAL {e}')
+    return workdir
 
 
 if __name__ == '__main__':

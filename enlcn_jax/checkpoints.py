@@ -12,17 +12,23 @@ orbax `CheckpointManager` directories whose steps are composites of items:
     best/<step>/variables          the model with the best validation PSNR-Y so far
 
     checkpoints/<step>/checksums {'variables': {path: crc32}, 'train': {...}}: verified on load
+    checkpoints/<step>/record    {'format': 2, 'config': the run's config, 'data': fingerprints}
+    best/<step>/checksums, best/<step>/record   the same for the best model
 
 `checkpoints/` keeps the latest `train.keep_checkpoints` steps, `best/` one step. Orbax writes
 each step into a temporary directory and renames it when complete, so a crash during a save
 leaves the previous steps intact. Every array's CRC-32 is saved with it (`checksums.json` in a
 model directory) and checked when it is read back, so a damaged file is an error that names the
-array, not a silently broken model; `load_model` also refuses non-finite weights. `load_model`
-reads a model directory or a workdir.
+array, not a silently broken model; `load_model` also refuses non-finite weights. A checkpoint
+step written with a `record` (a model directory written with `format.json`) must have its
+checksums: a missing one is damage, not an old format; only checkpoints written before
+checksums existed load without them, with a warning. `load_model` reads a model directory or a
+workdir.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as std_logging
 import zlib
@@ -33,12 +39,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from enlcn_jax import models
+from enlcn_jax import files, models
 
 MODEL_CONFIG = 'model_config.json'
 VARIABLES = 'variables'
 TRAIN = 'train'
 CHECKSUMS = 'checksums'
+RECORD = 'record'
+FORMAT_FILE = 'format.json'
+# Version of what is written: 2 = checksums always, and a record with every checkpoint step.
+FORMAT = 2
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr_y'
@@ -73,11 +83,35 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
     if (directory / VARIABLES).exists():
         raise FileExistsError(f'{directory / VARIABLES} already exists; choose another --out')
     directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / VARIABLES, variables)
-    (directory / f'{CHECKSUMS}.json').write_text(json.dumps(checksums(variables), indent=2))
-    (directory / MODEL_CONFIG).write_text(json.dumps(model_config, indent=2, sort_keys=True))
+    files.write_text(directory / FORMAT_FILE, json.dumps({'format': FORMAT}))
+    files.write_text(directory / f'{CHECKSUMS}.json', json.dumps(checksums(variables), indent=2))
+    files.write_text(directory / MODEL_CONFIG, json.dumps(model_config, indent=2, sort_keys=True))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(directory / VARIABLES, variables)
+    except OSError as e:
+        raise files.write_error(directory / VARIABLES, e) from e
     return directory
+
+
+@contextlib.contextmanager
+def _read_as_damage(where: Path):
+    """Turns orbax's and tensorstore's errors reading `where` into one `CheckpointError`."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f'{where} cannot be read ({reason}): the checkpoint is damaged; '
+                              'use another checkpoint') from e
+
+
+def _read_json(path: Path):
+    """The JSON value of `path`; an unreadable or truncated file is a `CheckpointError` naming
+    it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{path} is unreadable ({e}): the checkpoint is damaged') from e
 
 
 def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
@@ -87,21 +121,33 @@ def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
     if not config_path.exists() or not (directory / VARIABLES).exists():
         raise FileNotFoundError(f'{directory} is not a model directory '
                                 f'(needs {MODEL_CONFIG} and {VARIABLES}/)')
-    config = json.loads(config_path.read_text())
-    with ocp.StandardCheckpointer() as checkpointer:
+    config = _read_json(config_path)
+    with _read_as_damage(directory / VARIABLES), ocp.StandardCheckpointer() as checkpointer:
         target = _numpy_like(checkpointer.metadata(directory / VARIABLES).item_metadata)
         variables = _as_numpy(checkpointer.restore(directory / VARIABLES, target))
     checksum_file = directory / f'{CHECKSUMS}.json'
     if checksum_file.exists():
-        verify_checksums(variables, json.loads(checksum_file.read_text()), directory)
+        verify_checksums(variables, _read_json(checksum_file), directory)
+    elif (directory / FORMAT_FILE).exists():
+        raise CheckpointError(f'{checksum_file} is missing: the model directory is damaged')
+    else:
+        logging.warning('%s was written without checksums: its arrays cannot be verified',
+                        directory)
     check_finite(variables, directory)
     return config, variables
 
 
-def _options(read_only: bool, preservation_policy: ocp.checkpoint_managers.PreservationPolicy,
+def _options(name: str, read_only: bool,
+             preservation_policy: ocp.checkpoint_managers.PreservationPolicy,
              **kwargs) -> ocp.CheckpointManagerOptions:
     """Writers keep what `preservation_policy` keeps and delete leftovers of interrupted saves;
-    readers touch nothing (a training run may be writing to the same directory)."""
+    readers touch nothing (a training run may be writing to the same directory).
+
+    `name` prefixes the manager's cross-process barriers: with several processes, the two
+    managers of a workdir save concurrently, and barriers of one name would collide.
+    """
+    kwargs['multiprocessing_options'] = ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=name)
     if read_only:
         return ocp.CheckpointManagerOptions(read_only=True, create=False,
                                             save_interval_steps=0, **kwargs)
@@ -116,8 +162,9 @@ def latest_manager(workdir: str | Path, keep: int = 3,
         Path(workdir).absolute() / CHECKPOINTS_DIR,
         item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
                        TRAIN: ocp.StandardCheckpointHandler(),
-                       CHECKSUMS: ocp.JsonCheckpointHandler()},
-        options=_options(read_only, ocp.checkpoint_managers.LatestN(n=keep)))
+                       CHECKSUMS: ocp.JsonCheckpointHandler(),
+                       RECORD: ocp.JsonCheckpointHandler()},
+        options=_options(CHECKPOINTS_DIR, read_only, ocp.checkpoint_managers.LatestN(n=keep)))
 
 
 def _best_metric(metrics: dict) -> float:
@@ -129,9 +176,10 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
     return ocp.CheckpointManager(
         Path(workdir).absolute() / BEST_DIR,
         item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
-                       CHECKSUMS: ocp.JsonCheckpointHandler()},
+                       CHECKSUMS: ocp.JsonCheckpointHandler(),
+                       RECORD: ocp.JsonCheckpointHandler()},
         # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
-        options=_options(read_only, ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+        options=_options(BEST_DIR, read_only, ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
                          best_fn=_best_metric, best_mode='max'))
 
 
@@ -159,17 +207,18 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int
         raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
                                 f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
                                 f'{CHECKPOINTS_DIR}/)')
-    config = json.loads((path / MODEL_CONFIG).read_text())
+    config = _read_json(path / MODEL_CONFIG)
     with (best_manager(path, read_only=True) if which == 'best'
           else latest_manager(path, read_only=True)) as manager:
         step = manager.best_step() if which == 'best' else manager.latest_step()
         if step is None:
             raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
-        target = _numpy_like(manager.item_metadata(step)[VARIABLES])
-        restored = manager.restore(
-            step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
-        variables = _as_numpy(restored[VARIABLES])
         where = manager.directory / str(step)
+        with _read_as_damage(where):
+            target = _numpy_like(manager.item_metadata(step)[VARIABLES])
+            restored = manager.restore(
+                step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
+        variables = _as_numpy(restored[VARIABLES])
         saved = _saved_checksums(manager, step)
         if saved is not None:
             verify_checksums(variables, saved[VARIABLES], where)
@@ -181,21 +230,68 @@ def _train_items(state) -> dict:
     return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
 
 
-def save_train_state(manager: ocp.CheckpointManager, state) -> None:
-    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously),
-    with the checksums of its arrays."""
-    items = {VARIABLES: state.variables, TRAIN: _train_items(state)}
-    manager.save(int(state.step), args=ocp.args.Composite(
+def _save(manager: ocp.CheckpointManager, step: int, items: dict, record: dict | None,
+          **kwargs) -> None:
+    """Saves `items` (name -> tree) as `step` with their checksums and `record` (asynchronously).
+
+    Raises:
+      files.WriteError: orbax could not write (a full disk), naming the directory.
+    """
+    args = ocp.args.Composite(
         **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
-        **{CHECKSUMS: ocp.args.JsonSave({name: checksums(tree) for name, tree in items.items()})}))
+        **{CHECKSUMS: ocp.args.JsonSave({name: checksums(tree) for name, tree in items.items()}),
+           RECORD: ocp.args.JsonSave({'format': FORMAT, **(record or {})})})
+    try:
+        manager.save(step, args=args, **kwargs)
+    except (OSError, ValueError) as e:  # tensorstore reports a full disk as a ValueError
+        raise files.write_error(manager.directory / str(step), e) from e
 
 
-def save_best(manager: ocp.CheckpointManager, state, psnr_y: float) -> None:
+def wait_until_saved(manager: ocp.CheckpointManager) -> None:
+    """Waits for `manager`'s save in flight; a failed one is a `files.WriteError` naming it."""
+    try:
+        manager.wait_until_finished()
+    except (OSError, ValueError) as e:  # tensorstore reports a full disk as a ValueError
+        raise files.write_error(manager.directory, e) from e
+
+
+def save_train_state(manager: ocp.CheckpointManager, state, record: dict | None = None) -> None:
+    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously),
+    with the checksums of its arrays and `record` (what trained it: config, data)."""
+    _save(manager, int(state.step), {VARIABLES: state.variables, TRAIN: _train_items(state)},
+          record)
+
+
+def save_best(manager: ocp.CheckpointManager, state, psnr_y: float,
+              record: dict | None = None) -> None:
     """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
-    manager.save(int(state.step), metrics={BEST_METRIC: psnr_y},
-                 args=ocp.args.Composite(**{
-                     VARIABLES: ocp.args.StandardSave(state.variables),
-                     CHECKSUMS: ocp.args.JsonSave({VARIABLES: checksums(state.variables)})}))
+    _save(manager, int(state.step), {VARIABLES: state.variables}, record,
+          metrics={BEST_METRIC: psnr_y})
+
+
+def saved_record(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The record saved with `step` (`{'format', 'config', 'data'}`), or None for a checkpoint
+    written before records existed.
+
+    Raises:
+      CheckpointError: the record is there but cannot be read (names the step's folder).
+    """
+    if not (manager.directory / str(step) / RECORD).exists():
+        return None
+    try:
+        return manager.restore(step, args=ocp.args.Composite(
+            **{RECORD: ocp.args.JsonRestore()}))[RECORD]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{manager.directory / str(step) / RECORD} is unreadable ({e}): '
+                              f'the checkpoint is damaged; {resume_hint(manager, step)}') from e
+
+
+def resume_hint(manager: ocp.CheckpointManager, step: int) -> str:
+    """What to do with a damaged `step`: the folder to move away and the step training would
+    then resume from."""
+    earlier = [s for s in manager.all_steps() if s < step]
+    then = f'resume from step {max(earlier)}' if earlier else 'start afresh'
+    return f'move {manager.directory / str(step)} out of the workdir to {then}'
 
 
 def restore_train_state(manager: ocp.CheckpointManager, state):
@@ -206,7 +302,9 @@ def restore_train_state(manager: ocp.CheckpointManager, state):
 
     Raises:
       CheckpointError: the checkpoint's model variables do not have the shapes of `state`'s
-        (another model), naming the first differing arrays.
+        (another model), naming the first differing arrays; or the checkpoint is damaged
+        (unreadable, a checksum differs), naming the folder to move away to resume from the
+        step before it.
     """
     step = manager.latest_step()
     if step is None:
@@ -217,13 +315,16 @@ def restore_train_state(manager: ocp.CheckpointManager, state):
         raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
                               f'config builds ({"; ".join(mismatches[:3])}'
                               f'{"; ..." if len(mismatches) > 3 else ""})')
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
-        for name, tree in target.items()}))
-    saved = _saved_checksums(manager, step)
-    if saved is not None:
-        for name in (VARIABLES, TRAIN):
-            verify_checksums(restored[name], saved[name], manager.directory / str(step))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+            for name, tree in target.items()}))
+        saved = _saved_checksums(manager, step)
+        if saved is not None:
+            for name in (VARIABLES, TRAIN):
+                verify_checksums(restored[name], saved[name], manager.directory / str(step))
+    except (OSError, ValueError) as e:  # CheckpointError included
+        raise CheckpointError(f'{e}; {resume_hint(manager, step)}') from e
     variables, train = restored[VARIABLES], restored[TRAIN]
     return state.replace(params=variables['params'],
                          random_features=variables.get(models.RANDOM_FEATURES, {}),
@@ -263,8 +364,18 @@ def check_finite(tree, where: Path) -> None:
 
 
 def _saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict | None:
-    """The checksums item of `step`, or None for a checkpoint written without one."""
-    if not (manager.directory / str(step) / CHECKSUMS).exists():
+    """The checksums item of `step`, or None (with a warning) for a checkpoint written before
+    checksums existed.
+
+    Raises:
+      CheckpointError: a checkpoint written with a record has no checksums (damaged).
+    """
+    where = manager.directory / str(step)
+    if not (where / CHECKSUMS).exists():
+        if (where / RECORD).exists():
+            raise CheckpointError(f'{where / CHECKSUMS} is missing: the checkpoint is damaged; '
+                                  'use another checkpoint')
+        logging.warning('%s was written without checksums: its arrays cannot be verified', where)
         return None
     return manager.restore(step, args=ocp.args.Composite(
         **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]

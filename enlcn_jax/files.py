@@ -24,17 +24,20 @@ class WriteError(OSError):
 
 
 def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    """The cause in a few words (a library's long message: its first line)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
+            os.strerror(errno.ENOSPC) in str(error):
         return 'no space left on the device'
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return str(error) or type(error).__name__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def write_error(path: str | os.PathLike, error: BaseException) -> WriteError:
     """The `WriteError` for a failed write of `path` (keeps the errno of an `OSError`)."""
-    code = error.errno if isinstance(error, OSError) else None
-    return WriteError(code, f'cannot write {path}: {_reason(error)}')
+    written = WriteError(f'cannot write {path}: {_reason(error)}')
+    written.errno = error.errno if isinstance(error, OSError) else None
+    return written
 
 
 @contextlib.contextmanager

@@ -1,5 +1,9 @@
 """Training metrics: per-step values gathered on device, checked and averaged at each flush, and
 written to `<workdir>/metrics.jsonl` and TensorBoard event files.
+
+`metrics.jsonl` is strict JSON, one object per line: `{"step": int, "<name>": float, ...}`. A
+value that is not finite (a diverging validation) is written as `null` and its name listed under
+`"nonfinite"`, e.g. `{"step": 6, "val/psnr_y": null, "nonfinite": ["val/psnr_y"]}`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from tensorboardX import SummaryWriter
+
+from enlcn_jax import files
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -75,35 +82,65 @@ class MetricLogger:
 
     def __init__(self, workdir: Path, enabled: bool = True):
         self.enabled = enabled
+        self._path = Path(workdir) / METRICS_FILE
         if enabled:
-            self._jsonl = open(Path(workdir) / METRICS_FILE, 'a', encoding='utf-8')
             self._tensorboard = SummaryWriter(str(workdir))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
+        """Appends one record (see the module docstring); `files.WriteError` if it cannot."""
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-        self._jsonl.flush()
-        for name, value in scalars.items():
-            self._tensorboard.add_scalar(name, value, step)
-        self._tensorboard.flush()
+        files.append_line(self._path, json_record(step, scalars))
+        try:
+            for name, value in scalars.items():
+                self._tensorboard.add_scalar(name, value, step)
+            self._tensorboard.flush()
+        except OSError as e:
+            raise files.write_error(self._tensorboard.logdir, e) from e
 
     def close(self) -> None:
+        """Closes the event file; a failure to flush it is a warning (metrics.jsonl has every
+        record), so it never hides the error that ended a run."""
         if self.enabled:
-            self._jsonl.close()
-            self._tensorboard.close()
+            try:
+                self._tensorboard.close()
+            except OSError as e:
+                logging.warning('TensorBoard events not flushed: %s', files.write_error(
+                    self._tensorboard.logdir, e))
+
+
+def json_record(step: int, scalars: dict[str, float]) -> str:
+    """One line of `metrics.jsonl`: strict JSON, non-finite values as null listed in
+    `nonfinite`."""
+    record = {'step': step}
+    nonfinite = []
+    for name, value in scalars.items():
+        finite = value is None or math.isfinite(value)
+        record[name] = value if finite else None
+        if not finite:
+            nonfinite.append(name)
+    if nonfinite:
+        record['nonfinite'] = nonfinite
+    return json.dumps(record, allow_nan=False)
 
 
 def _records(workdir: Path) -> list[dict]:
+    """The records of `metrics.jsonl`; a line that is not one (cut short by a kill, or edited)
+    is left out with a warning naming it."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding='utf-8').splitlines():
+    for number, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
         try:
-            records.append(json.loads(line))
-        except ValueError:  # a line cut short by a kill
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and type(record.get('step')) is int):
+            logging.warning('%s line %d is not a metrics record (a JSON object with an integer '
+                            '"step"); left out: %.80s', path, number, line)
             continue
+        records.append(record)
     return records
 
 
@@ -117,7 +154,5 @@ def drop_records_after(workdir: str | Path, step: int) -> None:
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return
-    kept = [r for r in _records(Path(workdir)) if r.get('step', 0) <= step]
-    temporary = path.with_name(f'.{path.name}.tmp')
-    temporary.write_text(''.join(json.dumps(r) + '\n' for r in kept), encoding='utf-8')
-    temporary.replace(path)
+    kept = [r for r in _records(Path(workdir)) if r['step'] <= step]
+    files.write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))

@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import math
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -46,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from enlcn_jax import checkpoints
 from enlcn_jax import data as data_lib
-from enlcn_jax import evaluate, inference, input_pipeline
+from enlcn_jax import evaluate, files, inference, input_pipeline
 from enlcn_jax import losses, metric_logging
 from enlcn_jax import models
 from enlcn_jax import workdir as workdir_lib
@@ -230,6 +233,10 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+class DataError(ValueError):
+    """A configured dataset that cannot be trained on; the message names the config key."""
+
+
 def _require_dir(key: str, value: str, why: str) -> None:
     if not value or not Path(value).is_dir():
         raise data_lib.DatasetNotFoundError(f'config.{key}={value!r} is not a directory ({why})')
@@ -266,17 +273,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             _require_dir('data.val_lr_dir', data.val_lr_dir, "LR images, or '' to make them")
     if data.tfds_data_dir and 'tfds' in (data.source, data.val_source):
         _require_dir('data.tfds_data_dir', data.tfds_data_dir, 'the prepared TFDS data_dir')
-    for key in ('data.lr_patch', 'data.batch_size', 'train.epochs', 'train.steps_per_epoch',
-                'train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
-                'train.eval_every_epochs', 'train.eval_bucket', 'train.redraw.steps'):
+    for key in ('data.lr_patch', 'data.batch_size', 'data.num_workers', 'train.epochs',
+                'train.steps_per_epoch', 'train.log_every', 'train.checkpoint_every_steps',
+                'train.keep_checkpoints', 'train.eval_every_epochs', 'train.eval_bucket',
+                'train.redraw.steps'):
         section, *rest = key.split('.')
         value = functools.reduce(getattr, rest, config[section])
         if value < 1:
             raise ValueError(f'config.{key} must be >= 1, got {value}')
     for key, value, minimum in (('train.lr', train.lr, 0.0),
                                 ('train.lr_decay_factor', train.lr_decay_factor, 0.0)):
-        if not value > minimum:
-            raise ValueError(f'config.{key} must be > {minimum}, got {value}')
+        if not (value > minimum and math.isfinite(value)):
+            raise ValueError(f'config.{key} must be finite and > {minimum}, got {value}')
+    for key, source, photos in (('data.photos', data.source, data.photos),
+                                ('data.val_photos', data.val_source, data.val_photos)):
+        if source == 'skimage' and not photos:
+            raise ValueError(f'config.{key} is empty: name at least one scikit-image photo')
     if train.contrastive.weight < 0:
         raise ValueError(f'config.train.contrastive.weight must be >= 0, got '
                          f'{train.contrastive.weight}')
@@ -296,26 +308,52 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset,
                                                                data_lib.SRDataset | None]:
-    """`(train, validation or None)` as configured; `validation` cut to `data.val_limit` images."""
+    """`(train, validation or None)` as configured; `validation` cut to `data.val_limit` images.
+
+    Raises:
+      data_lib.DatasetNotFoundError: a dataset folder or TFDS dataset that does not exist.
+      DataError: a dataset of which no image can be used, naming its config key.
+    """
     data, scale = config.data, config.model.scale
 
-    def load(source: str, split: str, hr_dir: str, lr_dir: str, photos) -> data_lib.SRDataset:
-        if source == 'folder':
-            return data_lib.load_folder(hr_dir, scale, lr_dir or None, data.cache_dir or None,
-                                        data.num_workers)
-        if source == 'tfds':
-            return data_lib.load_div2k_tfds(split, scale, data.tfds_data_dir or None)
-        return data_lib.load_skimage_photos(photos, scale)
+    def load(source: str, split: str, hr_dir: str, lr_dir: str, photos,
+             key: str) -> data_lib.SRDataset:
+        try:
+            if source == 'folder':
+                return data_lib.load_folder(hr_dir, scale, lr_dir or None,
+                                            data.cache_dir or None, data.num_workers)
+            if source == 'tfds':
+                return data_lib.load_div2k_tfds(split, scale, data.tfds_data_dir or None)
+            return data_lib.load_skimage_photos(photos, scale)
+        except data_lib.DatasetNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise DataError(f'config.{key}: no image can be used ({e})') from e
 
-    train_ds = load(data.source, 'train', data.hr_dir, data.lr_dir, data.photos)
+    train_ds = load(data.source, 'train', data.hr_dir, data.lr_dir, data.photos,
+                    'data.hr_dir' if data.source == 'folder' else 'data.source')
     if data.val_source == 'none':
         return train_ds, None
     split = f'validation[:{data.val_limit}]' if data.val_limit else 'validation'
-    val_ds = load(data.val_source, split, data.val_hr_dir, data.val_lr_dir, data.val_photos)
+    val_ds = load(data.val_source, split, data.val_hr_dir, data.val_lr_dir, data.val_photos,
+                  'data.val_hr_dir' if data.val_source == 'folder' else 'data.val_source')
     if data.val_limit:
         n = data.val_limit
         val_ds = data_lib.SRDataset(val_ds.names[:n], val_ds.hr[:n], val_ds.lr[:n], val_ds.scale)
     return train_ds, val_ds
+
+
+def dataset_fingerprint(dataset: data_lib.SRDataset | None) -> dict | None:
+    """`{'images': count, 'sha256': hex}` over the names, shapes and pixels of every pair (None
+    for no dataset): equal exactly when the same images are loaded in the same order."""
+    if dataset is None:
+        return None
+    digest = hashlib.sha256()
+    for name, hr, lr in zip(dataset.names, dataset.hr, dataset.lr):
+        digest.update(f'{name}|{hr.shape}|{lr.shape}|'.encode())
+        digest.update(np.ascontiguousarray(hr).data)
+        digest.update(np.ascontiguousarray(lr).data)
+    return {'images': len(dataset), 'sha256': digest.hexdigest()}
 
 
 class TrainingInterrupted(RuntimeError):
@@ -365,14 +403,51 @@ def _last_checkpoint(manager) -> str:
             'is intact.')
 
 
+def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
+                 allow_config_changes: bool = False) -> str | None:
+    """`train_and_evaluate` for a command line: returns the one-line reason of a failure the
+    user can act on (a bad config, a missing or unusable dataset, a workdir or checkpoint that
+    cannot be used, a diverged run, Ctrl-C, a full disk), or None when training finished.
+    Anything else (a bug) raises."""
+    try:
+        validate_config(config)
+    except (ValueError, data_lib.DatasetNotFoundError) as e:
+        return f'invalid config: {e}'
+    try:
+        train_and_evaluate(config, workdir, allow_config_changes)
+    except data_lib.DatasetNotFoundError as e:
+        return f'dataset not found: {e}'
+    except (DataError, workdir_lib.WorkdirError, checkpoints.CheckpointError, files.WriteError,
+            FloatingPointError, TrainingInterrupted) as e:
+        return str(e)
+    except KeyboardInterrupt:
+        return 'interrupted while starting: no step was trained and nothing was saved'
+    return None
+
+
+def _finish_saves(*managers) -> None:
+    """Waits for the managers' saves in flight and closes them; a failed save raises
+    `files.WriteError` (after every manager was closed)."""
+    errors = []
+    for manager in managers:
+        try:
+            checkpoints.wait_until_saved(manager)
+        except files.WriteError as e:
+            errors.append(e)
+        with contextlib.suppress(Exception):  # its save's failure is the error above
+            manager.close()
+    if errors:
+        raise errors[0]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        allow_config_changes: bool = False) -> TrainState:
     """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
 
     Workdir:
-      config.json          the full config (a resumed run must match it, see `workdir`)
+      config.json          the latest run's full config (each checkpoint step records its own)
       model_config.json    the flat model config (for `checkpoints.load_model`)
-      metrics.jsonl        one JSON object per logged step / validation (`step` + scalars)
+      metrics.jsonl        one JSON object per logged step / validation (`metric_logging`)
       events.out.tfevents.*  the same scalars for TensorBoard
       checkpoints/, best/  see `checkpoints`
       train.lock           held by the training process (see `workdir.WorkdirLock`)
@@ -381,11 +456,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       config: the run's config.
       workdir: where everything is written.
       allow_config_changes: resume even if the config changes keys outside
-        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe).
+        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe) or the training
+        images changed.
     Raises:
-      FloatingPointError: a non-finite loss or gradient; the message names the step and the
-        last checkpoint, which was saved before it and is left as it was.
+      FloatingPointError: a non-finite loss, gradient or parameter; the message names the step
+        and the last checkpoint, which was saved before it and is left as it was.
       workdir.WorkdirError: another process trains this workdir, or it holds another run.
+      checkpoints.CheckpointError: the latest checkpoint is damaged or holds another model.
+      DataError, data_lib.DatasetNotFoundError: a dataset that cannot be used.
+      files.WriteError: an output could not be written (a full disk), naming it.
       TrainingInterrupted: Ctrl-C; the message names the last checkpoint.
     Returns:
       the final state.
@@ -394,15 +473,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
-        if is_main:
-            workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
-        return _train_and_evaluate(config, workdir, is_main)
+        record = workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
+        return _train_and_evaluate(config, workdir, is_main, record, allow_config_changes)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
-                        is_main: bool) -> TrainState:
+def _restart_best_tracking(workdir: Path, record: dict | None, val_fingerprint: dict | None,
+                           is_main: bool) -> None:
+    """Moves `best/` aside when its PSNRs were measured on other validation images than this
+    run's: best/ then tracks this validation set from scratch."""
+    old = (record or {}).get('data', {}).get('val')
+    best_dir = workdir / checkpoints.BEST_DIR
+    if not (is_main and old and val_fingerprint and old != val_fingerprint and best_dir.is_dir()):
+        return
+    aside = best_dir.with_name(f'{checkpoints.BEST_DIR}.val-{old["sha256"][:12]}')
+    shutil.rmtree(aside, ignore_errors=True)
+    best_dir.rename(aside)
+    logging.warning('the validation images changed (%d -> %d images): best/ was chosen on the '
+                    'old ones and is moved to %s; best/ starts again on these', old['images'],
+                    val_fingerprint['images'], aside)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_main: bool,
+                        record: dict | None, allow_config_changes: bool) -> TrainState:
     train_cfg = config.train
     train_ds, val_ds = load_datasets(config)
+    fingerprints = {'train': dataset_fingerprint(train_ds), 'val': dataset_fingerprint(val_ds)}
+    workdir_lib.check_data(record, fingerprints, allow_config_changes)
+    _restart_best_tracking(workdir, record, fingerprints['val'], is_main)
+    run_record = {'config': config.to_dict(), 'data': fingerprints}
 
     model = create_model(config)
     mesh = create_mesh()
@@ -412,28 +510,31 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
     best = checkpoints.best_manager(workdir)
     state = checkpoints.restore_train_state(latest, state)
-    if is_main:  # only once the run is known to resume (or start) cleanly
-        workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
     start_step = int(state.step)
     total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
+    # Every process draws the same global batches and feeds its rows: the result does not
+    # depend on the number of processes.
+    try:
+        loader = input_pipeline.PatchLoader(
+            train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
+            start_step=start_step, num_workers=config.data.num_workers,
+            shard=(jax.process_index(), jax.process_count()))
+    except ValueError as e:
+        raise DataError(f'config.data.lr_patch={config.data.lr_patch}: {e}') from e
+    if is_main:  # only once the run is known to resume (or start) cleanly
+        workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
     if start_step:
         logging.info('Resuming from step %d of %d (%s).', start_step, total_steps, latest.directory)
     if is_main:  # steps after the checkpoint are redone: their old records would be duplicates
         metric_logging.drop_records_after(workdir, start_step)
 
-    p_train_step = compile_train_step(config, mesh)
+    train_step_fn = compile_train_step(config, mesh)
     redraw = compile_redraw(config, mesh)
     learning_rate_fn = create_learning_rate_fn(config)
     logger = metric_logging.MetricLogger(workdir, is_main)
     bicubic = None if val_ds is None else evaluate.evaluate_in_memory(
         val_ds, inference.BicubicUpscaler(val_ds.scale)).summary()['psnr']
     validator = None  # the one evaluator of eval.py, compiled at the first validation
-    # Every process draws the same global batches and feeds its rows: the result does not
-    # depend on the number of processes.
-    loader = input_pipeline.PatchLoader(
-        train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
-        start_step=start_step, num_workers=config.data.num_workers,
-        shard=(jax.process_index(), jax.process_count()))
     batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: shard_batch(b, mesh))
     history = metric_logging.StepMetrics(start_step, config.data.batch_size)
     progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,
@@ -444,7 +545,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         try:
             scalars = history.flush(step)
         except metric_logging.NonFiniteMetrics as e:
-            latest.wait_until_finished()
+            checkpoints.wait_until_saved(latest)
             raise FloatingPointError(f'{e}: training stopped; {_last_checkpoint(latest)}') from e
         if scalars is None:
             return
@@ -452,6 +553,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
                              lr=f'{float(learning_rate_fn(step - 1)):.2e}',
                              steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
+
+    def require_finite(step: int, what: str) -> None:
+        if not _on_every_process(_all_finite(state.params)):
+            checkpoints.wait_until_saved(latest)
+            raise FloatingPointError(
+                f'the parameters after step {step} are not finite (the loss was): training '
+                f'stopped without saving them {what}; {_last_checkpoint(latest)}')
+
+    def save(step: int) -> None:
+        require_finite(step, 'as a checkpoint')
+        checkpoints.save_train_state(latest, state, run_record)
 
     val_psnr = None
 
@@ -465,8 +577,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
         validator.variables = local
         scores = evaluate.evaluate_in_memory(val_ds, validator).summary()
         val_psnr = scores['psnr']
-        checkpoints.save_best(best, state, val_psnr)
-        best.wait_until_finished()
+        require_finite(step, 'as the best model')
+        checkpoints.save_best(best, state, val_psnr, run_record)
+        checkpoints.wait_until_saved(best)
         logger.write(step, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
                             'val/bicubic_psnr_y': bicubic})
         logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)', step, val_psnr,
@@ -490,38 +603,41 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
             index = redraw_index(step, config)
             if index is not None:
                 state = redraw(state, index)
-            state, step_metrics = p_train_step(state, next(batches))
+            state, step_metrics = train_step_fn(state, next(batches))
             history.append(step_metrics)
             done = step + 1
             progress.update()
+            stopping = stop_requested.is_set()
             do_eval = validation_due(done)
-            do_save = done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
+            do_save = (done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
+                       or stopping)
             if done % train_cfg.log_every == 0 or do_save or do_eval:
                 flush(done)
             if do_save:
-                if not _on_every_process(_all_finite(state.params)):
-                    latest.wait_until_finished()
-                    raise FloatingPointError(
-                        f'the parameters after step {done} are not finite (the loss was): '
-                        f'training stopped without saving them; {_last_checkpoint(latest)}')
-                checkpoints.save_train_state(latest, state)
-            if do_eval:
+                save(done)
+            if do_eval and not stopping:
                 validate(done)
-            if stop_requested.is_set():
+            if stopping:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        latest.wait_until_finished()
+        _finish_saves(latest, best)
         raise TrainingInterrupted(f'interrupted after step {int(state.step)}; '
                                   f'{_last_checkpoint(latest)} Run the same command to resume.'
                                   ) from None
+    except BaseException:
+        # With several processes a failure here may be another process's death: a save in
+        # flight then waits at a barrier for ever. Orbax commits a step only once it is
+        # complete, so leaving it unfinished loses nothing.
+        if jax.process_count() == 1:
+            with contextlib.suppress(files.WriteError):  # the error in flight is the one to tell
+                _finish_saves(latest, best)
+        raise
+    else:
+        _finish_saves(latest, best)
     finally:
         _restore_ctrl_c()
         progress.close()
         loader.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
-        latest.close()
-        best.close()
         logger.close()
     if val_psnr is not None:
         logging.info('final validation PSNR-Y %.3f dB vs bicubic %.3f dB (%+.3f dB) on %d image(s)',

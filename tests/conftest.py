@@ -9,9 +9,12 @@ instead, so CI cannot pass on tests that did not run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -29,6 +32,13 @@ SHARED_BENCHMARK = SHARED / 'data' / 'benchmark'
 TRAIN_IMAGES = SHARED / 'data' / 'train'
 
 _MISSING_DATA: list[str] = []
+
+# One persistent compilation cache for the test process and its subprocesses (`env`): the many
+# tiny trainings compile the same programs again under new `jax.jit` objects.
+COMPILATION_CACHE = Path(os.environ.get('JAX_COMPILATION_CACHE_DIR') or
+                         tempfile.mkdtemp(prefix='enlcn_jax_cache_'))
+jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 def require_data(path: Path) -> Path:
@@ -152,12 +162,11 @@ def cli_overrides(**overrides) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def env(tmp_path_factory):
-    """Environment of the subprocesses: repo importable, one compilation cache."""
-    cache = tmp_path_factory.mktemp('jax_cache')
+def env():
+    """Environment of the subprocesses: repo importable, the test process's compilation cache."""
     # tests/ too: subprocess scripts import conftest's helpers.
     return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')]),
-            'JAX_COMPILATION_CACHE_DIR': str(cache),
+            'JAX_COMPILATION_CACHE_DIR': str(COMPILATION_CACHE),
             'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
 
 
@@ -167,3 +176,39 @@ def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedP
     if check and result.returncode:
         raise AssertionError(f'{args[:3]} failed:\n{result.stderr[-3000:]}')
     return result
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str):
+    """A tmpfs of `size` (e.g. `'300K'`) mounted at `directory` (created) for the block; skips
+    the test where mounting is not permitted (not root, no CAP_SYS_ADMIN, no `mount`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
+                                  str(directory)], capture_output=True, text=True, check=False)
+    except OSError as e:
+        pytest.skip(f'cannot mount a tmpfs: {e}')
+    if mounted.returncode:
+        pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.strip()}')
+    try:
+        yield directory
+    finally:
+        subprocess.run(['umount', str(directory)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KiB tmpfs at `tmp_path / 'disk'` (see `tmpfs`)."""
+    with tmpfs(tmp_path / 'disk', '300K') as disk:
+        yield disk
+
+
+def fill(disk):
+    """Writes `disk/filler` until the file system is full."""
+    with open(disk / 'filler', 'wb', buffering=0) as f:
+        with pytest.raises(OSError) as full:
+            while True:
+                f.write(bytes(4096))
+    assert full.value.errno == errno.ENOSPC

@@ -22,6 +22,7 @@ from conftest import batched_contrastive_loss, benchmark_images, cli_overrides, 
 from configs import default
 from enlcn_jax import (checkpoints, data, evaluate, inference, input_pipeline, losses, models,
                        train_lib)
+from enlcn_jax import workdir as workdir_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -410,7 +411,12 @@ def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, t
     ({'train.redraw.every': 'sometimes'}, 'redraw.every'),
     ({'train.lr_decay_epochs': (4, 2)}, 'must be increasing'),
     ({'data.val_source': 'web'}, 'data.val_source'),
-    ({'train.lr': -1e-4}, 'train.lr must be > 0.0, got -0.0001'),
+    ({'train.lr': -1e-4}, 'train.lr must be finite and > 0.0, got -0.0001'),
+    ({'train.lr': float('inf')}, 'train.lr must be finite and > 0.0, got inf'),
+    ({'train.lr_decay_factor': float('nan')}, 'train.lr_decay_factor must be finite'),
+    ({'data.num_workers': 0}, 'data.num_workers must be >= 1, got 0'),
+    ({'data.photos': ()}, 'data.photos is empty'),
+    ({'data.val_photos': ()}, 'data.val_photos is empty'),
     ({'train.contrastive.weight': -1.0}, 'contrastive.weight must be >= 0'),
     ({'model.scale': 5}, 'scale must be 3 or a power of 2'),
     ({'model.num_random_features': 0}, 'model.num_random_features must be >= 1, got 0'),
@@ -430,3 +436,75 @@ def test_configs_build_their_model_and_pass_validation(module):
     train_lib.validate_config(config)
     model = train_lib.create_model(config)
     assert model.body_layout().count('enlca') == (5 if config.model.n_resblocks == 32 else 3)
+
+
+# --- cadences that do not line up -------------------------------------------------------------
+
+# 9 steps of 3-step epochs: checkpoints every 4 steps (4, 8 and the last, 9), a validation every
+# 2 epochs (6, and the last step 9), random features redrawn every 4 steps (0, 4, 8), so a run
+# resumed at step 6 must keep the features the checkpoint holds (drawn at 4) until step 8.
+CADENCE = dict(train__epochs=3, train__checkpoint_every_steps=4, train__eval_every_epochs=2,
+               train__redraw__every='steps', train__redraw__steps=4, train__log_every=1)
+
+
+@pytest.fixture(scope='module')
+def cadence_runs(tmp_path_factory):
+    """`(straight workdir, resumed workdir, lock checks)`: 9 steps at once, and 6 then 3 more
+    with another logging window (2 steps); `lock checks` records, at every save and
+    validation of the straight run, whether the workdir lock was held."""
+    straight, resumed = (tmp_path_factory.mktemp(name) for name in ('straight', 'resumed'))
+    held = []
+
+    def check_lock(real):
+        def save(manager, state, *args, **kwargs):
+            try:
+                with workdir_lib.WorkdirLock(straight):
+                    held.append(False)
+            except workdir_lib.WorkdirError:
+                held.append(True)
+            return real(manager, state, *args, **kwargs)
+        return save
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ('save_train_state', 'save_best'):
+            patch.setattr(checkpoints, name, check_lock(getattr(checkpoints, name)))
+        train_lib.train_and_evaluate(tiny_config(**CADENCE), straight)
+    train_lib.train_and_evaluate(tiny_config(**{**CADENCE, 'train__epochs': 2,
+                                                'train__log_every': 2}), resumed)
+    train_lib.train_and_evaluate(tiny_config(**{**CADENCE, 'train__log_every': 2}), resumed)
+    return straight, resumed, held
+
+
+def test_the_last_steps_are_saved_and_validated_when_cadences_do_not_divide_the_run(
+        cadence_runs):
+    straight, _, held = cadence_runs
+    assert checkpoints.latest_manager(straight, read_only=True).all_steps() == [4, 8, 9]
+    assert [r['step'] for r in read_metrics(straight) if 'val/psnr_y' in r] == [6, 9]
+    assert sorted(train_losses(straight)) == list(range(1, 10))
+    assert held == [True] * 5  # saves at 4, 8, 9; best at 6, 9: all under the lock
+
+
+def test_the_logged_lr_is_the_schedule_s_value_at_each_step(cadence_runs):
+    config = tiny_config(**CADENCE)
+    lr, decay, epoch_steps = config.train.lr, config.train.lr_decay_factor, 3
+    expected = {step: lr * decay ** sum(e * epoch_steps <= step - 1
+                                        for e in config.train.lr_decay_epochs)
+                for step in range(1, 10)}
+    logged = {r['step']: r['train/lr'] for r in read_metrics(cadence_runs[0]) if 'train/lr' in r}
+    assert expected[3] == lr and expected[4] == lr * decay  # the decay starts at step 4
+    assert logged == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_resumed_run_repeats_the_straight_one_and_logs_window_means(cadence_runs):
+    straight, resumed, _ = cadence_runs
+    _, variables_a, step_a = checkpoints.load_model(straight)
+    _, variables_b, step_b = checkpoints.load_model(resumed)
+    assert step_a == step_b == 9
+    assert_trees_close(variables_a, variables_b, rtol=1e-6)
+    per_step, windows = train_losses(straight), train_losses(resumed)
+    # Logged every 2 steps, at the saves (4, 6: the end of the first run, 8, 9) and at the
+    # validation at 6: each record is the mean loss of the steps since the previous one.
+    assert sorted(windows) == [2, 4, 6, 8, 9]
+    for first, last in ((1, 2), (3, 4), (5, 6), (7, 8), (9, 9)):
+        mean = np.mean([per_step[s] for s in range(first, last + 1)])
+        assert windows[last] == pytest.approx(mean, rel=1e-6), (first, last)

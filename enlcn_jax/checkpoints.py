@@ -179,7 +179,8 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
                        CHECKSUMS: ocp.JsonCheckpointHandler(),
                        RECORD: ocp.JsonCheckpointHandler()},
         # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
-        options=_options(BEST_DIR, read_only, ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+        options=_options(BEST_DIR, read_only,
+                         ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
                          best_fn=_best_metric, best_mode='max'))
 
 

@@ -12,7 +12,8 @@
   checkpoint cadence, validation, the compute precision) may change, and `allow_changes` accepts
   the rest deliberately. A checkpoint with no record at all (and no `config.json`) is resumed
   only with `allow_changes`.
-* `check_data`: the same for the training images, by fingerprint (`data.fingerprint`).
+* `check_data`: the same for the training images, by their fingerprint
+  (`train_lib.dataset_fingerprint`).
 * `record_config`: writes `config.json` and `model_config.json` atomically.
 """
 

@@ -441,6 +441,9 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_lib, 'load_datasets', interrupted)
-    assert train_lib.run_training(short_config(), tmp_path) == \
-        'interrupted while starting: no step was trained and nothing was saved'
+    try:
+        error = train_lib.run_training(short_config(), tmp_path)
+    except KeyboardInterrupt:
+        pytest.fail('Ctrl-C while starting escaped as a traceback')
+    assert error == 'interrupted while starting: no step was trained and nothing was saved'
     assert not (tmp_path / 'config.json').exists()

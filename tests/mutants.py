@@ -408,9 +408,6 @@ MUTANTS: tuple[Mutant, ...] = (
            "with atomic_path(path) as temporary, open(temporary, 'wb') as f:",
            "with atomic_path(path) as temporary, open(path, 'wb') as f:",
            ('tests/test_files.py',)),
-    Mutant('failed_process_waits_for_the_others', 'train.py',
-           '        os._exit(1)\n\n\ndef _initialize', '        sys.exit(1)\n\n\ndef _initialize',
-           ('tests/test_distributed.py',)),
     # --- eval / inference / outputs guards (round 2) ---
     Mutant('ambiguous_lr_allowed', 'enlcn_jax/data.py',
            '    if lr_dir is not None:\n        by_stem', '    if False:\n        by_stem',

@@ -84,3 +84,28 @@ def test_two_processes_validate_resume_and_stop_together(tmp_path, env):
         np.testing.assert_allclose([got[step][k] for k in sorted(record)],
                                    [record[k] for k in sorted(record)], rtol=2e-5, err_msg=step)
     assert [s for s, r in got.items() if 'val/psnr_y' in r] == [3, 6]
+
+
+def test_an_error_in_one_process_ends_both_in_bounded_time(tmp_path, env):
+    """Process 1 fails (its validation folder is missing) while process 0 starts training: it
+    exits at once with its FATAL line, instead of waiting in `jax.distributed`'s shutdown for
+    process 0, which waits in a collective for it."""
+    address = f'localhost:{free_port()}'
+    processes = [subprocess.Popen(
+        [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir',
+         str(tmp_path), *cli_overrides(**OVERRIDES), '--config.distributed=True',
+         f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}',
+         f'--heartbeat_timeout={HEARTBEAT_S}',
+         *(['--config.data.val_source=folder', '--config.data.val_hr_dir=/no/such/dir']
+           if i == 1 else [])],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    start = time.time()
+    _, stderr = processes[1].communicate(timeout=60)
+    assert processes[1].returncode == 1, stderr[-3000:]
+    fatal = [line for line in stderr.splitlines() if line.startswith('FATAL')]
+    assert fatal == ["FATAL process 1 of 2: invalid config: config.data.val_hr_dir='/no/such/dir' "
+                     'is not a directory (data.val_source=folder needs HR images)'], stderr[-3000:]
+    processes[0].communicate(timeout=3 * HEARTBEAT_S + 60)
+    print(f'both processes exited {time.time() - start:.1f} s after the start')
+    assert processes[0].returncode != 0

@@ -33,6 +33,7 @@ import json
 import logging as std_logging
 import zlib
 from pathlib import Path
+from typing import Mapping
 
 import jax
 import numpy as np
@@ -100,9 +101,8 @@ def _read_as_damage(where: Path):
     try:
         yield
     except (OSError, ValueError, KeyError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f'{where} cannot be read ({reason}): the checkpoint is damaged; '
-                              'use another checkpoint') from e
+        raise CheckpointError(f'{where} cannot be read ({files.reason(e)}): the checkpoint is '
+                              'damaged; use another checkpoint') from e
 
 
 def _read_json(path: Path):
@@ -356,12 +356,24 @@ def verify_checksums(tree, saved: dict[str, int], where: Path) -> None:
                                   '(the file is damaged); use another checkpoint')
 
 
+def first_non_finite(arrays: Mapping[str, np.ndarray]) -> tuple[str, int, int] | None:
+    """`(name, non-finite count, size)` of the first float array of `arrays` (in order) with a
+    NaN or infinity; None when every one is finite."""
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.inexact):
+            finite = np.count_nonzero(np.isfinite(value))
+            if finite < value.size:
+                return name, value.size - finite, value.size
+    return None
+
+
 def check_finite(tree, where: Path) -> None:
     """Raises `CheckpointError` naming the first array of `tree` with a NaN or infinity."""
-    for path, leaf in _host_leaves(tree).items():
-        if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
-            raise CheckpointError(f'{where}: {path} holds non-finite values (a diverged run); '
-                                  'use an earlier checkpoint')
+    bad = first_non_finite(_host_leaves(tree))
+    if bad is not None:
+        raise CheckpointError(f'{where}: {bad[0]} holds non-finite values (a diverged run); '
+                              'use an earlier checkpoint')
 
 
 def _saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict | None:

@@ -24,7 +24,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from enlcn_jax import models
+from enlcn_jax import checkpoints, models
 
 StateDict = Mapping[str, np.ndarray]
 
@@ -59,12 +59,11 @@ def _enlca(state: StateDict, prefix: str, used: set[str]) -> tuple[dict, dict]:
 
 def _check_finite(state: StateDict) -> None:
     """Raises ConversionError naming the first tensor (in state_dict order) with a NaN or inf."""
-    for name, value in state.items():
-        value = np.asarray(value)
-        if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
-            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-            raise ConversionError(f'state_dict tensor {name!r} has {bad} non-finite value(s) '
-                                  f'(NaN or inf) of {np.size(value)}: corrupt weights')
+    bad = checkpoints.first_non_finite(state)
+    if bad is not None:
+        name, count, size = bad
+        raise ConversionError(f'state_dict tensor {name!r} has {count} non-finite value(s) '
+                              f'(NaN or inf) of {size}: corrupt weights')
 
 
 def convert_enlca_state_dict(state: StateDict) -> dict:
@@ -221,7 +220,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--rgb_range', type=float, default=None,
                         help='PyTorch rgb_range (default: inferred from the mean shift, 1 or 255)')
     args = parser.parse_args(argv)
-    from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
     try:
         models.check_scale(args.scale)
     except ValueError as e:

@@ -23,8 +23,8 @@ class WriteError(OSError):
     """An output could not be written; the message names it. What was there before is intact."""
 
 
-def _reason(error: BaseException) -> str:
-    """The cause in a few words (a library's long message: its first line)."""
+def reason(error: BaseException) -> str:
+    """The cause of an I/O error in a few words (a library's long message: its first line)."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or \
             os.strerror(errno.ENOSPC) in str(error):
         return 'no space left on the device'
@@ -35,7 +35,7 @@ def _reason(error: BaseException) -> str:
 
 def write_error(path: str | os.PathLike, error: BaseException) -> WriteError:
     """The `WriteError` for a failed write of `path` (keeps the errno of an `OSError`)."""
-    written = WriteError(f'cannot write {path}: {_reason(error)}')
+    written = WriteError(f'cannot write {path}: {reason(error)}')
     written.errno = error.errno if isinstance(error, OSError) else None
     return written
 

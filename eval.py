@@ -12,7 +12,7 @@ once are allowed there). Datasets are Set5, Set14, B100, Urban100, Manga109 and 
 markdown table and writes `--output` (JSON), with `.csv` (every image) and `.md` (the table)
 beside it; the JSON config and the printed results name the training step scored when
 `--checkpoint` is a workdir. A failed write (a full disk) is one line naming the file, which keeps
-its previous content. See `enlcn_jax/evaluate.py` for the protocol and `enlcn_jax/inference.py` for the
+its previous content. See `enlcn_jax/evaluator.py` for the protocol and `enlcn_jax/evaluation/inference.py` for the
 inference options.
 """
 
@@ -23,7 +23,13 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from enlcn_jax import data, evaluate, files, inference, models, pictures
+from enlcn_jax.data import sources
+
+from enlcn_jax.evaluation import evaluator, inference, panels
+
+from enlcn_jax.nn import models
+
+from enlcn_jax.storage import files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -33,8 +39,8 @@ flags.DEFINE_list('scale', None, 'SR scale(s); required for --model bicubic, els
 flags.DEFINE_string('checkpoint', None, 'model directory or training workdir (--model enlcn)')
 flags.DEFINE_enum('which', 'latest', ['latest', 'best'], 'checkpoint of a training workdir')
 flags.DEFINE_enum('model', 'enlcn', ['enlcn', 'bicubic'], 'the checkpoint, or the bicubic baseline')
-flags.DEFINE_string('data_dir', None, f'dataset root (default ${data.DATA_ENV}, else '
-                    f'./{data.DEFAULT_DATA_DIR})')
+flags.DEFINE_string('data_dir', None, f'dataset root (default ${sources.DATA_ENV}, else '
+                    f'./{sources.DEFAULT_DATA_DIR})')
 flags.DEFINE_boolean('self_ensemble', False, 'average the 8 dihedral transforms ("+" results)')
 flags.DEFINE_integer('bucket', 16, 'pad LR sides to a multiple of this so sizes share a compiled '
                      'forward (the padding is masked: same numbers); 1 = no padding, one '
@@ -93,8 +99,8 @@ def _check_outputs() -> None:
     output = Path(FLAGS.output)
     if output.is_dir():
         raise app.UsageError(f'--output {output} is a directory: name a results file')
-    if output.suffix not in evaluate.RESULT_SUFFIXES:
-        raise app.UsageError(f'--output {output}: name a {", ".join(evaluate.RESULT_SUFFIXES)} '
+    if output.suffix not in evaluator.RESULT_SUFFIXES:
+        raise app.UsageError(f'--output {output}: name a {", ".join(evaluator.RESULT_SUFFIXES)} '
                              'file (all three are written, with its stem)')
     if any(parent.exists() and not parent.is_dir() for parent in output.parents):
         raise app.UsageError(f'--output {output}: a parent is a file, not a directory')
@@ -114,12 +120,12 @@ def main(argv: list[str]) -> None:
     _check_outputs()
     upscalers = _upscalers(_ints(FLAGS.scale, 'scale'))
     try:  # resolve every dataset, and list its images, before the first forward
-        jobs = [(data.find_dataset(name, u.scale, FLAGS.data_dir), u)
+        jobs = [(sources.find_dataset(name, u.scale, FLAGS.data_dir), u)
                 for u in upscalers for name in FLAGS.dataset]
         for source, upscaler in jobs:
-            data.list_hr_images(source.hr_dir, upscaler.scale, source.lr_dir)
+            sources.list_hr_images(source.hr_dir, upscaler.scale, source.lr_dir)
     # DatasetNotFoundError, a folder without images, HR files sharing the stem of one LR file
-    except (FileNotFoundError, data.AmbiguousLRError) as e:
+    except (FileNotFoundError, sources.AmbiguousLRError) as e:
         raise SystemExit(f'eval.py: --dataset: {e}') from e
     try:
         _score(jobs, upscalers, crop)
@@ -127,19 +133,19 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f'eval.py: {e}') from e
 
 
-def _score(jobs: list[tuple[data.DatasetSource, inference.Upscaler]],
+def _score(jobs: list[tuple[sources.DatasetSource, inference.Upscaler]],
            upscalers: list[inference.Upscaler], crop: list[int]) -> None:
     """Scores every `(dataset, upscaler)` job, writes and prints the results."""
     output = Path(FLAGS.output)
     results = []
     for source, upscaler in jobs:
-        result = evaluate.evaluate_dataset(source, upscaler, save_dir=FLAGS.save_images,
+        result = evaluator.evaluate_dataset(source, upscaler, save_dir=FLAGS.save_images,
                                            keep={FLAGS.compare} if FLAGS.compare else ())
         results.append(result)
         if FLAGS.compare in result.kept:
             path = output.parent / f'compare_{source.name}_x{upscaler.scale}_{FLAGS.compare}.png'
             try:
-                pictures.write_comparison(path, *result.kept[FLAGS.compare], upscaler.scale,
+                panels.write_comparison(path, *result.kept[FLAGS.compare], upscaler.scale,
                                           upscaler.name, tuple(crop) if crop else None)
                 print(f'wrote {path}')
             except ValueError as e:  # a --crop outside the image: the scores still count
@@ -155,9 +161,9 @@ def _score(jobs: list[tuple[data.DatasetSource, inference.Upscaler]],
                  'checkpoint_step': u.checkpoint_step,
                  'shapes': [list(s) for s in u.compiled_shapes]} for u in upscalers]
     step = upscalers[0].checkpoint_step  # one checkpoint, or bicubic upscalers (None)
-    paths = evaluate.write_results(results, output,
+    paths = evaluator.write_results(results, output,
                                    {**config, 'checkpoint_step': step, 'compiled': compiled})
-    print(evaluate.markdown_table(results))
+    print(evaluator.markdown_table(results))
     if step is not None:
         print(f'scored step {step} of {FLAGS.checkpoint} ({FLAGS.which})')
     for r in results:

@@ -20,8 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from enlcn_jax import checkpoints
-from enlcn_jax import train_lib
+from enlcn_jax.storage import checkpoints
+from enlcn_jax.train import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
@@ -61,14 +61,14 @@ def main(argv: list[str]) -> None:
     checkpoints.quiet_orbax_logs()
     config = FLAGS.config
     if not config.distributed:
-        error = train_lib.run_training(config, _workdir(config), FLAGS.allow_config_changes)
+        error = loop.run_training(config, _workdir(config), FLAGS.allow_config_changes)
         if error:
             sys.exit(f'FATAL {error}')
         return
     _initialize_distributed()
     who = f'process {jax.process_index()} of {jax.process_count()}'
     try:
-        error = train_lib.run_training(config, _workdir(config), FLAGS.allow_config_changes)
+        error = loop.run_training(config, _workdir(config), FLAGS.allow_config_changes)
     except BaseException as e:  # pylint: disable=broad-except
         traceback.print_exc()
         error = f'{type(e).__name__}: {e}'

@@ -2,7 +2,7 @@
 
     python -m enlcn_jax.ablation --config configs/ablation_small.py --workdir workdirs/ablation
 
-Each variant trains in `<workdir>/<variant>` with `train_lib.train_and_evaluate` (same steps,
+Each variant trains in `<workdir>/<variant>` with `loop.train_and_evaluate` (same steps,
 same seed; a finished or interrupted variant resumes), is scored on `config.ablation.datasets`
 with the standard protocol (no padding; whole images, or for every variant alike `ablation.tile`
 x `ablation.tile` LR tiles overlapping by `ablation.tile_overlap` where exact softmax attention
@@ -22,7 +22,15 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from enlcn_jax import checkpoints, data, evaluate, files, inference, models, train_lib
+from enlcn_jax.data import sources
+
+from enlcn_jax.evaluation import evaluator, inference
+
+from enlcn_jax.nn import models
+
+from enlcn_jax.storage import checkpoints, files
+
+from enlcn_jax.train import loop
 
 # Overrides applied to the base config for each row of the table.
 VARIANTS: dict[str, dict] = {
@@ -61,7 +69,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
     """Trains and evaluates every variant of `base.ablation.variants` (all if empty)."""
     workdir = Path(workdir)
     names = [n for n in base.ablation.variants.split(',') if n] or list(VARIANTS)
-    sources = [data.find_dataset(d, base.model.scale, base.ablation.data_dir)
+    sources = [sources.find_dataset(d, base.model.scale, base.ablation.data_dir)
                for d in base.ablation.datasets.split(',') if d]
     # The rows and the table both use the resolved names ('set5' -> 'Set5', a folder path -> the
     # folder's name), never the names as typed.
@@ -70,7 +78,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
     for name in names:
         config = variant_config(base, name)
         start = time.perf_counter()
-        train_lib.train_and_evaluate(config, workdir / name)
+        loop.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
         model_config, variables, _ = checkpoints.load_model(workdir / name, 'latest')
         upscaler = inference.ModelUpscaler(
@@ -81,7 +89,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
                'train_seconds': train_seconds}
         start = time.perf_counter()
         for source in sources:
-            result = evaluate.evaluate_dataset(source, upscaler, progress=False).summary()
+            result = evaluator.evaluate_dataset(source, upscaler, progress=False).summary()
             row[f'{source.name} PSNR'] = result['psnr']
             row[f'{source.name} SSIM'] = result['ssim']
         row['eval_seconds'] = time.perf_counter() - start
@@ -94,7 +102,7 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
                 workdir: Path) -> None:
     """Writes `<workdir>/ablation.md` and `ablation.json` (rewritten after every variant).
 
-    `datasets` are the resolved dataset names (`data.DatasetSource.name`) the rows' PSNR
+    `datasets` are the resolved dataset names (`sources.DatasetSource.name`) the rows' PSNR
     keys (`'<name> PSNR'`) use.
     """
     steps = base.train.epochs * base.train.steps_per_epoch

@@ -24,7 +24,9 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from enlcn_jax import checkpoints, models
+from enlcn_jax.nn import models
+
+from enlcn_jax.storage import checkpoints
 
 StateDict = Mapping[str, np.ndarray]
 

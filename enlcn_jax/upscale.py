@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from enlcn_jax import files, image_io, inference, models
+from enlcn_jax.data import image_io
+
+from enlcn_jax.evaluation import inference
+
+from enlcn_jax.nn import models
+
+from enlcn_jax.storage import files
 
 
 def upscale_file(src: str | Path, dst: str | Path, upscaler: inference.ModelUpscaler) -> np.ndarray:

@@ -32,7 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from enlcn_jax import attention, features, image_io, models, pictures
+from enlcn_jax.data import image_io
+
+from enlcn_jax.evaluation import panels
+
+from enlcn_jax.nn import attention, features, models
 
 Array = jax.Array
 MAP_KINDS = ('NLA', 'ENLA', 'softmax k', 'ENLCA')
@@ -182,7 +186,7 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
 
 def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
     if checkpoint:
-        from enlcn_jax import checkpoints  # pylint: disable=import-outside-toplevel
+        from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
         config, variables, _ = checkpoints.load_model(checkpoint)
         return models.from_config(config), variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == 'maps':
         pixel = tuple(int(v) for v in args.pixel.split(','))
         maps = query_attention_maps(model, variables, image, pixel, args.module)
-        png = pictures.plot_maps(image, maps, pixel, out.with_suffix('.png'),
+        png = panels.plot_maps(image, maps, pixel, out.with_suffix('.png'),
                         f'module {args.module}, query {pixel}')
         summary = {kind: {'max': float(m.max()), 'entropy': float(-(m * np.log(m + 1e-30)).sum())}
                    for kind, m in maps.items()}
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = approximation_study(theta, delta, value, [float(v) for v in args.ks.split(',')],
                                       [int(v) for v in args.ms.split(',')], args.draws,
                                       feature_maps=feature_maps)
-        png = pictures.plot_study(summary, out.with_suffix('.png'))
+        png = panels.plot_study(summary, out.with_suffix('.png'))
     out.with_suffix('.json').write_text(json.dumps(summary, indent=2))
     print(f'wrote {png} and {out.with_suffix(".json")}')
 

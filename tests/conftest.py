@@ -1,7 +1,7 @@
 """Shared test helpers: where the test data lives, the PyTorch reference outputs, comparisons.
 
-Data that ships with the repository (`tests/data/`): both PyTorch fixture files (see
-`tests/data/FIXTURES.md`) and Set5. The larger benchmark and training images (Set14, B100,
+Data that ships with the repository (`tests/fixtures/`): both PyTorch fixture files (see
+`tests/fixtures/FIXTURES.md`) and Set5. The larger benchmark and training images (Set14, B100,
 Sun-Hays 80) are read from `../shared/data` (or `$ENLCN_SHARED/data`) when it is there. A test
 whose data is missing is skipped and listed at the end of the run; with `CI=true` it fails
 instead, so CI cannot pass on tests that did not run.
@@ -24,7 +24,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-TEST_DATA = TESTS / 'data'
+TEST_DATA = TESTS / 'fixtures'
 SHARED = Path(os.environ.get('ENLCN_SHARED', REPO.parent / 'shared'))  # Set14, B100, ...
 FIXTURE = TEST_DATA / 'pytorch_reference.npz'
 FIXTURE_EXTRA = TEST_DATA / 'pytorch_reference_extra.npz'
@@ -53,7 +53,7 @@ def require_data(path: Path) -> Path:
 
 
 def benchmark_root(name: str) -> Path:
-    """The folder that holds `<name>/HR`: `tests/data/benchmark` for Set5, else ../shared."""
+    """The folder that holds `<name>/HR`: `tests/fixtures/benchmark` for Set5, else ../shared."""
     local = TEST_DATA / 'benchmark'
     root = local if (local / name).is_dir() else SHARED_BENCHMARK
     require_data(root / name / 'HR')
@@ -79,7 +79,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope='session')
 def reference():
-    """The authors' PyTorch outputs, x2 / x4 ENLCN and one ENLCA (tests/data/FIXTURES.md)."""
+    """The authors' PyTorch outputs, x2 / x4 ENLCN and one ENLCA (tests/fixtures/FIXTURES.md)."""
     return _load_npz(FIXTURE)
 
 
@@ -97,7 +97,8 @@ def state_dict(reference, prefix):
 
 def save_fixture_model(reference, directory: Path, scale: int = 2) -> Path:
     """The authors' small x2/x4 ENLCN (8 blocks, 32 features), converted, as a model directory."""
-    from enlcn_jax import checkpoints, convert
+    from enlcn_jax import convert
+    from enlcn_jax.storage import checkpoints
     config, variables = convert.convert_state_dict(state_dict(reference, f'x{scale}'), scale)
     return checkpoints.save_model(directory, config, variables)
 
@@ -129,7 +130,7 @@ def unit_embeddings(key, shape, amplification=6.0):
 def batched_contrastive_loss(q, k, *args, **kwargs):
     """`losses.contrastive_loss` (one image) batched as its docstring says: the mean over
     `jax.vmap` of `[B, N, d]` inputs."""
-    from enlcn_jax import losses  # pylint: disable=import-outside-toplevel
+    from enlcn_jax.nn import losses  # pylint: disable=import-outside-toplevel
     per_image = jax.vmap(lambda q, k: losses.contrastive_loss(q, k, *args, **kwargs))
     return jnp.mean(per_image(q, k))
 

@@ -19,7 +19,9 @@ list cannot rot silently when the code it mutates changes.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -36,427 +38,511 @@ COPY_IGNORE = shutil.ignore_patterns('.git', '.venv', '__pycache__', 'workdirs',
 TIMEOUT_S = 900
 
 
+SEARCHED = ('enlcn_jax', 'train.py', 'eval.py')  # where targets are looked up
+
+
 @dataclasses.dataclass(frozen=True)
 class Mutant:
-    """Replace `old` (which must occur exactly once in `path`) by `new`; `tests` should fail."""
+    """Replace `old` by `new` inside the definition `target`; `tests` should fail.
+
+    `target` is the qualified name of a function, method, class or module-level assignment
+    (`'softmax_kernel'`, `'ENLCA.__call__'`, `'SOFTMAX_KERNEL_EPS'`), looked up in every module
+    of `SEARCHED`, so moving it to another module or package needs no edit here; a name defined in
+    several modules is written `'<module>:<qualname>'` (`'eval:main'`). `old` must occur exactly
+    once in the target's source. `tests` are pytest arguments whose test files are named by file
+    name (`'test_parity.py'`, `'test_losses.py::test_x'`), found anywhere under `tests/`.
+    """
     name: str
-    path: str
+    target: str
     old: str
     new: str
     tests: tuple[str, ...]
 
 
-PARITY = ('tests/test_parity.py',)
-FEATURES = ('tests/test_features.py',)
-REGISTRY = ('tests/test_registry.py',)
-LOSSES = ('tests/test_losses.py::test_closed_form_value_with_two_score_levels',
-          'tests/test_losses.py::test_code_variant_matches_full_sort_with_active_rows',
-          'tests/test_losses.py::test_paper_variant_matches_eq10_with_percentages',
-          'tests/test_losses.py::test_gradient_matches_full_sort_autodiff')
-METRICS = ('tests/test_metrics.py',)
-IMRESIZE = ('tests/test_imresize.py',)
-TRAIN_STEP = ('tests/test_train.py', '-k', 'not cli and not resume and not four_devices '
+PARITY = ('test_parity.py',)
+FEATURES = ('test_features.py',)
+REGISTRY = ('test_registry.py',)
+LOSSES = ('test_losses.py::test_closed_form_value_with_two_score_levels',
+          'test_losses.py::test_code_variant_matches_full_sort_with_active_rows',
+          'test_losses.py::test_paper_variant_matches_eq10_with_percentages',
+          'test_losses.py::test_gradient_matches_full_sort_autodiff')
+METRICS = ('test_metrics.py',)
+IMRESIZE = ('test_imresize.py',)
+TRAIN_STEP = ('test_train.py', '-k', 'not cli and not resume and not four_devices '
               'and not killed and not nan_loss and not best_checkpoint')
-EVALUATE = ('tests/test_evaluate.py', '-k', 'not cli')
-PRECISION = ('tests/test_precision.py',)
-ATTENTION = ('tests/test_attention.py',)
-VISUALIZE = ('tests/test_visualize.py', '-k', 'not cli')
-WORKDIR = 'tests/test_workdir.py::'
-CADENCE = ('tests/test_train.py::test_the_last_steps_are_saved_and_validated_when_cadences_do_not_'
+EVALUATE = ('test_evaluator.py', '-k', 'not cli')
+PRECISION = ('test_precision.py',)
+ATTENTION = ('test_attention.py',)
+VISUALIZE = ('test_visualize.py', '-k', 'not cli')
+WORKDIR = 'test_workdir.py::'
+CADENCE = ('test_train.py::test_the_last_steps_are_saved_and_validated_when_cadences_do_not_'
            'divide_the_run')
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- random features and attention -------------------------------------------------------
-    Mutant('kernel_eps_1e-3', 'enlcn_jax/features.py',
+    Mutant('kernel_eps_1e-3', 'SOFTMAX_KERNEL_EPS',
            'SOFTMAX_KERNEL_EPS = 1e-4', 'SOFTMAX_KERNEL_EPS = 1e-3', PARITY),
-    Mutant('kernel_eps_0', 'enlcn_jax/features.py',
+    Mutant('kernel_eps_0', 'SOFTMAX_KERNEL_EPS',
            'SOFTMAX_KERNEL_EPS = 1e-4', 'SOFTMAX_KERNEL_EPS = 0.0', PARITY),
-    Mutant('feature_sqrt_m', 'enlcn_jax/features.py',
+    Mutant('feature_sqrt_m', 'softmax_kernel_features',
            'return (jnp.exp(_softmax_kernel_exponent(x, projection)) + eps) * (m ** -0.5)',
            'return (jnp.exp(_softmax_kernel_exponent(x, projection)) + eps) * (m ** -0.25)',
            FEATURES),
-    Mutant('feature_norm_sign', 'enlcn_jax/features.py',
+    Mutant('feature_norm_sign', '_softmax_kernel_exponent',
            'return proj - 0.5 * jnp.sum(x * x', 'return proj + 0.5 * jnp.sum(x * x', PARITY),
-    Mutant('feature_half_norm', 'enlcn_jax/features.py',
+    Mutant('feature_half_norm', '_softmax_kernel_exponent',
            'return proj - 0.5 * jnp.sum(x * x', 'return proj - 1.0 * jnp.sum(x * x',
            FEATURES + PARITY),
-    Mutant('chi_norms_constant', 'enlcn_jax/features.py',
+    Mutant('chi_norms_constant', 'orthogonal_gaussian_projection',
            'norms = jnp.linalg.norm(jax.random.normal(norm_key, (m, d), jnp.float32), axis=-1)',
            'norms = jnp.full((m,), jnp.sqrt(d), jnp.float32)', FEATURES),
-    Mutant('orthogonal_blocks_not_orthogonal', 'enlcn_jax/features.py',
+    Mutant('orthogonal_blocks_not_orthogonal', 'orthogonal_gaussian_projection',
            'q, _ = jnp.linalg.qr(gaussian)', 'q = gaussian / jnp.sqrt(jnp.float32(d))', FEATURES),
-    Mutant('relu_map_abs', 'enlcn_jax/features.py',
+    Mutant('relu_map_abs', 'relu_features',
            "(jax.nn.relu(jnp.einsum('...d,md->...m', x, projection)) + eps)",
            "(jnp.abs(jnp.einsum('...d,md->...m', x, projection)) + eps)", FEATURES),
-    Mutant('normaliser_mean', 'enlcn_jax/attention.py',
+    Mutant('normaliser_mean', 'linear_attention',
            'jnp.sum(k_features, axis=1)', 'jnp.mean(k_features, axis=1)', PARITY),
-    Mutant('normaliser_sqrt', 'enlcn_jax/attention.py',
+    Mutant('normaliser_sqrt', 'linear_attention',
            '/ safe_normaliser[..., None]', '/ jnp.sqrt(safe_normaliser[..., None])', PARITY),
-    Mutant('no_denominator_guard', 'enlcn_jax/attention.py',
+    Mutant('no_denominator_guard', 'linear_attention',
            'safe_normaliser = jnp.where(normaliser > 0, normaliser, 1.0)',
            'safe_normaliser = normaliser', REGISTRY),
-    Mutant('no_denominator_guard_in_blocks', 'enlcn_jax/attention.py',
+    Mutant('no_denominator_guard_in_blocks', '_normalised',
            'numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None]',
            'numerator / normaliser[:, None]', ATTENTION),
-    Mutant('stable_keys_shifted_per_row', 'enlcn_jax/features.py',
+    Mutant('stable_keys_shifted_per_row', 'stable_softmax_kernel_features',
            'axes = -1 if is_query else', 'axes = -1 if True else', REGISTRY),
-    Mutant('stable_eps_not_shifted', 'enlcn_jax/features.py',
+    Mutant('stable_eps_not_shifted', 'stable_softmax_kernel_features',
            '+ jnp.exp(log_eps - shift)) * (m ** -0.5)', '+ eps) * (m ** -0.5)', REGISTRY),
-    Mutant('kernel_eps_not_bound', 'enlcn_jax/features.py',
+    Mutant('kernel_eps_not_bound', 'get_feature_map',
            'return functools.partial(feature_map, eps=eps)', 'return feature_map', REGISTRY),
-    Mutant('relu_default_eps', 'enlcn_jax/features.py',
+    Mutant('relu_default_eps', 'relu_features',
            'def relu_features(x: Array, projection: Array, eps: float = 1e-3)',
            'def relu_features(x: Array, projection: Array, eps: float = 1e-4)', REGISTRY),
-    Mutant('exact_attention_temperature', 'enlcn_jax/attention.py',
+    Mutant('exact_attention_temperature', 'exact_attention.attend',
            'jax.nn.softmax(q_block @ k.T, axis=-1,', 'jax.nn.softmax(q_block @ k.T / 2, axis=-1,',
-           ('tests/test_attention.py',)),
+           ('test_attention.py',)),
     # --- the network ---------------------------------------------------------------------------
-    Mutant('amplification_not_sqrt', 'enlcn_jax/models.py',
+    Mutant('amplification_not_sqrt', 'ENLCA.__call__',
            'scale = jnp.sqrt(jnp.float32(cfg.amplification))',
            'scale = jnp.float32(cfg.amplification)', PARITY),
-    Mutant('norm_clamp_added', 'enlcn_jax/models.py',
+    Mutant('norm_clamp_added', 'l2_normalize',
            'return x / jnp.maximum(norm, eps)', 'return x / (norm + eps)',
-           ('tests/test_models.py',) + PARITY),
-    Mutant('norm_clamp_constant', 'enlcn_jax/models.py',
+           ('test_models.py',) + PARITY),
+    Mutant('norm_clamp_constant', 'ENLCAConfig',
            'norm_eps: float = 5e-5\n', 'norm_eps: float = 5e-3\n',
-           ('tests/test_models.py',) + PARITY),
-    Mutant('pixel_shuffle_order', 'enlcn_jax/models.py',
+           ('test_models.py',) + PARITY),
+    Mutant('pixel_shuffle_order', 'pixel_shuffle',
            'x.transpose(0, 1, 4, 2, 5, 3)', 'x.transpose(0, 1, 5, 2, 4, 3)', PARITY),
-    Mutant('upsampler_one_step_for_4', 'enlcn_jax/models.py',
+    Mutant('upsampler_one_step_for_4', 'check_scale',
            'return [2] * (scale.bit_length() - 1)', 'return [scale]', PARITY),
-    Mutant('upsampler_no_scale_3', 'enlcn_jax/models.py',
+    Mutant('upsampler_no_scale_3', 'check_scale',
            'if isinstance(scale, int) and scale == 3:', 'if isinstance(scale, int) and scale == 9:',
            PARITY),
-    Mutant('resblock_res_scale', 'enlcn_jax/models.py',
+    Mutant('resblock_res_scale', 'ResBlock.__call__',
            'return x + self.res_scale * y', 'return x + y', PARITY),
-    Mutant('enlca_res_scale', 'enlcn_jax/models.py',
+    Mutant('enlca_res_scale', 'ENLCA.__call__',
            'return y * self.res_scale + x, (q, k)', 'return y + x, (q, k)', PARITY),
-    Mutant('no_mean_shift', 'enlcn_jax/models.py',
+    Mutant('no_mean_shift', 'ENLCN.__call__',
            '_masked((x.astype(jnp.float32) * self.rgb_range - mean) / std',
            '_masked((x.astype(jnp.float32) * self.rgb_range) / std', PARITY),
-    Mutant('no_rgb_range_in', 'enlcn_jax/models.py',
+    Mutant('no_rgb_range_in', 'ENLCN.__call__',
            '_masked((x.astype(jnp.float32) * self.rgb_range - mean) / std',
            '_masked((x.astype(jnp.float32) - mean) / std', PARITY),
-    Mutant('no_rgb_range_out', 'enlcn_jax/models.py',
+    Mutant('no_rgb_range_out', 'ENLCN.__call__',
            'sr = (y + mean) / std / self.rgb_range', 'sr = (y + mean) / std / 255.0', PARITY),
-    Mutant('no_global_residual', 'enlcn_jax/models.py',
+    Mutant('no_global_residual', 'ENLCN.__call__',
            "self.dtype)(res), valid) + x", "self.dtype)(res), valid)", PARITY),
-    Mutant('conv_kernel_layout', 'enlcn_jax/convert.py',
+    Mutant('conv_kernel_layout', '_conv',
            "weight.transpose(2, 3, 1, 0)", "weight.transpose(3, 2, 1, 0)", PARITY),
     # --- the contrastive loss ------------------------------------------------------------------
-    Mutant('relevant_ranks_16', 'enlcn_jax/losses.py',
+    Mutant('relevant_ranks_16', 'rank_windows',
            'code_relevant: int = 15', 'code_relevant: int = 16', LOSSES),
-    Mutant('irrelevant_ranks_50_64', 'enlcn_jax/losses.py',
+    Mutant('irrelevant_ranks_50_64', 'rank_windows',
            'code_irrelevant: tuple[int, int] = (50, 65)',
            'code_irrelevant: tuple[int, int] = (50, 64)', LOSSES),
-    Mutant('irrelevant_ranks_51_66', 'enlcn_jax/losses.py',
+    Mutant('irrelevant_ranks_51_66', 'rank_windows',
            'code_irrelevant: tuple[int, int] = (50, 65)',
            'code_irrelevant: tuple[int, int] = (51, 66)', LOSSES),
-    Mutant('margin_0.9', 'enlcn_jax/losses.py',
+    Mutant('margin_0.9', 'rank_windows',
            'margin: float = 1.0, n1', 'margin: float = 0.9, n1', LOSSES),
-    Mutant('no_hinge', 'enlcn_jax/losses.py',
+    Mutant('no_hinge', '_row_losses',
            'return jax.nn.relu(loss) if windows.hinge else loss', 'return loss', LOSSES),
-    Mutant('loss_eps_1e-3', 'enlcn_jax/losses.py',
+    Mutant('loss_eps_1e-3', 'rank_windows',
            'True, margin, 1e-6)', 'True, margin, 1e-3)', LOSSES),
-    Mutant('scores_not_exponentiated', 'enlcn_jax/losses.py',
+    Mutant('scores_not_exponentiated', '_row_losses',
            'exp_scores = jnp.exp(scores)', 'exp_scores = jnp.exp(0.5 * scores)', LOSSES),
-    Mutant('paper_n1_3pct', 'enlcn_jax/losses.py',
+    Mutant('paper_n1_3pct', 'rank_windows',
            'n1: float = 0.02', 'n1: float = 0.03', LOSSES),
-    Mutant('paper_n2_10pct', 'enlcn_jax/losses.py',
+    Mutant('paper_n2_10pct', 'rank_windows',
            'n2: float = 0.08', 'n2: float = 0.10', LOSSES),
-    Mutant('loss_first_row_block_only', 'enlcn_jax/losses.py',
+    Mutant('loss_first_row_block_only', 'contrastive_loss',
            'return jnp.mean(blockwise.map_row_blocks(lambda qb: _row_losses(qb, k, windows), q,',
            'return jnp.mean(blockwise.map_row_blocks(lambda qb: _row_losses(qb, k, windows), q[:7],',
            LOSSES),
     # --- the evaluation protocol ---------------------------------------------------------------
-    Mutant('bt601_coefficient', 'enlcn_jax/metrics.py',
+    Mutant('bt601_coefficient', 'rgb_to_y',
            'np.array([65.481, 128.553, 24.966])', 'np.array([65.5, 128.553, 24.966])', METRICS),
-    Mutant('y_offset', 'enlcn_jax/metrics.py',
+    Mutant('y_offset', 'rgb_to_y',
            'return 16.0 + rgb @', 'return rgb @', METRICS),
-    Mutant('ssim_k2', 'enlcn_jax/metrics.py', '_SSIM_K2 = 0.03', '_SSIM_K2 = 0.02', METRICS),
-    Mutant('shave_off_by_one', 'enlcn_jax/metrics.py',
+    Mutant('ssim_k2', '_SSIM_K2', '_SSIM_K2 = 0.03', '_SSIM_K2 = 0.02', METRICS),
+    Mutant('shave_off_by_one', 'shave',
            'return img[border:-border, border:-border]',
            'return img[border + 1:-border, border:-border]', METRICS),
-    Mutant('cubic_a_-0.75', 'enlcn_jax/imresize.py',
+    Mutant('cubic_a_-0.75', '_cubic',
            'near = (1.5 * ax3 - 2.5 * ax2 + 1.0) * (ax <= 1)\n'
            '    far = (-0.5 * ax3 + 2.5 * ax2 - 4.0 * ax + 2.0) * ((ax > 1) & (ax <= 2))',
            'near = (1.25 * ax3 - 2.25 * ax2 + 1.0) * (ax <= 1)\n'
            '    far = (-0.75 * ax3 + 3.75 * ax2 - 6.0 * ax + 3.0) * ((ax > 1) & (ax <= 2))',
            IMRESIZE),
-    Mutant('rounding_only_at_the_end', 'enlcn_jax/imresize.py',
+    Mutant('rounding_only_at_the_end', 'imresize',
            '        if is_uint8:\n            out = _round_uint8(out)\n    return',
            '    if is_uint8:\n        out = _round_uint8(out)\n    return', IMRESIZE),
-    Mutant('axis_order_fixed', 'enlcn_jax/imresize.py',
+    Mutant('axis_order_fixed', 'imresize',
            'for axis in sorted((0, 1), key=lambda a: scales[a]):', 'for axis in (0, 1):', IMRESIZE),
-    Mutant('pixel_centre', 'enlcn_jax/imresize.py',
+    Mutant('pixel_centre', '_contributions',
            'u = x / scale + 0.5 * (1.0 - 1.0 / scale)', 'u = x / scale + 0.5 * (1.0 + 1.0 / scale)',
            IMRESIZE),
     # --- training -------------------------------------------------------------------------------
-    Mutant('gradient_sign', 'enlcn_jax/train_lib.py',
+    Mutant('gradient_sign', 'train_step',
            'new_state = state.apply_gradients(grads=grads)',
            'new_state = state.apply_gradients(grads=jax.tree.map(jnp.negative, grads))',
            TRAIN_STEP),
-    Mutant('contrastive_gradient_stopped', 'enlcn_jax/train_lib.py',
+    Mutant('contrastive_gradient_stopped', 'train_step.loss_fn',
            'lambda: contrastive_fn(embeddings),',
            'lambda: jax.lax.stop_gradient(contrastive_fn(embeddings)),', TRAIN_STEP),
-    Mutant('contrastive_first_module_only', 'enlcn_jax/train_lib.py',
+    Mutant('contrastive_first_module_only', 'contrastive_term',
            'for q, k in embeddings]))', 'for q, k in embeddings[:1]]))', TRAIN_STEP),
-    Mutant('contrastive_first_image_only', 'enlcn_jax/train_lib.py',
+    Mutant('contrastive_first_image_only', 'contrastive_term',
            'jnp.mean(per_image(q, k))', 'jnp.mean(per_image(q, k)[:1])', TRAIN_STEP),
-    Mutant('contrastive_weight_unused', 'enlcn_jax/train_lib.py',
+    Mutant('contrastive_weight_unused', 'train_step.loss_fn',
            'return l1 + weight * cl, (l1, cl)', 'return l1 + 1e-3 * cl, (l1, cl)', TRAIN_STEP),
-    Mutant('contrastive_starts_late', 'enlcn_jax/train_lib.py',
+    Mutant('contrastive_starts_late', 'create_contrastive_weight_fn.weight_fn',
            'jnp.where(step >= start,', 'jnp.where(step > start,', TRAIN_STEP),
-    Mutant('lr_decay_one_epoch_late', 'enlcn_jax/train_lib.py',
+    Mutant('lr_decay_one_epoch_late', 'create_learning_rate_fn',
            'boundaries = {int(epoch) * train.steps_per_epoch:',
            'boundaries = {(int(epoch) + 1) * train.steps_per_epoch:', TRAIN_STEP),
-    Mutant('redraw_index_shifted', 'enlcn_jax/train_lib.py',
+    Mutant('redraw_index_shifted', 'redraw_index',
            'return step // period if step % period == 0 else None',
            'return step // period + 1 if step % period == 0 else None', TRAIN_STEP),
-    Mutant('redraw_period_off_by_one', 'enlcn_jax/train_lib.py',
+    Mutant('redraw_period_off_by_one', 'redraw_index',
            'return step // period if step % period == 0 else None',
            'return step // period if step % period == 1 else None', TRAIN_STEP),
-    Mutant('padding_keys_attended', 'enlcn_jax/attention.py',
+    Mutant('padding_keys_attended', 'enla',
            'k_features = k_features * key_mask[..., None].astype(k_features.dtype)',
            'k_features = k_features', EVALUATE),
-    Mutant('padding_not_zeroed', 'enlcn_jax/models.py',
+    Mutant('padding_not_zeroed', '_masked',
            'return x if valid is None else x * valid.astype(x.dtype)', 'return x', EVALUATE),
-    Mutant('non_finite_loss_unchecked', 'enlcn_jax/metric_logging.py',
+    Mutant('non_finite_loss_unchecked', 'StepMetrics.flush',
            "if not (math.isfinite(scalars['loss'])", "if False and not (math.isfinite(scalars['loss'])",
-           ('tests/test_train.py', '-k', 'nan_loss')),
-    Mutant('shard_index_ignored', 'enlcn_jax/input_pipeline.py',
+           ('test_train.py', '-k', 'nan_loss')),
+    Mutant('shard_index_ignored', 'PatchLoader.__init__',
            'self.rows = range(index * batch_size // count,', 'self.rows = range(0 * batch_size // count,',
-           ('tests/test_distributed.py',)),
-    Mutant('resume_not_checked', 'enlcn_jax/workdir.py',
+           ('test_distributed.py',)),
+    Mutant('resume_not_checked', 'check_resume',
            '    changes = config_changes(old, config)\n', '    changes = []\n',
-           ('tests/test_workdir.py', '-k', 'refused')),
-    Mutant('lock_not_exclusive', 'enlcn_jax/workdir.py',
+           ('test_workdir.py', '-k', 'refused')),
+    Mutant('lock_not_exclusive', 'WorkdirLock.__enter__',
            'fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)', 'fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)',
-           ('tests/test_workdir.py', '-k', 'second_training')),
-    Mutant('checksums_not_verified', 'enlcn_jax/checkpoints.py',
+           ('test_workdir.py', '-k', 'second_training')),
+    Mutant('checksums_not_verified', 'verify_checksums',
            '        if saved.get(path) != value:', '        if False:',
-           ('tests/test_workdir.py', '-k', 'flipped')),
-    Mutant('parameters_saved_unchecked', 'enlcn_jax/train_lib.py',
+           ('test_workdir.py', '-k', 'flipped')),
+    Mutant('parameters_saved_unchecked', '_train_and_evaluate.require_finite',
            'if not _on_every_process(_all_finite(state.params)):', 'if False:',
-           ('tests/test_workdir.py', '-k', 'diverged')),
-    Mutant('cut_off_validation_not_redone', 'enlcn_jax/train_lib.py',
+           ('test_workdir.py', '-k', 'diverged')),
+    Mutant('cut_off_validation_not_redone', '_train_and_evaluate',
            'if start_step and validation_due(start_step) and', 'if False and',
-           ('tests/test_workdir.py', '-k', 'cut_off')),
+           ('test_workdir.py', '-k', 'cut_off')),
     # --- bad input and outputs ---------------------------------------------------------------------
-    Mutant('exif_orientation_ignored', 'enlcn_jax/image_io.py',
+    Mutant('exif_orientation_ignored', 'load_image',
            'rgb = _to_rgb_array(ImageOps.exif_transpose(im))', 'rgb = _to_rgb_array(im)',
-           ('tests/test_image_io.py',)),
-    Mutant('sixteen_bit_rgb_silent', 'enlcn_jax/image_io.py',
-           '    if sixteen_bit_rgb:\n', '    if False:\n', ('tests/test_image_io.py',)),
-    Mutant('one_bad_training_image_aborts', 'enlcn_jax/data.py',
-           'if len(failed) == len(hr_paths):', 'if failed:', ('tests/test_data.py',)),
-    Mutant('same_stem_same_name', 'enlcn_jax/evaluate.py',
+           ('test_image_io.py',)),
+    Mutant('sixteen_bit_rgb_silent', 'load_image',
+           '    if sixteen_bit_rgb:\n', '    if False:\n', ('test_image_io.py',)),
+    Mutant('one_bad_training_image_aborts', 'load_folder',
+           'if len(failed) == len(hr_paths):', 'if failed:', ('test_sources.py',)),
+    Mutant('same_stem_same_name', 'evaluate_dataset',
            'path.stem if stems[path.stem] == 1 else path.name', 'path.stem',
-           ('tests/test_outputs.py', '-k', 'stem')),
-    Mutant('unscored_dataset_exits_0', 'eval.py', '    if unscored:\n', '    if False:\n',
-           ('tests/test_outputs.py', '-k', 'no_scorable')),
-    Mutant('upscale_overwrites', 'enlcn_jax/upscale.py',
+           ('test_outputs.py', '-k', 'stem')),
+    Mutant('unscored_dataset_exits_0', '_score', '    if unscored:\n', '    if False:\n',
+           ('test_outputs.py', '-k', 'no_scorable')),
+    Mutant('upscale_overwrites', 'upscale:main',
            'if Path(args.output).exists() and not args.overwrite:', 'if False:',
-           ('tests/test_outputs.py', '-k', 'upscale')),
+           ('test_outputs.py', '-k', 'upscale')),
     # --- query-blocked ENLA and its written-out gradient --------------------------------------------
-    Mutant('enla_grad_normaliser_sign', 'enlcn_jax/attention.py',
+    Mutant('enla_grad_normaliser_sign', '_attend_backward',
            'jnp.where(has_weight, -jnp.sum(grad_out * out, axis=-1) / safe, 0.0)',
            'jnp.where(has_weight, jnp.sum(grad_out * out, axis=-1) / safe, 0.0)', ATTENTION),
-    Mutant('enla_grad_key_sum_dropped', 'enlcn_jax/attention.py',
+    Mutant('enla_grad_key_sum_dropped', '_attend_backward',
            'v @ grad_summary[:, :-1].T + grad_summary[:, -1]', 'v @ grad_summary[:, :-1].T',
            ATTENTION),
-    Mutant('enla_grad_projection_zero', 'enlcn_jax/attention.py',
+    Mutant('enla_grad_projection_zero', '_attend_backward',
            'return grad_q, grad_projection, grad_k_features, grad_v',
            'return grad_q, 0 * grad_projection, grad_k_features, grad_v', ATTENTION),
-    Mutant('enla_block_rows_unnormalised', 'enlcn_jax/attention.py',
+    Mutant('enla_block_rows_unnormalised', '_normalised',
            'return numerator / jnp.where(normaliser > 0, normaliser, 1.0)[:, None]',
            'return numerator', ATTENTION),
-    Mutant('profile_split_double_counts', 'enlcn_jax/bench_profile.py',
+    Mutant('profile_split_double_counts', 'train_step_profile',
            "'backward of the L1 path': ms['forward + backward, L1'] - ms['forward'],",
            "'backward of the L1 path': ms['forward + backward, L1'] - ms['EDSR forward'],",
-           ('tests/test_bench.py', '-k', 'profile')),
+           ('test_bench.py', '-k', 'profile')),
     # --- mixed precision ----------------------------------------------------------------------------
-    Mutant('tail_conv_in_bfloat16', 'enlcn_jax/models.py',
+    Mutant('tail_conv_in_bfloat16', 'ENLCN.__call__',
            "conv3x3(3, 'tail_conv', jnp.float32)", "conv3x3(3, 'tail_conv', self.dtype)",
            PRECISION),
-    Mutant('residual_stream_in_bfloat16', 'enlcn_jax/models.py',
+    Mutant('residual_stream_in_bfloat16', 'ENLCN.__call__',
            "(x).astype(jnp.float32), valid)", "(x), valid)", PRECISION),
-    Mutant('dtype_ignored', 'enlcn_jax/models.py',
+    Mutant('dtype_ignored', 'ENLCN.__call__',
            "ENLCA(self.enlca, self.res_scale, self.dtype,", "ENLCA(self.enlca, self.res_scale, 'float32',",
            PRECISION),
-    Mutant('embeddings_in_float32', 'enlcn_jax/models.py',
+    Mutant('embeddings_in_float32', 'ENLCA.__call__',
            "axis=1).astype(self.dtype)", "axis=1).astype(jnp.float32)", PRECISION),
-    Mutant('dtype_override_ignored', 'enlcn_jax/inference.py',
+    Mutant('dtype_override_ignored', 'load_upscaler',
            "config = {**config, 'dtype': dtype}", "config = dict(config)", PRECISION),
-    Mutant('float16_training_allowed', 'enlcn_jax/train_lib.py',
+    Mutant('float16_training_allowed', 'validate_config',
            "    if model.dtype == 'float16':\n", "    if False:\n", PRECISION),
     # --- inference --------------------------------------------------------------------------------
-    Mutant('ensemble_two_transforms', 'enlcn_jax/inference.py',
+    Mutant('ensemble_two_transforms', 'ModelUpscaler.predict',
            'for k in range(8)]', 'for k in range(2)]', EVALUATE),
-    Mutant('ensemble_not_inverted', 'enlcn_jax/inference.py',
+    Mutant('ensemble_not_inverted', 'ModelUpscaler.predict',
            'outputs = [input_pipeline.inverse_dihedral(', 'outputs = [input_pipeline.dihedral(', EVALUATE),
-    Mutant('tile_cut_off_by_one', 'enlcn_jax/inference.py',
+    Mutant('tile_cut_off_by_one', '_tile_spans',
            'cuts = [(a + tile + b) // 2 for a, b', 'cuts = [(a + tile + b) // 2 + 1 for a, b',
            EVALUATE),
-    Mutant('tiles_ignore_overlap', 'enlcn_jax/inference.py',
+    Mutant('tiles_ignore_overlap', '_tile_spans',
            'starts = list(range(0, length - tile, tile - overlap))',
            'starts = list(range(0, length - tile, tile))', EVALUATE),
-    Mutant('bucket_crop_from_the_end', 'enlcn_jax/inference.py',
+    Mutant('bucket_crop_from_the_end', 'ModelUpscaler._run',
            'return np.asarray(y)[0, :h * self.scale, :w * self.scale]',
            'return np.asarray(y)[0, -h * self.scale:, -w * self.scale:]', EVALUATE),
-    Mutant('bucket_pads_width_by_height', 'enlcn_jax/inference.py',
+    Mutant('bucket_pads_width_by_height', 'ModelUpscaler._padded',
            'pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))',
            'pad = ((0, -h % self.bucket), (0, -h % self.bucket), (0, 0))', EVALUATE),
-    Mutant('query_pixel_x_y_swapped', 'enlcn_jax/visualize.py',
+    Mutant('query_pixel_x_y_swapped', 'query_attention_maps',
            'i = y * w + x', 'i = x * w + y', VISUALIZE),
     # --- convert guards (round 2) ---
-    Mutant('add_mean_multiplies_by_std', 'enlcn_jax/models.py',
+    Mutant('add_mean_multiplies_by_std', 'ENLCN.__call__',
            'sr = (y + mean) / std / self.rgb_range', 'sr = (y * std + mean) / self.rgb_range',
-           ('tests/test_convert.py::test_mean_shift_with_std_reproduces_the_release',)),
-    Mutant('non_finite_weights_converted', 'enlcn_jax/convert.py',
+           ('test_convert.py::test_mean_shift_with_std_reproduces_the_release',)),
+    Mutant('non_finite_weights_converted', 'convert_state_dict',
            '    _check_finite(state)\n    config = _infer_model_config(',
            '    config = _infer_model_config(',
-           ('tests/test_convert.py::test_non_finite_weights_are_refused_naming_the_first',
-            'tests/test_convert.py::test_cli_refuses_non_finite_weights_before_writing')),
+           ('test_convert.py::test_non_finite_weights_are_refused_naming_the_first',
+            'test_convert.py::test_cli_refuses_non_finite_weights_before_writing')),
     # --- training, resume and checkpoint guards (round 2) ---
-    Mutant('best_saved_without_finite_check', 'enlcn_jax/train_lib.py',
+    Mutant('best_saved_without_finite_check', '_train_and_evaluate.validate',
            "        require_finite(step, 'as the best model')\n", '',
            (WORKDIR + 'test_best_never_holds_non_finite_weights',)),
-    Mutant('lr_inf_accepted', 'enlcn_jax/train_lib.py',
+    Mutant('lr_inf_accepted', 'validate_config',
            'if not (value > minimum and math.isfinite(value)):', 'if not value > minimum:',
-           ('tests/test_train.py', '-k', 'validate_config')),
-    Mutant('num_workers_zero_accepted', 'enlcn_jax/train_lib.py',
+           ('test_train.py', '-k', 'validate_config')),
+    Mutant('num_workers_zero_accepted', 'validate_config',
            "'data.num_workers', 'train.epochs',", "'train.epochs',",
-           ('tests/test_train.py', '-k', 'validate_config')),
-    Mutant('empty_photos_accepted', 'enlcn_jax/train_lib.py',
+           ('test_train.py', '-k', 'validate_config')),
+    Mutant('empty_photos_accepted', 'validate_config',
            "if source == 'skimage' and not photos:", 'if False:',
-           ('tests/test_train.py', '-k', 'validate_config')),
-    Mutant('unusable_data_traceback', 'enlcn_jax/train_lib.py',
+           ('test_train.py', '-k', 'validate_config')),
+    Mutant('unusable_data_traceback', 'load_datasets.load',
            "raise DataError(f'config.{key}: no image can be used ({e})') from e", 'raise',
            (WORKDIR + 'test_data_that_cannot_be_trained_on_is_a_one_line_error',)),
-    Mutant('metrics_nan_written', 'enlcn_jax/metric_logging.py',
+    Mutant('metrics_nan_written', 'json_record',
            'record[name] = value if finite else None', 'record[name] = value',
            (WORKDIR + 'test_metrics_are_strict_json_with_non_finite_values_flagged',)),
-    Mutant('bad_metrics_line_kept', 'enlcn_jax/metric_logging.py',
+    Mutant('bad_metrics_line_kept', '_records',
            "if not (isinstance(record, dict) and type(record.get('step')) is int):",
            'if record is None:',
            (WORKDIR + 'test_lines_of_metrics_jsonl_that_are_not_records_are_left_out',)),
-    Mutant('window_last_value', 'enlcn_jax/metric_logging.py',
+    Mutant('window_last_value', 'StepMetrics.flush',
            'float(np.mean([h[k] for h in history]))', 'float(history[-1][k])',
-           ('tests/test_train.py::test_a_resumed_run_repeats_the_straight_one_and_logs_window_means',)),
-    Mutant('logged_lr_of_the_next_step', 'enlcn_jax/train_lib.py',
+           ('test_train.py::test_a_resumed_run_repeats_the_straight_one_and_logs_window_means',)),
+    Mutant('logged_lr_of_the_next_step', 'train_step',
            "'lr': learning_rate_fn(state.step),", "'lr': learning_rate_fn(state.step + 1),",
-           ('tests/test_train.py::test_the_logged_lr_is_the_schedule_s_value_at_each_step',)),
-    Mutant('end_of_run_not_saved', 'enlcn_jax/train_lib.py',
+           ('test_train.py::test_the_logged_lr_is_the_schedule_s_value_at_each_step',)),
+    Mutant('end_of_run_not_saved', '_train_and_evaluate',
            'do_save = (done % train_cfg.checkpoint_every_steps == 0 or done == total_steps',
            'do_save = (done % train_cfg.checkpoint_every_steps == 0',
            (CADENCE,)),
-    Mutant('final_step_not_validated', 'enlcn_jax/train_lib.py',
+    Mutant('final_step_not_validated', '_train_and_evaluate.validation_due',
            'return val_ds is not None and (step == total_steps or (',
            'return val_ds is not None and (False or (',
            (CADENCE,)),
-    Mutant('lock_not_held_while_training', 'enlcn_jax/train_lib.py',
+    Mutant('lock_not_held_while_training', 'train_and_evaluate',
            'with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():',
            'with contextlib.nullcontext():', (CADENCE,)),
-    Mutant('random_features_not_restored', 'enlcn_jax/checkpoints.py',
+    Mutant('random_features_not_restored', 'restore_train_state',
            'random_features=variables.get(models.RANDOM_FEATURES, {}),',
            'random_features=state.random_features,',
-           ('tests/test_train.py::test_a_resumed_run_repeats_the_straight_one_and_logs_window_means',)),
-    Mutant('ctrl_c_does_not_save', 'enlcn_jax/train_lib.py',
+           ('test_train.py::test_a_resumed_run_repeats_the_straight_one_and_logs_window_means',)),
+    Mutant('ctrl_c_does_not_save', '_train_and_evaluate',
            '                       or stopping)', '                       )',
            (WORKDIR + 'test_ctrl_c_finishes_the_checkpoint_in_flight_and_exits_with_one_line',)),
-    Mutant('ctrl_c_while_starting_traceback', 'enlcn_jax/train_lib.py',
+    Mutant('ctrl_c_while_starting_traceback', 'run_training',
            '    except KeyboardInterrupt:\n        return', '    except ZeroDivisionError:\n        return',
            (WORKDIR + 'test_ctrl_c_while_starting_is_one_line',)),
-    Mutant('resume_checked_against_config_json_only', 'enlcn_jax/workdir.py',
+    Mutant('resume_checked_against_config_json_only', '_recorded_config',
            "if record is not None and 'config' in record:", 'if False:',
            (WORKDIR + 'test_a_missing_config_json_does_not_turn_the_resume_check_off',)),
-    Mutant('unrecorded_checkpoint_resumed', 'enlcn_jax/workdir.py',
+    Mutant('unrecorded_checkpoint_resumed', 'check_resume',
            '    if old is None:\n        if step is not None:', '    if old is None:\n        if False:',
            (WORKDIR + 'test_a_checkpoint_with_no_record_of_its_config_resumes_only_when_allowed',)),
-    Mutant('changed_training_images_accepted', 'enlcn_jax/workdir.py',
+    Mutant('changed_training_images_accepted', 'check_data',
            'if old is None or old == new:', 'if True:',
            (WORKDIR + 'test_changed_training_images_are_refused_and_changed_validation_restarts_best',)),
-    Mutant('best_kept_across_validation_sets', 'enlcn_jax/train_lib.py',
+    Mutant('best_kept_across_validation_sets', '_train_and_evaluate',
            "    _restart_best_tracking(workdir, record, fingerprints['val'], is_main)\n", '',
            (WORKDIR + 'test_changed_training_images_are_refused_and_changed_validation_restarts_best',)),
-    Mutant('missing_checksums_read_as_old_format', 'enlcn_jax/checkpoints.py',
+    Mutant('missing_checksums_read_as_old_format', '_saved_checksums',
            '        if (where / RECORD).exists():', '        if False:',
            (WORKDIR + 'test_deleted_checksums_are_damage_not_an_old_format',)),
-    Mutant('model_dir_missing_checksums_accepted', 'enlcn_jax/checkpoints.py',
+    Mutant('model_dir_missing_checksums_accepted', 'load_model_dir',
            'elif (directory / FORMAT_FILE).exists():', 'elif False:',
            (WORKDIR + 'test_a_model_directory_without_its_checksums_is_damaged_unless_older',)),
-    Mutant('optimizer_state_not_verified', 'enlcn_jax/checkpoints.py',
+    Mutant('optimizer_state_not_verified', 'restore_train_state',
            'for name in (VARIABLES, TRAIN):', 'for name in (VARIABLES,):',
            (WORKDIR + 'test_a_damaged_optimizer_state_or_latest_step_names_the_folder_to_move',)),
-    Mutant('damaged_step_hint_wrong', 'enlcn_jax/checkpoints.py',
+    Mutant('damaged_step_hint_wrong', 'resume_hint',
            'earlier = [s for s in manager.all_steps() if s < step]',
            'earlier = [s for s in manager.all_steps() if s <= step]',
            (WORKDIR + 'test_a_damaged_optimizer_state_or_latest_step_names_the_folder_to_move',)),
-    Mutant('truncated_model_config_unnamed', 'enlcn_jax/checkpoints.py',
+    Mutant('truncated_model_config_unnamed', 'load_model',
            'config = _read_json(path / MODEL_CONFIG)',
            'config = json.loads((path / MODEL_CONFIG).read_text())',
            (WORKDIR + 'test_a_truncated_model_config_is_an_error_naming_it',)),
-    Mutant('full_disk_as_orbax_traceback', 'enlcn_jax/checkpoints.py',
+    Mutant('full_disk_as_orbax_traceback', 'wait_until_saved',
            '        manager.wait_until_finished()\n    except (OSError, ValueError) as e:',
            '        manager.wait_until_finished()\n    except OSError as e:',
            (WORKDIR + 'test_a_full_disk_stops_training_with_one_error_and_keeps_the_checkpoints',)),
-    Mutant('append_not_cut_back', 'enlcn_jax/files.py',
+    Mutant('append_not_cut_back', 'append_line',
            'os.ftruncate(fd, size)', 'pass',
-           ('tests/test_files.py::test_an_append_failing_half_way_is_cut_back',)),
-    Mutant('write_in_place', 'enlcn_jax/files.py',
+           ('test_files.py::test_an_append_failing_half_way_is_cut_back',)),
+    Mutant('write_in_place', 'write_bytes',
            "with atomic_path(path) as temporary, open(temporary, 'wb') as f:",
            "with atomic_path(path) as temporary, open(path, 'wb') as f:",
-           ('tests/test_files.py',)),
+           ('test_files.py',)),
     # --- eval / inference / outputs guards (round 2) ---
-    Mutant('ambiguous_lr_allowed', 'enlcn_jax/data.py',
+    Mutant('ambiguous_lr_allowed', 'list_hr_images',
            '    if lr_dir is not None:\n        by_stem', '    if False:\n        by_stem',
-           ('tests/test_data.py::test_hr_files_sharing_a_stem_are_refused_with_an_lr_folder',
-            'tests/test_outputs.py::test_eval_refuses_hr_files_that_would_share_one_lr_file')),
-    Mutant('save_image_in_place', 'enlcn_jax/image_io.py',
+           ('test_sources.py::test_hr_files_sharing_a_stem_are_refused_with_an_lr_folder',
+            'test_outputs.py::test_eval_refuses_hr_files_that_would_share_one_lr_file')),
+    Mutant('save_image_in_place', 'save_image',
            'Image.fromarray(img).save(temporary)', 'Image.fromarray(img).save(path)',
-           ('tests/test_image_io.py::test_a_save_failing_half_way_leaves_the_previous_file',)),
-    Mutant('results_json_in_place', 'enlcn_jax/evaluate.py',
+           ('test_image_io.py::test_a_save_failing_half_way_leaves_the_previous_file',)),
+    Mutant('results_json_in_place', 'evaluator:write_results',
            '    files.write_text(json_path, json.dumps(', '    json_path.write_text(json.dumps(',
-           ('tests/test_outputs.py::test_results_written_half_way_leave_the_previous_files',)),
-    Mutant('eval_write_error_uncaught', 'eval.py',
+           ('test_outputs.py::test_results_written_half_way_leave_the_previous_files',)),
+    Mutant('eval_write_error_uncaught', 'eval:main',
            '    except files.WriteError as e:', '    except ZeroDivisionError as e:',
-           ('tests/test_outputs.py::test_eval_on_a_full_disk_says_so_in_one_line_and_keeps_the_old_results',)),
-    Mutant('upscale_suffix_not_checked_first', 'enlcn_jax/upscale.py',
+           ('test_outputs.py::test_eval_on_a_full_disk_says_so_in_one_line_and_keeps_the_old_results',)),
+    Mutant('upscale_suffix_not_checked_first', 'upscale:main',
            '    if image_io.save_format(args.output) is None:', '    if False:',
-           ('tests/test_upscale.py::test_an_output_without_an_image_suffix_is_refused_before_the_model_loads',)),
-    Mutant('memory_budget_not_the_least', 'enlcn_jax/inference.py',
+           ('test_upscale.py::test_an_output_without_an_image_suffix_is_refused_before_the_model_loads',)),
+    Mutant('memory_budget_not_the_least', '_free_memory_budget',
            'int(HOST_MEMORY_FRACTION * min(known))', 'int(HOST_MEMORY_FRACTION * known[0])',
-           ('tests/test_evaluate.py::test_the_cpu_memory_budget_is_40_percent_of_the_least_free_memory_known',)),
-    Mutant('memory_stats_of_global_device_0', 'enlcn_jax/inference.py',
+           ('test_evaluator.py::test_the_cpu_memory_budget_is_40_percent_of_the_least_free_memory_known',)),
+    Mutant('memory_stats_of_global_device_0', '_free_memory_budget',
            'stats = jax.local_devices()[0].memory_stats()', 'stats = jax.devices()[0].memory_stats()',
-           ('tests/test_evaluate.py::test_the_memory_budget_reads_this_process_s_own_device',)),
-    Mutant('ensemble_not_tiled', 'enlcn_jax/inference.py',
+           ('test_evaluator.py::test_the_memory_budget_reads_this_process_s_own_device',)),
+    Mutant('ensemble_not_tiled', 'ModelUpscaler.predict',
            'self._run_tiled(np.ascontiguousarray(input_pipeline.dihedral(x, k))), k)',
            'self._run(np.ascontiguousarray(input_pipeline.dihedral(x, k))), k)',
-           ('tests/test_evaluate.py::test_self_ensemble_with_tiles_tiles_every_transformed_image',)),
-    Mutant('multi_frame_not_warned', 'enlcn_jax/image_io.py',
+           ('test_evaluator.py::test_self_ensemble_with_tiles_tiles_every_transformed_image',)),
+    Mutant('multi_frame_not_warned', 'load_image',
            '    if frames > 1:', '    if frames > 2:',
-           ('tests/test_image_io.py::test_a_multi_frame_image_warns_that_only_its_first_frame_is_used',)),
-    Mutant('checkpoint_step_dropped', 'enlcn_jax/inference.py',
+           ('test_image_io.py::test_a_multi_frame_image_warns_that_only_its_first_frame_is_used',)),
+    Mutant('checkpoint_step_dropped', 'load_upscaler',
            'checkpoint_step=step, **options)', 'checkpoint_step=None, **options)',
-           ('tests/test_outputs.py::test_which_best_scores_the_best_step_and_the_results_name_it',)),
-    Mutant('eval_json_without_step', 'eval.py',
+           ('test_outputs.py::test_which_best_scores_the_best_step_and_the_results_name_it',)),
+    Mutant('eval_json_without_step', '_score',
            "{**config, 'checkpoint_step': step, 'compiled': compiled}", "{**config, 'compiled': compiled}",
-           ('tests/test_outputs.py::test_which_best_scores_the_best_step_and_the_results_name_it',)),
+           ('test_outputs.py::test_which_best_scores_the_best_step_and_the_results_name_it',)),
 )
 
 
-def apply(mutant: Mutant, root: Path) -> str:
-    """Writes the mutated file under `root`; returns the original text (ValueError if `old` is
-    not found exactly once)."""
-    path = root / mutant.path
-    text = path.read_text()
-    count = text.count(mutant.old)
+def definitions(tree: ast.Module) -> list[tuple[str, int, int]]:
+    """`(qualname, first line, last line)` of every function, method and class (decorators
+    included) and every module-level assignment of a parsed module."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                first = min([d.lineno for d in child.decorator_list] + [child.lineno])
+                found.append((prefix + child.name, first, child.end_lineno))
+                visit(child, f'{prefix}{child.name}.')
+            elif not prefix and isinstance(child, (ast.Assign, ast.AnnAssign)):
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                found.extend((t.id, child.lineno, child.end_lineno) for t in targets
+                             if isinstance(t, ast.Name))
+
+    visit(tree, '')
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _spans(text: str) -> tuple[tuple[str, int, int], ...]:
+    """`definitions` of a module's source as character spans."""
+    offsets = [0]
+    for line in text.splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line))
+    return tuple((name, offsets[first - 1], offsets[last])
+                 for name, first, last in definitions(ast.parse(text)))
+
+
+def source_files(root: Path) -> list[Path]:
+    files = []
+    for name in SEARCHED:
+        path = root / name
+        files += sorted(path.rglob('*.py')) if path.is_dir() else [path] if path.exists() else []
+    return files
+
+
+def locate(mutant: Mutant, root: Path) -> tuple[Path, int, int]:
+    """The file under `root` that defines `mutant.target` and the character span of the
+    definition (ValueError if it is defined nowhere or in several places, or if `old` does not
+    occur exactly once in it)."""
+    module, _, qualname = mutant.target.rpartition(':')
+    hits = []
+    for path in source_files(root):
+        if module and path.stem != module:
+            continue
+        hits += [(path, start, end) for name, start, end in _spans(path.read_text())
+                 if name == qualname]
+    if len(hits) != 1:
+        where = ', '.join(str(path.relative_to(root)) for path, _, _ in hits) or 'nowhere'
+        raise ValueError(f'{mutant.name}: {mutant.target!r} is defined {len(hits)} times '
+                         f'({where}); write it as <module>:<qualname>')
+    path, start, end = hits[0]
+    count = path.read_text()[start:end].count(mutant.old)
     if count != 1:
-        raise ValueError(f'{mutant.name}: {mutant.old!r} occurs {count} times in {mutant.path}')
-    path.write_text(text.replace(mutant.old, mutant.new))
-    return text
+        raise ValueError(f'{mutant.name}: {mutant.old!r} occurs {count} times in '
+                         f'{mutant.target} ({path.relative_to(root)})')
+    return hits[0]
+
+
+def apply(mutant: Mutant, root: Path) -> tuple[Path, str]:
+    """Writes the mutated file under `root`; returns its path and original text."""
+    path, start, end = locate(mutant, root)
+    text = path.read_text()
+    path.write_text(text[:start] + text[start:end].replace(mutant.old, mutant.new) + text[end:])
+    return path, text
+
+
+def test_paths(tests: tuple[str, ...], root: Path) -> list[str]:
+    """`tests` with each test file name replaced by its path under `root / 'tests'`
+    (ValueError if a name matches no file or several)."""
+    resolved = []
+    for arg in tests:
+        file, sep, rest = arg.partition('::')
+        if not file.endswith('.py'):
+            resolved.append(arg)
+            continue
+        found = sorted((root / 'tests').rglob(file))
+        if len(found) != 1:
+            raise ValueError(f'test file {file!r}: {len(found)} matches under tests/')
+        resolved.append(str(found[0].relative_to(root)) + sep + rest)
+    return resolved
 
 
 def run_tests(tests: tuple[str, ...], root: Path, env: dict) -> tuple[int, list[str], float]:
@@ -464,16 +550,16 @@ def run_tests(tests: tuple[str, ...], root: Path, env: dict) -> tuple[int, list[
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
-         '-W', 'ignore', *tests],
+         '-W', 'ignore', *test_paths(tests, root)],
         cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     failed = re.findall(r'^(?:FAILED|ERROR) (\S+)', result.stdout, re.MULTILINE)
     return result.returncode, failed, time.perf_counter() - start
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ['| mutant | file | result | failing test | s |', '|---|---|---|---|---|']
+    lines = ['| mutant | target | result | failing test | s |', '|---|---|---|---|---|']
     for row in rows:
-        lines.append(f"| {row['name']} | {row['path']} | {row['result']} | "
+        lines.append(f"| {row['name']} | {row['target']} | {row['result']} | "
                      f"{row['killed_by'] or '-'} | {row['seconds']:.0f} |")
     killed = sum(row['result'] == 'killed' for row in rows)
     lines.append(f'\n{killed} of {len(rows)} mutants killed.')
@@ -495,7 +581,7 @@ def main() -> int:
     mutants = [m for m in MUTANTS if not names or m.name in names]
     if args.list:
         for m in mutants:
-            print(f'{m.name:34s} {m.path:24s} {" ".join(m.tests)}')
+            print(f'{m.name:34s} {m.target:28s} {" ".join(m.tests)}')
         return 0
 
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'ENLCN_SHARED': str(REPO.parent / 'shared')}
@@ -513,7 +599,7 @@ def main() -> int:
         rows = []
         for mutant in mutants:
             try:
-                original = apply(mutant, root)
+                path, original = apply(mutant, root)
             except ValueError as error:
                 rows.append({**dataclasses.asdict(mutant), 'result': 'NOT APPLIED',
                              'killed_by': str(error), 'seconds': 0.0})
@@ -521,7 +607,7 @@ def main() -> int:
             try:
                 code, failed, seconds = run_tests(mutant.tests, root, env)
             finally:
-                (root / mutant.path).write_text(original)
+                path.write_text(original)
             result = 'killed' if code == 1 and failed else 'SURVIVED' if code == 0 else f'error {code}'
             rows.append({**dataclasses.asdict(mutant), 'result': result,
                          'killed_by': failed[0] if failed else '', 'seconds': seconds})

@@ -7,7 +7,7 @@ of the prose are parsed out of README.md, so a changed README changes what is te
 * every `python ...` command: the script or module exists; its flags are parsed by the real
   parser (absl flags and `--config` overrides applied by ml_collections as train.py does, in a
   fresh FlagValues; argparse CLIs through their own `main` with parsing as the last thing done);
-* the cheap commands run for real on `tests/data` (the bicubic rows of eval.py, pytest's
+* the cheap commands run for real on `tests/fixtures` (the bicubic rows of eval.py, pytest's
   collection); commands that need data the repository does not have (DIV2K, `ENLCAx4.pt`) or
   hours (training, the ablation, benchmarks) are only parsed. The quickstart command runs for
   real, exactly as written, in float32 and bfloat16, in the `slow` tests at the end (about 2 min
@@ -289,7 +289,7 @@ def test_kernel_example_is_the_file_the_commands_use():
 
 def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
     """The README's train command with `--config.model.feature_map=MODULE:NAME` (a few steps of a
-    small model), then its eval.py command on that workdir, on tests/data's Set5."""
+    small model), then its eval.py command on that workdir, on tests/fixtures's Set5."""
     section = next(s for c, s in readme_commands() if 'my_kernels:' in c)
     commands = [c for c, where in readme_commands() if where == section]
     train, evaluate, study = (next(c for c in commands if c.startswith(f'python {start}'))

@@ -1,9 +1,10 @@
-"""requirements.txt names every third-party package the code imports."""
+"""pyproject.toml names every third-party package the code imports; requirements.txt installs it."""
 
 import ast
 import importlib.metadata
 import re
 import sys
+import tomllib
 
 from conftest import REPO
 
@@ -26,13 +27,14 @@ def imported_top_level_modules() -> set[str]:
     return names - set(sys.stdlib_module_names) - local - OPTIONAL
 
 
+def requirements() -> list[str]:
+    """The dependencies and the `test` extra of pyproject.toml."""
+    project = tomllib.loads((REPO / 'pyproject.toml').read_text())['project']
+    return project['dependencies'] + project['optional-dependencies']['test']
+
+
 def requirement_names() -> set[str]:
-    names = set()
-    for line in (REPO / 'requirements.txt').read_text().splitlines():
-        line = line.split('#')[0].strip()
-        if line:
-            names.add(re.split(r'[<>=!~\[; ]', line)[0].lower().replace('_', '-'))
-    return names
+    return {re.split(r'[<>=!~\[; ]', line)[0].lower().replace('_', '-') for line in requirements()}
 
 
 def test_every_imported_package_is_a_requirement():
@@ -43,13 +45,19 @@ def test_every_imported_package_is_a_requirement():
         dists = {d.lower().replace('_', '-') for d in distributions.get(module, [module])}
         if not dists & required:
             missing[module] = sorted(dists)
-    assert not missing, f'imported but not in requirements.txt: {missing}'
+    assert not missing, f'imported but not in pyproject.toml: {missing}'
 
 
 def test_installed_versions_meet_the_lower_bounds():
-    for line in (REPO / 'requirements.txt').read_text().splitlines():
+    for line in requirements():
         match = re.match(r'^([\w.-]+)>=([\d.]+)', line.strip())
         if match:
             installed = importlib.metadata.version(match.group(1))
             as_tuple = lambda v: tuple(int(p) for p in re.findall(r'\d+', v)[:3])
             assert as_tuple(installed) >= as_tuple(match.group(2)), (line, installed)
+
+
+def test_requirements_install_this_package_with_its_test_extra():
+    lines = [l.strip() for l in (REPO / 'requirements.txt').read_text().splitlines()
+             if l.strip() and not l.startswith('#')]
+    assert lines == ['-e .[test]']

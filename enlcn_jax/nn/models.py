@@ -1,0 +1,351 @@
+"""EDSR and ENLCN super-resolution networks (Flax linen, NHWC).
+
+Variables of an initialised ENLCN:
+  * `params`: every convolution, named after the PyTorch modules (`head`, `body_<i>`,
+    `tail_upsample`, `tail_conv`) so `convert.py` maps the authors' state_dict one to one.
+  * `random_features`: one `projection [m, d]` per ENLCA module. Not trained: drawn from the
+    `random_features` rng at init and redrawn with `redraw(variables, key)`.
+
+The network takes images in [0, 1] and returns images in [0, 1] (unclipped); `rgb_range`
+reproduces PyTorch EDSR's internal scale, so weights trained with `rgb_range=255` import as is.
+
+The hyper-parameters of the attention modules are described once, by `ENLCAConfig`; a model
+config (the flat `config.model` of the training configs, `model_config.json` of a checkpoint) is
+turned into a network by `from_config`, which gives each key to the class that owns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from enlcn_jax.nn import attention as attention_lib
+from enlcn_jax.nn import features
+
+Array = jax.Array
+Embeddings = tuple[Array, Array]
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+RANDOM_FEATURES = 'random_features'
+# Compute precisions of `ENLCN.dtype` (`model.dtype`): see `ENLCN`.
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+
+
+def pixel_shuffle(x: Array, r: int) -> Array:
+    """PyTorch `PixelShuffle(r)` in NHWC: `[B, H, W, C r r] -> [B, H r, W r, C]`.
+
+    Output channel c at sub-pixel (i, j) comes from input channel `c r r + i r + j`.
+    """
+    b, h, w, crr = x.shape
+    c = crr // (r * r)
+    x = x.reshape(b, h, w, c, r, r)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c)
+
+
+def l2_normalize(x: Array, eps: float) -> Array:
+    """`x / max(||x||, eps)` over the last axis (PyTorch `F.normalize`)."""
+    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def conv3x3(features_out: int, name: str, dtype: Any) -> nn.Conv:
+    return nn.Conv(features_out, (3, 3), padding='SAME', name=name, dtype=dtype)
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block `x + res_scale * conv(relu(conv(x)))`. `[B, H, W, C] -> same`."""
+    res_scale: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, valid: Array | None = None) -> Array:
+        c = x.shape[-1]
+        y = _masked(conv3x3(c, 'conv1', self.dtype)(x), valid)
+        y = _masked(conv3x3(c, 'conv2', self.dtype)(nn.relu(y)), valid)
+        return x + self.res_scale * y
+
+
+def _masked(x: Array, valid: Array | None) -> Array:
+    """`x * valid` (`valid [B, H, W, 1]`, 1 on real pixels), or `x` without a mask."""
+    return x if valid is None else x * valid.astype(x.dtype)
+
+
+def check_scale(scale: int) -> list[int]:
+    """The pixel-shuffle factors of an SR scale: [3], or [2] * log2(scale) for a power of 2.
+
+    Raises:
+      ValueError: any other scale.
+    """
+    if isinstance(scale, int) and scale == 3:
+        return [3]
+    if isinstance(scale, int) and scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * (scale.bit_length() - 1)
+    raise ValueError(f'scale must be 3 or a power of 2 (2, 4, 8, ...), got {scale}')
+
+
+class Upsampler(nn.Module):
+    """EDSR upsampler: log2(s) x (conv C->4C, shuffle 2) for s = 2^n; conv C->9C, shuffle 3 for s = 3.
+
+    `[B, H, W, C] -> [B, H s, W s, C]`.
+    """
+    scale: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, valid: Array | None = None) -> Array:
+        c = x.shape[-1]
+        for i, r in enumerate(check_scale(self.scale)):
+            x = pixel_shuffle(_masked(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), valid), r)
+            if valid is not None:
+                valid = jnp.repeat(jnp.repeat(valid, r, axis=1), r, axis=2)
+        return x
+
+
+class PointwiseConvParams(nn.Module):
+    """The parameters of a 1x1 `nn.Conv` (same names, shapes and initialisers), returned as a
+    matrix so several can be applied as one matmul: `in_features -> (kernel [in, features],
+    bias [features])`."""
+    features: int
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[Array, Array]:
+        kernel = self.param('kernel', nn.linear.default_kernel_init,
+                            (1, 1, in_features, self.features))
+        bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+        return kernel[0, 0], bias
+
+
+@dataclasses.dataclass(frozen=True)
+class ENLCAConfig:
+    """Hyper-parameters of every ENLCA module of a network: add a new one here, and only here.
+
+    Attributes:
+      attention: `'enla'` (linear, random features), `'exact'` (softmax NLA, O(N^2)), or
+        `MODULE:NAME` (see `attention`, `registry`).
+      reduction: the embedding width d is C / reduction.
+      num_random_features: m, rows of the random projection.
+      amplification: k; Q and K are scaled to norm sqrt(k) each.
+      feature_map: `'softmax_kernel'`, `'softmax_kernel_stable'`, `'relu'` or `MODULE:NAME`.
+      projection: `'orthogonal'`, `'iid'` or `MODULE:NAME`: the random-feature sampler.
+      norm_eps: Q and K norms are clamped at this before dividing (PyTorch `F.normalize`).
+      kernel_eps: the feature map's `eps` option (None: the map's own default, the released
+        1e-4 for the softmax kernel; the paper's 0.0).
+
+    `from_config` resolves the names (checking each function once on a small input), so a bad
+    choice fails before anything is compiled.
+    """
+    attention: str = 'enla'
+    reduction: int = 4
+    num_random_features: int = 128
+    amplification: float = 6.0
+    feature_map: str = 'softmax_kernel'
+    projection: str = 'orthogonal'
+    norm_eps: float = 5e-5
+    kernel_eps: float | None = None
+
+    def __post_init__(self):
+        for key in ('reduction', 'num_random_features'):
+            if getattr(self, key) < 1:
+                raise ValueError(f'model.{key} must be >= 1, got {getattr(self, key)}')
+        if self.amplification <= 0:
+            raise ValueError(f'model.amplification must be > 0, got {self.amplification}')
+
+    def attention_fn(self) -> attention_lib.AttentionFn:
+        return attention_lib.get_attention(self.attention)
+
+    def feature_map_fn(self) -> features.FeatureMap:
+        return features.get_feature_map(self.feature_map, self.kernel_eps)
+
+    def projection_fn(self) -> features.ProjectionSampler:
+        return features.get_projection(self.projection)
+
+
+class ENLCA(nn.Module):
+    """Efficient non-local contrastive attention block. `[B, H, W, C] -> ([B, H, W, C], (q, k))`.
+
+    Q, K, V are 1x1 convs; Q and K (C / reduction channels) are L2-normalised over channels
+    (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the attention output
+    is added back as `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]` each,
+    which is what the contrastive loss needs. Hyper-parameters: `config` (see `ENLCAConfig`).
+    """
+    config: ENLCAConfig = ENLCAConfig()
+    res_scale: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, valid: Array | None = None) -> tuple[Array, Embeddings]:
+        if x.ndim != 4:
+            raise ValueError(f'ENLCA expects [B, H, W, C] input, got shape {x.shape}')
+        b, h, w, c = x.shape
+        cfg = self.config
+        d = c // cfg.reduction
+        if d < 1:
+            raise ValueError(f'ENLCA: {c} channels / reduction {cfg.reduction} leaves no embedding')
+        sampler = cfg.projection_fn()
+
+        # The three 1x1 convolutions as one matmul (2.5x faster than three convolutions on a CPU).
+        convs = [PointwiseConvParams(width, name=name)(c) for name, width in
+                 (('conv_match1', d), ('conv_match2', d), ('conv_assembly', c))]
+        kernel = jnp.concatenate([kernel for kernel, _ in convs], axis=1).astype(self.dtype)
+        bias = jnp.concatenate([bias for _, bias in convs]).astype(self.dtype)
+        embedded = (x.astype(self.dtype).reshape(b, h * w, c) @ kernel + bias).astype(jnp.float32)
+        # Raw theta | delta | value, [B, N, 2 d + c], for analysis (`capture_intermediates`).
+        self.sow('intermediates', 'embeddings', embedded)
+        scale = jnp.sqrt(jnp.float32(cfg.amplification))
+        q = l2_normalize(embedded[..., :d], cfg.norm_eps) * scale
+        k = l2_normalize(embedded[..., d:2 * d], cfg.norm_eps) * scale
+        v = embedded[..., 2 * d:]
+        projection = self.variable(
+            RANDOM_FEATURES, 'projection',
+            lambda: sampler(self.make_rng(RANDOM_FEATURES), cfg.num_random_features, d))
+        if projection.value.shape[-1] != d:
+            raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
+                             f'the embedding has {d}')
+        masks = {} if valid is None else {'key_mask': valid.reshape(b, h * w)}
+        y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn(), **masks)
+        y = _masked(y.reshape(b, h, w, c).astype(x.dtype), valid)
+        return y * self.res_scale + x, (q, k)
+
+
+class ENLCN(nn.Module):
+    """EDSR backbone with ENLCA modules: one first, then one after every `attention_every` blocks.
+
+    Every ENLCA module is built from `enlca`; with `enlca=None` this is plain EDSR. Input
+    `[B, H, W, 3]` in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k)
+    of every ENLCA module in body order when `return_embeddings=True`.
+
+    The mean shifts are PyTorch EDSR's `MeanShift` convolutions (weight `eye(3) / rgb_std`): the
+    head sees `(x rgb_range - rgb_range rgb_mean) / rgb_std` and the tail's output `y` becomes
+    `(y + rgb_range rgb_mean) / rgb_std / rgb_range`, so `rgb_std` divides at both ends.
+
+    `valid` (`[B, H, W, 1]`, 1 on real pixels, 0 on padding) makes a padded input give the
+    unpadded output on its real pixels, up to float rounding: padded positions are kept at
+    exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
+    the attention's keys and normaliser. Evaluation pads images to shared shapes with it.
+
+    `dtype` (`'float32'`, `'bfloat16'` or `'float16'`) is the precision the convolutions compute
+    in, except the last one, which writes the image. Parameters stay float32 (cast per
+    convolution), and so does everything else: the residual stream between modules, ENLCA's
+    q, k, v, random features, normaliser and output, and the returned image and embeddings (so
+    the losses are float32 too).
+    """
+    scale: int = 2
+    n_resblocks: int = 32
+    n_feats: int = 256
+    res_scale: float = 0.1
+    attention_every: int = 8
+    enlca: ENLCAConfig | None = ENLCAConfig()
+    rgb_range: float = 1.0
+    rgb_mean: Sequence[float] = DIV2K_RGB_MEAN
+    rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
+    dtype: str = 'float32'
+
+    def body_layout(self) -> list[str]:
+        """Kind of each body module in order: 'enlca' or 'resblock' (the closing conv excluded)."""
+        if self.enlca is None:
+            return ['resblock'] * self.n_resblocks
+        layout = ['enlca']
+        for i in range(self.n_resblocks):
+            layout.append('resblock')
+            if (i + 1) % self.attention_every == 0:
+                layout.append('enlca')
+        return layout
+
+    @nn.compact
+    def __call__(self, x: Array, return_embeddings: bool = False, valid: Array | None = None):
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f'ENLCN expects RGB images [B, H, W, 3], got shape {x.shape}')
+        mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
+        std = jnp.asarray(self.rgb_std, jnp.float32)
+        x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, valid)
+        x = _masked(conv3x3(self.n_feats, 'head', self.dtype)(x).astype(jnp.float32), valid)
+
+        embeddings = []
+        res = x
+        for i, kind in enumerate(self.body_layout()):
+            if kind == 'enlca':
+                res, qk = ENLCA(self.enlca, self.res_scale, self.dtype, name=f'body_{i}')(
+                    res, valid)
+                embeddings.append(qk)
+            else:
+                res = ResBlock(self.res_scale, self.dtype, name=f'body_{i}')(res, valid)
+        res = _masked(conv3x3(self.n_feats, 'body_conv', self.dtype)(res), valid) + x
+
+        y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res, valid)
+        y = conv3x3(3, 'tail_conv', jnp.float32)(y.astype(jnp.float32))
+        # PyTorch EDSR's add_mean: a 1x1 conv, weight eye(3) / std, bias rgb_range * mean / std.
+        sr = (y + mean) / std / self.rgb_range
+        return (sr, embeddings) if return_embeddings else sr
+
+
+def EDSR(**kwargs) -> ENLCN:  # pylint: disable=invalid-name
+    """Plain EDSR: an ENLCN without attention modules."""
+    return ENLCN(enlca=None, **kwargs)
+
+
+ENLCA_KEYS = tuple(f.name for f in dataclasses.fields(ENLCAConfig))
+
+
+def from_config(config: Mapping[str, Any]) -> ENLCN:
+    """The network of a flat model config (`config.model`, or a checkpoint's `model_config.json`).
+
+    Keys of `ENLCAConfig` configure every ENLCA module; `attention='none'` gives plain EDSR (the
+    other ENLCA keys are then unused); the rest are `ENLCN` fields.
+
+    Raises:
+      ValueError: an unknown key, or an invalid value (naming the `model.*` key).
+    """
+    config = dict(config)
+    network_keys = {f.name for f in dataclasses.fields(ENLCN)} - {'enlca', 'parent', 'name'}
+    unknown = sorted(set(config) - network_keys - set(ENLCA_KEYS))
+    if unknown:
+        raise ValueError(f'unknown model config key(s) {unknown}; known: '
+                         f'{sorted(network_keys | set(ENLCA_KEYS))}')
+    check_scale(config.get('scale', 2))
+    if config.get('dtype', 'float32') not in PRECISIONS:
+        raise ValueError(f"model.dtype={config['dtype']!r}; choose one of {PRECISIONS}")
+    for key in ('n_resblocks', 'n_feats', 'attention_every'):
+        if key in config and config[key] < 1:
+            raise ValueError(f'model.{key} must be >= 1, got {config[key]}')
+    enlca = {key: config.pop(key) for key in ENLCA_KEYS if key in config}
+    width, reduction = config.get('n_feats', 256), enlca.get('reduction', 4)
+    if enlca.get('attention') != 'none' and reduction >= 1 and width // reduction < 1:
+        raise ValueError(f'model.n_feats={width} / model.reduction={reduction} leaves no '
+                         'attention embedding')
+    if enlca.get('attention') == 'none':
+        return ENLCN(enlca=None, **config)
+    enlca_config = ENLCAConfig(**enlca)
+    for resolve in (enlca_config.attention_fn, enlca_config.feature_map_fn,
+                    enlca_config.projection_fn):
+        resolve()  # an unknown name or a function failing its check raises here
+    return ENLCN(enlca=enlca_config, **config)
+
+
+def init_variables(model: ENLCN, key: Array, lr_size: tuple[int, int] = (16, 16)) -> dict:
+    """Initialises `params` and `random_features` from one key, on a `[1, *lr_size, 3]` input."""
+    params_key, features_key = jax.random.split(key)
+    dummy = jnp.zeros((1, *lr_size, 3), jnp.float32)
+    return dict(model.init({'params': params_key, RANDOM_FEATURES: features_key}, dummy))
+
+
+def redraw(variables: dict, key: Array, projection: str = 'orthogonal') -> dict:
+    """Returns `variables` with every ENLCA's random features redrawn from `key`.
+
+    Pure: the same key gives the same matrices. Module i (in flattening order) draws from
+    `fold_in(key, i)`; shapes are kept.
+    """
+    if RANDOM_FEATURES not in variables:
+        return variables
+    sampler = features.get_projection(projection)
+    leaves, treedef = jax.tree_util.tree_flatten(variables[RANDOM_FEATURES])
+    new = [sampler(jax.random.fold_in(key, i), *leaf.shape) for i, leaf in enumerate(leaves)]
+    return {**variables, RANDOM_FEATURES: jax.tree_util.tree_unflatten(treedef, new)}
+
+
+def count_params(params) -> int:
+    """Number of trainable scalars in a params tree."""
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

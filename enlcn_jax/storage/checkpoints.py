@@ -1,0 +1,417 @@
+"""Model checkpoints on disk: a model config plus its variables, written with orbax.
+
+A *model directory* holds `model_config.json` (keyword arguments of `models.ENLCN`) and
+`variables/` (an orbax StandardCheckpointer tree of `params` and `random_features`). The
+converter writes one with `save_model`.
+
+A *training workdir* (see `train_lib.train_and_evaluate`) holds `model_config.json` too, and two
+orbax `CheckpointManager` directories whose steps are composites of items:
+
+    checkpoints/<step>/variables   {'params', 'random_features'}: the model (same tree as above)
+    checkpoints/<step>/train       {'step', 'opt_state', 'rng'}: the rest of the TrainState
+    best/<step>/variables          the model with the best validation PSNR-Y so far
+
+    checkpoints/<step>/checksums {'variables': {path: crc32}, 'train': {...}}: verified on load
+    checkpoints/<step>/record    {'format': 2, 'config': the run's config, 'data': fingerprints}
+    best/<step>/checksums, best/<step>/record   the same for the best model
+
+`checkpoints/` keeps the latest `train.keep_checkpoints` steps, `best/` one step. Orbax writes
+each step into a temporary directory and renames it when complete, so a crash during a save
+leaves the previous steps intact. Every array's CRC-32 is saved with it (`checksums.json` in a
+model directory) and checked when it is read back, so a damaged file is an error that names the
+array, not a silently broken model; `load_model` also refuses non-finite weights. A checkpoint
+step written with a `record` (a model directory written with `format.json`) must have its
+checksums: a missing one is damage, not an old format; only checkpoints written before
+checksums existed load without them, with a warning. `load_model` reads a model directory or a
+workdir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging as std_logging
+import zlib
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from enlcn_jax.nn import models
+
+from enlcn_jax.storage import files
+
+MODEL_CONFIG = 'model_config.json'
+VARIABLES = 'variables'
+TRAIN = 'train'
+CHECKSUMS = 'checksums'
+RECORD = 'record'
+FORMAT_FILE = 'format.json'
+# Version of what is written: 2 = checksums always, and a record with every checkpoint step.
+FORMAT = 2
+CHECKPOINTS_DIR = 'checkpoints'
+BEST_DIR = 'best'
+BEST_METRIC = 'psnr_y'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names it and why."""
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+    """Keeps orbax's warnings and errors, drops its per-save INFO lines."""
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+    """Drops orbax's INFO lines (a dozen per save) from the absl log; warnings stay."""
+    logging.get_absl_handler().addFilter(_not_orbax_info)
+
+
+def _not_read_only_notice(record: std_logging.LogRecord) -> bool:
+    """Drops orbax's warning that a directory opened for reading is read only (as asked)."""
+    return not record.getMessage().startswith('Given directory is read only')
+
+
+# Every read of a workdir's checkpoints opens them read-only; orbax warns each time.
+std_logging.getLogger('absl').addFilter(_not_read_only_notice)
+
+
+def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:
+    """Writes `model_config` and `variables` to `directory` (created; must not hold a model yet)."""
+    directory = Path(directory).absolute()
+    if (directory / VARIABLES).exists():
+        raise FileExistsError(f'{directory / VARIABLES} already exists; choose another --out')
+    directory.mkdir(parents=True, exist_ok=True)
+    files.write_text(directory / FORMAT_FILE, json.dumps({'format': FORMAT}))
+    files.write_text(directory / f'{CHECKSUMS}.json', json.dumps(checksums(variables), indent=2))
+    files.write_text(directory / MODEL_CONFIG, json.dumps(model_config, indent=2, sort_keys=True))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(directory / VARIABLES, variables)
+    except OSError as e:
+        raise files.write_error(directory / VARIABLES, e) from e
+    return directory
+
+
+@contextlib.contextmanager
+def _read_as_damage(where: Path):
+    """Turns orbax's and tensorstore's errors reading `where` into one `CheckpointError`."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f'{where} cannot be read ({files.reason(e)}): the checkpoint is '
+                              'damaged; use another checkpoint') from e
+
+
+def _read_json(path: Path):
+    """The JSON value of `path`; an unreadable or truncated file is a `CheckpointError` naming
+    it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{path} is unreadable ({e}): the checkpoint is damaged') from e
+
+
+def load_model_dir(directory: str | Path) -> tuple[dict, dict]:
+    """Reads a model directory written by `save_model`. Returns `(model_config, variables)`."""
+    directory = Path(directory).absolute()
+    config_path = directory / MODEL_CONFIG
+    if not config_path.exists() or not (directory / VARIABLES).exists():
+        raise FileNotFoundError(f'{directory} is not a model directory '
+                                f'(needs {MODEL_CONFIG} and {VARIABLES}/)')
+    config = _read_json(config_path)
+    with _read_as_damage(directory / VARIABLES), ocp.StandardCheckpointer() as checkpointer:
+        target = _numpy_like(checkpointer.metadata(directory / VARIABLES).item_metadata)
+        variables = _as_numpy(checkpointer.restore(directory / VARIABLES, target))
+    checksum_file = directory / f'{CHECKSUMS}.json'
+    if checksum_file.exists():
+        verify_checksums(variables, _read_json(checksum_file), directory)
+    elif (directory / FORMAT_FILE).exists():
+        raise CheckpointError(f'{checksum_file} is missing: the model directory is damaged')
+    else:
+        logging.warning('%s was written without checksums: its arrays cannot be verified',
+                        directory)
+    check_finite(variables, directory)
+    return config, variables
+
+
+def _options(name: str, read_only: bool,
+             preservation_policy: ocp.checkpoint_managers.PreservationPolicy,
+             **kwargs) -> ocp.CheckpointManagerOptions:
+    """Writers keep what `preservation_policy` keeps and delete leftovers of interrupted saves;
+    readers touch nothing (a training run may be writing to the same directory).
+
+    `name` prefixes the manager's cross-process barriers: with several processes, the two
+    managers of a workdir save concurrently, and barriers of one name would collide.
+    """
+    kwargs['multiprocessing_options'] = ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=name)
+    if read_only:
+        return ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                            save_interval_steps=0, **kwargs)
+    return ocp.CheckpointManagerOptions(preservation_policy=preservation_policy,
+                                        cleanup_tmp_directories=True, **kwargs)
+
+
+def latest_manager(workdir: str | Path, keep: int = 3,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+    """The workdir's `checkpoints/` manager: full train states, the latest `keep` kept."""
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / CHECKPOINTS_DIR,
+        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
+                       TRAIN: ocp.StandardCheckpointHandler(),
+                       CHECKSUMS: ocp.JsonCheckpointHandler(),
+                       RECORD: ocp.JsonCheckpointHandler()},
+        options=_options(CHECKPOINTS_DIR, read_only, ocp.checkpoint_managers.LatestN(n=keep)))
+
+
+def _best_metric(metrics: dict) -> float:
+    return metrics[BEST_METRIC]
+
+
+def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.CheckpointManager:
+    """The workdir's `best/` manager: model variables of the highest `metrics['psnr_y']`."""
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / BEST_DIR,
+        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
+                       CHECKSUMS: ocp.JsonCheckpointHandler(),
+                       RECORD: ocp.JsonCheckpointHandler()},
+        # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
+        options=_options(BEST_DIR, read_only,
+                         ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+                         best_fn=_best_metric, best_mode='max'))
+
+
+def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int | None]:
+    """Reads a model from a model directory (`save_model`) or a training workdir.
+
+    Args:
+      path: a model directory, or a training workdir.
+      which: for a workdir, `'latest'` (last saved step of `checkpoints/`) or `'best'` (the step
+        with the best validation PSNR-Y, `best/`). A model directory holds one model and
+        ignores it.
+    Returns:
+      `(model_config, variables, step)`: keyword arguments of `models.ENLCN`,
+      `{'params': ..., 'random_features': ...}` as numpy arrays, and the training step the
+      variables were saved at (None for a model directory).
+    Raises:
+      FileNotFoundError: `path` is neither, or the workdir has no checkpoint of that kind yet.
+    """
+    if which not in ('latest', 'best'):
+        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    path = Path(path).absolute()
+    if (path / VARIABLES).exists():
+        return (*load_model_dir(path), None)
+    if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
+        raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
+                                f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
+                                f'{CHECKPOINTS_DIR}/)')
+    config = _read_json(path / MODEL_CONFIG)
+    with (best_manager(path, read_only=True) if which == 'best'
+          else latest_manager(path, read_only=True)) as manager:
+        step = manager.best_step() if which == 'best' else manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
+        where = manager.directory / str(step)
+        with _read_as_damage(where):
+            target = _numpy_like(manager.item_metadata(step)[VARIABLES])
+            restored = manager.restore(
+                step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
+        variables = _as_numpy(restored[VARIABLES])
+        saved = _saved_checksums(manager, step)
+        if saved is not None:
+            verify_checksums(variables, saved[VARIABLES], where)
+    check_finite(variables, where)
+    return config, variables, step
+
+
+def _train_items(state) -> dict:
+    return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+
+
+def _save(manager: ocp.CheckpointManager, step: int, items: dict, record: dict | None,
+          **kwargs) -> None:
+    """Saves `items` (name -> tree) as `step` with their checksums and `record` (asynchronously).
+
+    Raises:
+      files.WriteError: orbax could not write (a full disk), naming the directory.
+    """
+    args = ocp.args.Composite(
+        **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
+        **{CHECKSUMS: ocp.args.JsonSave({name: checksums(tree) for name, tree in items.items()}),
+           RECORD: ocp.args.JsonSave({'format': FORMAT, **(record or {})})})
+    try:
+        manager.save(step, args=args, **kwargs)
+    except (OSError, ValueError) as e:  # tensorstore reports a full disk as a ValueError
+        raise files.write_error(manager.directory / str(step), e) from e
+
+
+def wait_until_saved(manager: ocp.CheckpointManager) -> None:
+    """Waits for `manager`'s save in flight; a failed one is a `files.WriteError` naming it."""
+    try:
+        manager.wait_until_finished()
+    except (OSError, ValueError) as e:  # tensorstore reports a full disk as a ValueError
+        raise files.write_error(manager.directory, e) from e
+
+
+def save_train_state(manager: ocp.CheckpointManager, state, record: dict | None = None) -> None:
+    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously),
+    with the checksums of its arrays and `record` (what trained it: config, data)."""
+    _save(manager, int(state.step), {VARIABLES: state.variables, TRAIN: _train_items(state)},
+          record)
+
+
+def save_best(manager: ocp.CheckpointManager, state, psnr_y: float,
+              record: dict | None = None) -> None:
+    """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
+    _save(manager, int(state.step), {VARIABLES: state.variables}, record,
+          metrics={BEST_METRIC: psnr_y})
+
+
+def saved_record(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The record saved with `step` (`{'format', 'config', 'data'}`), or None for a checkpoint
+    written before records existed.
+
+    Raises:
+      CheckpointError: the record is there but cannot be read (names the step's folder).
+    """
+    if not (manager.directory / str(step) / RECORD).exists():
+        return None
+    try:
+        return manager.restore(step, args=ocp.args.Composite(
+            **{RECORD: ocp.args.JsonRestore()}))[RECORD]
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{manager.directory / str(step) / RECORD} is unreadable ({e}): '
+                              f'the checkpoint is damaged; {resume_hint(manager, step)}') from e
+
+
+def resume_hint(manager: ocp.CheckpointManager, step: int) -> str:
+    """What to do with a damaged `step`: the folder to move away and the step training would
+    then resume from."""
+    earlier = [s for s in manager.all_steps() if s < step]
+    then = f'resume from step {max(earlier)}' if earlier else 'start afresh'
+    return f'move {manager.directory / str(step)} out of the workdir to {then}'
+
+
+def restore_train_state(manager: ocp.CheckpointManager, state):
+    """`state` (a `train_lib.TrainState`) with everything replaced by the latest step of
+    `manager` (if there is one).
+
+    `state` gives the tree structure, dtypes and shardings the arrays are restored with.
+
+    Raises:
+      CheckpointError: the checkpoint's model variables do not have the shapes of `state`'s
+        (another model), naming the first differing arrays; or the checkpoint is damaged
+        (unreadable, a checksum differs), naming the folder to move away to resume from the
+        step before it.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return state
+    target = {VARIABLES: state.variables, TRAIN: _train_items(state)}
+    mismatches = _shape_mismatches(manager.item_metadata(step)[VARIABLES], state.variables)
+    if mismatches:
+        raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
+                              f'config builds ({"; ".join(mismatches[:3])}'
+                              f'{"; ..." if len(mismatches) > 3 else ""})')
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
+            for name, tree in target.items()}))
+        saved = _saved_checksums(manager, step)
+        if saved is not None:
+            for name in (VARIABLES, TRAIN):
+                verify_checksums(restored[name], saved[name], manager.directory / str(step))
+    except (OSError, ValueError) as e:  # CheckpointError included
+        raise CheckpointError(f'{e}; {resume_hint(manager, step)}') from e
+    variables, train = restored[VARIABLES], restored[TRAIN]
+    return state.replace(params=variables['params'],
+                         random_features=variables.get(models.RANDOM_FEATURES, {}),
+                         step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
+
+
+def _host_leaves(tree) -> dict[str, np.ndarray]:
+    """`{path: numpy array}`; of an array replicated over several processes, the local copy."""
+    def host(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(jax.device_get(leaf))
+    return {jax.tree_util.keystr(path): host(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def checksums(tree) -> dict[str, int]:
+    """CRC-32 of every array's bytes, by tree path (`"['params']['head']['kernel']"`)."""
+    return {path: zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+            for path, leaf in _host_leaves(tree).items()}
+
+
+def verify_checksums(tree, saved: dict[str, int], where: Path) -> None:
+    """Raises `CheckpointError` naming the first array of `tree` whose CRC-32 is not `saved`'s."""
+    for path, value in checksums(tree).items():
+        if saved.get(path) != value:
+            raise CheckpointError(f'{where}: {path} does not match the checksum saved with it '
+                                  '(the file is damaged); use another checkpoint')
+
+
+def first_non_finite(arrays: Mapping[str, np.ndarray]) -> tuple[str, int, int] | None:
+    """`(name, non-finite count, size)` of the first float array of `arrays` (in order) with a
+    NaN or infinity; None when every one is finite."""
+    for name, value in arrays.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.inexact):
+            finite = np.count_nonzero(np.isfinite(value))
+            if finite < value.size:
+                return name, value.size - finite, value.size
+    return None
+
+
+def check_finite(tree, where: Path) -> None:
+    """Raises `CheckpointError` naming the first array of `tree` with a NaN or infinity."""
+    bad = first_non_finite(_host_leaves(tree))
+    if bad is not None:
+        raise CheckpointError(f'{where}: {bad[0]} holds non-finite values (a diverged run); '
+                              'use an earlier checkpoint')
+
+
+def _saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The checksums item of `step`, or None (with a warning) for a checkpoint written before
+    checksums existed.
+
+    Raises:
+      CheckpointError: a checkpoint written with a record has no checksums (damaged).
+    """
+    where = manager.directory / str(step)
+    if not (where / CHECKSUMS).exists():
+        if (where / RECORD).exists():
+            raise CheckpointError(f'{where / CHECKSUMS} is missing: the checkpoint is damaged; '
+                                  'use another checkpoint')
+        logging.warning('%s was written without checksums: its arrays cannot be verified', where)
+        return None
+    return manager.restore(step, args=ocp.args.Composite(
+        **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
+
+
+def _shape_mismatches(saved, expected) -> list[str]:
+    """`'path: saved shape vs expected shape'` for arrays that differ or exist on one side only."""
+    flat = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+    saved, expected = flat(saved), flat(expected)
+    return [f'{path}: {saved.get(path, "absent")} in the checkpoint, '
+            f'{expected.get(path, "absent")} in the model'
+            for path in sorted(set(saved) | set(expected)) if saved.get(path) != expected.get(path)]
+
+
+def _numpy_like(metadata):
+    """A numpy target for a saved tree: restores on the host whatever devices saved it."""
+    return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), metadata)
+
+
+def _as_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _as_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)

@@ -1,0 +1,445 @@
+"""The training loop."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import math
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from enlcn_jax.data import input_pipeline
+from enlcn_jax.data import sources as data_lib
+from enlcn_jax.evaluation import evaluator, inference
+from enlcn_jax.nn import losses, models
+from enlcn_jax.storage import checkpoints, files
+from enlcn_jax.train import metric_writer, recipe
+from enlcn_jax.train import workdir as workdir_lib
+
+Array = jax.Array
+SOURCES = ('tfds', 'folder', 'skimage')
+REDRAW_SCHEDULES = ('epoch', 'steps', 'never')
+
+
+class DataError(ValueError):
+    """A configured dataset that cannot be trained on; the message names the config key."""
+
+
+def _require_dir(key: str, value: str, why: str) -> None:
+    if not value or not Path(value).is_dir():
+        raise data_lib.DatasetNotFoundError(f'config.{key}={value!r} is not a directory ({why})')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Cheap checks of a config before anything is loaded or compiled.
+
+    Raises:
+      ValueError: an unknown choice, a feature map / projection / attention that cannot be
+        imported or fails its check, a non-positive count, a patch too small for the contrastive
+        loss, a batch that does not split over the devices, ...
+      data_lib.DatasetNotFoundError: a dataset folder that does not exist.
+    """
+    model, data, train = config.model, config.data, config.train
+    # Unknown keys or values, and every swappable function checked on a small input.
+    models.from_config(model.to_dict())
+    if model.dtype == 'float16':
+        raise ValueError("config.model.dtype='float16' is for evaluation only: without loss "
+                         'scaling its gradients underflow (an L1 gradient per pixel is ~1e-6); '
+                         "train in 'bfloat16' or 'float32'")
+    if data.source not in SOURCES:
+        raise ValueError(f'config.data.source={data.source!r}; choose one of {SOURCES}')
+    if data.val_source not in SOURCES + ('none',):
+        raise ValueError(f"config.data.val_source={data.val_source!r}; choose one of "
+                         f"{SOURCES + ('none',)}")
+    if data.source == 'folder':
+        _require_dir('data.hr_dir', data.hr_dir, 'data.source=folder needs the HR training images')
+        if data.lr_dir:
+            _require_dir('data.lr_dir', data.lr_dir, "DIV2K-layout LR images, or '' to make them")
+    if data.val_source == 'folder':
+        _require_dir('data.val_hr_dir', data.val_hr_dir, 'data.val_source=folder needs HR images')
+        if data.val_lr_dir:
+            _require_dir('data.val_lr_dir', data.val_lr_dir, "LR images, or '' to make them")
+    if data.tfds_data_dir and 'tfds' in (data.source, data.val_source):
+        _require_dir('data.tfds_data_dir', data.tfds_data_dir, 'the prepared TFDS data_dir')
+    for key in ('data.lr_patch', 'data.batch_size', 'data.num_workers', 'train.epochs',
+                'train.steps_per_epoch', 'train.log_every', 'train.checkpoint_every_steps',
+                'train.keep_checkpoints', 'train.eval_every_epochs', 'train.eval_bucket',
+                'train.redraw.steps'):
+        section, *rest = key.split('.')
+        value = functools.reduce(getattr, rest, config[section])
+        if value < 1:
+            raise ValueError(f'config.{key} must be >= 1, got {value}')
+    for key, value, minimum in (('train.lr', train.lr, 0.0),
+                                ('train.lr_decay_factor', train.lr_decay_factor, 0.0)):
+        if not (value > minimum and math.isfinite(value)):
+            raise ValueError(f'config.{key} must be finite and > {minimum}, got {value}')
+    for key, source, photos in (('data.photos', data.source, data.photos),
+                                ('data.val_photos', data.val_source, data.val_photos)):
+        if source == 'skimage' and not photos:
+            raise ValueError(f'config.{key} is empty: name at least one scikit-image photo')
+    if train.contrastive.weight < 0:
+        raise ValueError(f'config.train.contrastive.weight must be >= 0, got '
+                         f'{train.contrastive.weight}')
+    if data.batch_size % jax.device_count():
+        raise ValueError(f'config.data.batch_size={data.batch_size} does not split over '
+                         f'{jax.device_count()} devices')
+    if train.redraw.every not in REDRAW_SCHEDULES:
+        raise ValueError(f'config.train.redraw.every={train.redraw.every!r}; choose one of '
+                         f'{REDRAW_SCHEDULES}')
+    if list(train.lr_decay_epochs) != sorted(train.lr_decay_epochs):
+        raise ValueError(f'config.train.lr_decay_epochs must be increasing, got '
+                         f'{train.lr_decay_epochs}')
+    if model.attention != 'none' and train.contrastive.weight > 0:
+        # Raises for an unknown variant or fewer LR patch positions than its rank windows need.
+        losses.rank_windows(train.contrastive.variant, data.lr_patch ** 2)
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset,
+                                                               data_lib.SRDataset | None]:
+    """`(train, validation or None)` as configured; `validation` cut to `data.val_limit` images.
+
+    Raises:
+      data_lib.DatasetNotFoundError: a dataset folder or TFDS dataset that does not exist.
+      DataError: a dataset of which no image can be used, naming its config key.
+    """
+    data, scale = config.data, config.model.scale
+
+    def load(source: str, split: str, hr_dir: str, lr_dir: str, photos,
+             key: str) -> data_lib.SRDataset:
+        try:
+            if source == 'folder':
+                return data_lib.load_folder(hr_dir, scale, lr_dir or None,
+                                            data.cache_dir or None, data.num_workers)
+            if source == 'tfds':
+                return data_lib.load_div2k_tfds(split, scale, data.tfds_data_dir or None)
+            return data_lib.load_skimage_photos(photos, scale)
+        except data_lib.DatasetNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise DataError(f'config.{key}: no image can be used ({e})') from e
+
+    train_ds = load(data.source, 'train', data.hr_dir, data.lr_dir, data.photos,
+                    'data.hr_dir' if data.source == 'folder' else 'data.source')
+    if data.val_source == 'none':
+        return train_ds, None
+    split = f'validation[:{data.val_limit}]' if data.val_limit else 'validation'
+    val_ds = load(data.val_source, split, data.val_hr_dir, data.val_lr_dir, data.val_photos,
+                  'data.val_hr_dir' if data.val_source == 'folder' else 'data.val_source')
+    if data.val_limit:
+        n = data.val_limit
+        val_ds = data_lib.SRDataset(val_ds.names[:n], val_ds.hr[:n], val_ds.lr[:n], val_ds.scale)
+    return train_ds, val_ds
+
+
+def dataset_fingerprint(dataset: data_lib.SRDataset | None) -> dict | None:
+    """`{'images': count, 'sha256': hex}` over the names, shapes and pixels of every pair (None
+    for no dataset): equal exactly when the same images are loaded in the same order."""
+    if dataset is None:
+        return None
+    digest = hashlib.sha256()
+    for name, hr, lr in zip(dataset.names, dataset.hr, dataset.lr):
+        digest.update(f'{name}|{hr.shape}|{lr.shape}|'.encode())
+        digest.update(np.ascontiguousarray(hr).data)
+        digest.update(np.ascontiguousarray(lr).data)
+    return {'images': len(dataset), 'sha256': digest.hexdigest()}
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (SIGINT) during training, raised once the checkpoint in flight is written."""
+
+
+def _defer_ctrl_c() -> threading.Event:
+    """The first Ctrl-C sets the returned event, which the loop checks after each step (so a
+    save is never cut in half); a second one interrupts at once. Main thread only."""
+    requested = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            del signum, frame
+            requested.set()
+            logging.warning('Ctrl-C: stopping after this step (press again to stop now)')
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_sigint)
+    return requested
+
+
+def _restore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@jax.jit
+def _all_finite(tree) -> Array:
+    """Whether every float of `tree` is finite: a scalar bool (replicated like `tree`)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _on_every_process(flag) -> bool:
+    """`flag` as process 0 has it (a replicated array's local copy, or a host bool)."""
+    if isinstance(flag, jax.Array):
+        flag = flag.addressable_data(0)
+    value = np.asarray(flag, np.int32)
+    if jax.process_count() > 1:
+        value = multihost_utils.broadcast_one_to_all(value)
+    return bool(value)
+
+
+def _last_checkpoint(manager) -> str:
+    step = manager.latest_step()
+    if step is None:
+        return 'no checkpoint was saved.'
+    return (f'the last checkpoint, step {step} in {manager.directory}, was saved before it and '
+            'is intact.')
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
+                 allow_config_changes: bool = False) -> str | None:
+    """`train_and_evaluate` for a command line: returns the one-line reason of a failure the
+    user can act on (a bad config, a missing or unusable dataset, a workdir or checkpoint that
+    cannot be used, a diverged run, Ctrl-C, a full disk), or None when training finished.
+    Anything else (a bug) raises."""
+    try:
+        validate_config(config)
+    except (ValueError, data_lib.DatasetNotFoundError) as e:
+        return f'invalid config: {e}'
+    try:
+        train_and_evaluate(config, workdir, allow_config_changes)
+    except data_lib.DatasetNotFoundError as e:
+        return f'dataset not found: {e}'
+    except (DataError, workdir_lib.WorkdirError, checkpoints.CheckpointError, files.WriteError,
+            FloatingPointError, TrainingInterrupted) as e:
+        return str(e)
+    except KeyboardInterrupt:
+        return 'interrupted while starting: no step was trained and nothing was saved'
+    return None
+
+
+def _finish_saves(*managers) -> None:
+    """Waits for the managers' saves in flight and closes them; a failed save raises
+    `files.WriteError` (after every manager was closed)."""
+    errors = []
+    for manager in managers:
+        try:
+            checkpoints.wait_until_saved(manager)
+        except files.WriteError as e:
+            errors.append(e)
+        with contextlib.suppress(Exception):  # its save's failure is the error above
+            manager.close()
+    if errors:
+        raise errors[0]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       allow_config_changes: bool = False) -> recipe.TrainState:
+    """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
+
+    Workdir:
+      config.json          the latest run's full config (each checkpoint step records its own)
+      model_config.json    the flat model config (for `checkpoints.load_model`)
+      metrics.jsonl        one JSON object per logged step / validation (`metric_logging`)
+      events.out.tfevents.*  the same scalars for TensorBoard
+      checkpoints/, best/  see `checkpoints`
+      train.lock           held by the training process (see `workdir.WorkdirLock`)
+
+    Args:
+      config: the run's config.
+      workdir: where everything is written.
+      allow_config_changes: resume even if the config changes keys outside
+        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe) or the training
+        images changed.
+    Raises:
+      FloatingPointError: a non-finite loss, gradient or parameter; the message names the step
+        and the last checkpoint, which was saved before it and is left as it was.
+      workdir.WorkdirError: another process trains this workdir, or it holds another run.
+      checkpoints.CheckpointError: the latest checkpoint is damaged or holds another model.
+      DataError, data_lib.DatasetNotFoundError: a dataset that cannot be used.
+      files.WriteError: an output could not be written (a full disk), naming it.
+      TrainingInterrupted: Ctrl-C; the message names the last checkpoint.
+    Returns:
+      the final state.
+    """
+    validate_config(config)
+    workdir = Path(workdir).absolute()
+    is_main = jax.process_index() == 0
+    with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+        record = workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
+        return _train_and_evaluate(config, workdir, is_main, record, allow_config_changes)
+
+
+def _restart_best_tracking(workdir: Path, record: dict | None, val_fingerprint: dict | None,
+                           is_main: bool) -> None:
+    """Moves `best/` aside when its PSNRs were measured on other validation images than this
+    run's: best/ then tracks this validation set from scratch."""
+    old = (record or {}).get('data', {}).get('val')
+    best_dir = workdir / checkpoints.BEST_DIR
+    if not (is_main and old and val_fingerprint and old != val_fingerprint and best_dir.is_dir()):
+        return
+    aside = best_dir.with_name(f'{checkpoints.BEST_DIR}.val-{old["sha256"][:12]}')
+    shutil.rmtree(aside, ignore_errors=True)
+    best_dir.rename(aside)
+    logging.warning('the validation images changed (%d -> %d images): best/ was chosen on the '
+                    'old ones and is moved to %s; best/ starts again on these', old['images'],
+                    val_fingerprint['images'], aside)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_main: bool,
+                        record: dict | None, allow_config_changes: bool) -> recipe.TrainState:
+    train_cfg = config.train
+    train_ds, val_ds = load_datasets(config)
+    fingerprints = {'train': dataset_fingerprint(train_ds), 'val': dataset_fingerprint(val_ds)}
+    workdir_lib.check_data(record, fingerprints, allow_config_changes)
+    _restart_best_tracking(workdir, record, fingerprints['val'], is_main)
+    run_record = {'config': config.to_dict(), 'data': fingerprints}
+
+    model = recipe.create_model(config)
+    mesh = recipe.create_mesh()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.device_put(
+        recipe.create_train_state(config, model, jax.random.PRNGKey(train_cfg.seed)), replicated)
+    latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
+    best = checkpoints.best_manager(workdir)
+    state = checkpoints.restore_train_state(latest, state)
+    start_step = int(state.step)
+    total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
+    # Every process draws the same global batches and feeds its rows: the result does not
+    # depend on the number of processes.
+    try:
+        loader = input_pipeline.PatchLoader(
+            train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
+            start_step=start_step, num_workers=config.data.num_workers,
+            shard=(jax.process_index(), jax.process_count()))
+    except ValueError as e:
+        raise DataError(f'config.data.lr_patch={config.data.lr_patch}: {e}') from e
+    if is_main:  # only once the run is known to resume (or start) cleanly
+        workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
+    if start_step:
+        logging.info('Resuming from step %d of %d (%s).', start_step, total_steps, latest.directory)
+    if is_main:  # steps after the checkpoint are redone: their old records would be duplicates
+        metric_writer.drop_records_after(workdir, start_step)
+
+    train_step_fn = recipe.compile_train_step(config, mesh)
+    redraw = recipe.compile_redraw(config, mesh)
+    learning_rate_fn = recipe.create_learning_rate_fn(config)
+    logger = metric_writer.MetricLogger(workdir, is_main)
+    bicubic = None if val_ds is None else evaluator.evaluate_in_memory(
+        val_ds, inference.BicubicUpscaler(val_ds.scale)).summary()['psnr']
+    validator = None  # the one evaluator of eval.py, compiled at the first validation
+    batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: recipe.shard_batch(b, mesh))
+    history = metric_writer.StepMetrics(start_step, config.data.batch_size)
+    progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,
+                         dynamic_ncols=True)
+
+    def flush(step: int) -> None:
+        """Checks and logs the metrics of the steps since the last flush (`step` is the last)."""
+        try:
+            scalars = history.flush(step)
+        except metric_writer.NonFiniteMetrics as e:
+            checkpoints.wait_until_saved(latest)
+            raise FloatingPointError(f'{e}: training stopped; {_last_checkpoint(latest)}') from e
+        if scalars is None:
+            return
+        logger.write(step, scalars)
+        progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
+                             lr=f'{float(learning_rate_fn(step - 1)):.2e}',
+                             steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
+
+    def require_finite(step: int, what: str) -> None:
+        if not _on_every_process(_all_finite(state.params)):
+            checkpoints.wait_until_saved(latest)
+            raise FloatingPointError(
+                f'the parameters after step {step} are not finite (the loss was): training '
+                f'stopped without saving them {what}; {_last_checkpoint(latest)}')
+
+    def save(step: int) -> None:
+        require_finite(step, 'as a checkpoint')
+        checkpoints.save_train_state(latest, state, run_record)
+
+    val_psnr = None
+
+    def validate(step: int) -> None:
+        """Scores `state` on the validation set; `best/` holds it before the score is recorded."""
+        nonlocal validator, val_psnr
+        local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+        if validator is None:
+            validator = inference.ModelUpscaler(model, local, bucket=train_cfg.eval_bucket,
+                                                name='validation')
+        validator.variables = local
+        scores = evaluator.evaluate_in_memory(val_ds, validator).summary()
+        val_psnr = scores['psnr']
+        require_finite(step, 'as the best model')
+        checkpoints.save_best(best, state, val_psnr, run_record)
+        checkpoints.wait_until_saved(best)
+        logger.write(step, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
+                            'val/bicubic_psnr_y': bicubic})
+        logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)', step, val_psnr,
+                     bicubic)
+        history.restart_clock(step)  # validation time is not training speed
+
+    def validation_due(step: int) -> bool:
+        epochs_done, in_epoch = divmod(step, train_cfg.steps_per_epoch)
+        return val_ds is not None and (step == total_steps or (
+            in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
+
+    stop_requested = _defer_ctrl_c()
+    try:
+        # A run killed between a checkpoint and its validation: validate that checkpoint now.
+        unrecorded = start_step not in metric_writer.validated_steps(workdir)
+        if start_step and validation_due(start_step) and _on_every_process(unrecorded):
+            logging.info('Step %d was saved but its validation not recorded: validating it.',
+                         start_step)
+            validate(start_step)
+        for step in range(start_step, total_steps):
+            index = recipe.redraw_index(step, config)
+            if index is not None:
+                state = redraw(state, index)
+            state, step_metrics = train_step_fn(state, next(batches))
+            history.append(step_metrics)
+            done = step + 1
+            progress.update()
+            stopping = stop_requested.is_set()
+            do_eval = validation_due(done)
+            do_save = (done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
+                       or stopping)
+            if done % train_cfg.log_every == 0 or do_save or do_eval:
+                flush(done)
+            if do_save:
+                save(done)
+            if do_eval and not stopping:
+                validate(done)
+            if stopping:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        _finish_saves(latest, best)
+        raise TrainingInterrupted(f'interrupted after step {int(state.step)}; '
+                                  f'{_last_checkpoint(latest)} Run the same command to resume.'
+                                  ) from None
+    except BaseException:
+        # With several processes a failure here may be another process's death: a save in
+        # flight then waits at a barrier for ever. Orbax commits a step only once it is
+        # complete, so leaving it unfinished loses nothing.
+        if jax.process_count() == 1:
+            with contextlib.suppress(files.WriteError):  # the error in flight is the one to tell
+                _finish_saves(latest, best)
+        raise
+    else:
+        _finish_saves(latest, best)
+    finally:
+        _restore_ctrl_c()
+        progress.close()
+        loader.close()
+        logger.close()
+    if val_psnr is not None:
+        logging.info('final validation PSNR-Y %.3f dB vs bicubic %.3f dB (%+.3f dB) on %d image(s)',
+                     val_psnr, bicubic, val_psnr - bicubic, len(val_ds))
+    return state

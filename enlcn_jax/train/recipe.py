@@ -1,0 +1,216 @@
+"""ENLCN training: TrainState, schedules, the train/eval steps and the training loop.
+
+Modelled on Flax `examples/imagenet/train.py`. One step:
+
+    batch {'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}, sharded over the 'data' axis
+      -> ENLCN(lr / 255, return_embeddings=True) -> sr, [(q, k) per ENLCA module]
+      -> loss = L1(sr, hr / 255) + w(step) * mean_modules contrastive(q, k)
+      -> Adam(lr(step)) update, gradients averaged over the global batch by the compiler
+
+Data parallelism is `jax.jit` over a one-axis `Mesh` of every device ('data'): the batch is split
+on its first axis, the state replicated. With `config.distributed`, `train.py` first calls
+`jax.distributed.initialize()` and each process feeds its share of the global batch.
+
+Schedules are pure functions of the step, so a run resumed from a checkpoint repeats a straight
+run exactly (same batches, same random features, same learning rate, same contrastive weight):
+
+  * learning rate: `train.lr`, times `lr_decay_factor` from the first step of each epoch in
+    `lr_decay_epochs` (`optax.piecewise_constant_schedule`);
+  * contrastive weight: 0 before epoch `contrastive.start_epoch`, `contrastive.weight` from it;
+    a traced scalar, so the step compiles once, and `lax.cond` skips the contrastive loss
+    (O(B N^2 d) per module) while it is 0;
+  * random features: redrawn from `fold_in(state.rng, i)` at the start of draw period i (epochs,
+    every `redraw.steps` steps, or never) and kept in the state, so evaluation and checkpoints
+    see the features the parameters were trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from enlcn_jax.nn import losses, models
+
+Array = jax.Array
+DATA_AXIS = 'data'
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus the ENLCA random features and the key they are redrawn from.
+
+    Attributes (besides `step`, `params`, `opt_state`, `apply_fn`, `tx`):
+      random_features: `{'body_<i>': {'projection': float32 [m, d]}}`, one per ENLCA module
+        (`{}` without attention).
+      rng: uint32 [2] base key; draw i of the random features uses `fold_in(rng, i)`.
+    """
+    random_features: Any
+    rng: Array
+
+    @property
+    def variables(self) -> dict:
+        """`{'params', 'random_features'}`: what `ENLCN.apply` and `checkpoints` take."""
+        variables = {'params': self.params}
+        if self.random_features:
+            variables[models.RANDOM_FEATURES] = self.random_features
+        return variables
+
+
+def create_model(config: ml_collections.ConfigDict) -> models.ENLCN:
+    """The network of `config.model` (`models.from_config`)."""
+    return models.from_config(config.model.to_dict())
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step decay: `lr * factor^(number of lr_decay_epochs <= step // steps_per_epoch)`."""
+    train = config.train
+    boundaries = {int(epoch) * train.steps_per_epoch: train.lr_decay_factor
+                  for epoch in train.lr_decay_epochs}
+    return optax.piecewise_constant_schedule(train.lr, boundaries)
+
+
+def create_contrastive_weight_fn(config: ml_collections.ConfigDict) -> Callable[[Any], Array]:
+    """`step -> float32 weight`: 0 before epoch `contrastive.start_epoch`, `weight` from it."""
+    start = config.train.contrastive.start_epoch * config.train.steps_per_epoch
+    weight = config.train.contrastive.weight
+
+    def weight_fn(step):
+        return jnp.where(step >= start, jnp.float32(weight), jnp.float32(0.0))
+
+    return weight_fn
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+    """Adam with the step-decay schedule, after global-norm clipping if `grad_clip > 0`."""
+    train = config.train
+    adam = optax.adam(learning_rate_fn, b1=train.betas[0], b2=train.betas[1], eps=train.eps)
+    if train.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(train.grad_clip), adam)
+    return adam
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.ENLCN,
+                       key: Array) -> TrainState:
+    """Initial state on the default device: parameters and first random features from `key`."""
+    init_key, redraw_key = jax.random.split(key)
+    patch = config.data.lr_patch
+    variables = models.init_variables(model, init_key, (patch, patch))
+    return TrainState.create(
+        apply_fn=model.apply, params=variables['params'],
+        tx=create_optimizer(config, create_learning_rate_fn(config)),
+        random_features=variables.get(models.RANDOM_FEATURES, {}), rng=redraw_key)
+
+
+def redraw_index(step: int, config: ml_collections.ConfigDict) -> int | None:
+    """Index of the random-feature draw that starts at 0-based `step`, or None (keep them).
+
+    `'epoch'`: draw e at the first step of epoch e; `'steps'`: draw i at step `i * redraw.steps`;
+    `'never'`: always None (the features drawn at initialisation stay).
+    """
+    every = config.train.redraw.every
+    if every == 'never':
+        return None
+    period = config.train.steps_per_epoch if every == 'epoch' else config.train.redraw.steps
+    return step // period if step % period == 0 else None
+
+
+def draw_random_features(random_features: Any, rng: Array, index: Array,
+                         projection: str) -> Any:
+    """Draw `index` of every module's features: `models.redraw` with `fold_in(rng, index)`."""
+    variables = models.redraw({models.RANDOM_FEATURES: random_features},
+                              jax.random.fold_in(rng, index), projection)
+    return variables[models.RANDOM_FEATURES]
+
+
+def contrastive_term(embeddings: list[tuple[Array, Array]],
+                     config: ml_collections.ConfigDict) -> Array:
+    """Mean over ENLCA modules and images of the contrastive loss of `(q, k)`, each `[B, N, d]`.
+
+    `losses.contrastive_loss` is per image, batched with `vmap`: the batch axis stays a parallel
+    axis that the compiler can split over devices.
+    """
+    contrastive = config.train.contrastive
+    per_image = jax.vmap(functools.partial(losses.contrastive_loss, variant=contrastive.variant,
+                                           block_size=contrastive.block_size))
+    return jnp.mean(jnp.stack([jnp.mean(per_image(q, k)) for q, k in embeddings]))
+
+
+def train_step(state: TrainState, batch: dict[str, Array], *,
+               learning_rate_fn: optax.Schedule,
+               contrastive_weight_fn: Callable[[Any], Array],
+               contrastive_fn: Callable[[list], Array]) -> tuple[TrainState, dict[str, Array]]:
+    """One Adam step on L1 + w(step) * contrastive.
+
+    Args:
+      state: the current state (replicated).
+      batch: `{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}`.
+      learning_rate_fn: `step -> lr`, for the metrics (the optimiser holds its own copy).
+      contrastive_weight_fn: `step -> weight`; the contrastive loss is only computed when > 0.
+      contrastive_fn: `[(q, k)] -> scalar`, e.g. `contrastive_term` with the config bound.
+    Returns:
+      `(new_state, metrics)` with float32 scalars `loss`, `l1`, `contrastive` (0 while its weight
+      is 0), `contrastive_weight`, `lr` and `grad_norm`.
+    """
+    lr_images = batch['lr'].astype(jnp.float32) / 255.0
+    hr_images = batch['hr'].astype(jnp.float32) / 255.0
+    weight = contrastive_weight_fn(state.step)
+
+    def loss_fn(params):
+        variables = {'params': params, models.RANDOM_FEATURES: state.random_features}
+        sr, embeddings = state.apply_fn(variables, lr_images, return_embeddings=True)
+        l1 = losses.l1_loss(sr, hr_images)
+        if embeddings:
+            cl = jax.lax.cond(weight > 0, lambda: contrastive_fn(embeddings),
+                              lambda: jnp.float32(0.0))
+        else:
+            cl = jnp.float32(0.0)
+        return l1 + weight * cl, (l1, cl)
+
+    (loss, (l1, cl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads=grads)
+    metrics = {'loss': loss, 'l1': l1, 'contrastive': cl, 'contrastive_weight': weight,
+               'lr': learning_rate_fn(state.step), 'grad_norm': optax.tree.norm(grads)}
+    return new_state, metrics
+
+
+def create_mesh(devices: list | None = None) -> Mesh:
+    """One-axis mesh ('data') over `devices` (default: all devices of all processes)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
+    """`train_step` jitted over `mesh`: state replicated (and donated), batch split on 'data'."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step_fn = functools.partial(
+        train_step, learning_rate_fn=create_learning_rate_fn(config),
+        contrastive_weight_fn=create_contrastive_weight_fn(config),
+        contrastive_fn=functools.partial(contrastive_term, config=config))
+    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def compile_redraw(config: ml_collections.ConfigDict,
+                   mesh: Mesh) -> Callable[[TrainState, int], TrainState]:
+    """`(state, index) -> state` with draw `index` of the random features, replicated on `mesh`."""
+    draw = jax.jit(functools.partial(draw_random_features, projection=config.model.projection),
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def redraw(state: TrainState, index: int) -> TrainState:
+        return state.replace(random_features=draw(state.random_features, state.rng, index))
+
+    return redraw
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
+    """This process's rows of the global batch -> global arrays split over `mesh` on 'data'."""
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

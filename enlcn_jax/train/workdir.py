@@ -1,0 +1,207 @@
+"""A training workdir's bookkeeping: one writer at a time, and resume only with the same run.
+
+* `WorkdirLock`: an exclusive `fcntl` lock on `<workdir>/train.lock`, held for the whole run. A
+  second training on the same workdir fails at once, naming the holder's pid and host (written
+  into the file); the kernel drops the lock when the holder exits, however it exits, so a
+  crashed run never leaves it stuck.
+* `check_resume`: every checkpoint step carries the record of what trained it (the config and
+  a fingerprint of the data, `checkpoints.saved_record`); `config.json` is the readable copy of
+  the latest run's config, and the record of checkpoints written before records existed.
+  Re-running a workdir with a different model, data, seed or recipe is refused before anything
+  is written, naming the differing keys; the keys in `SAFE_TO_CHANGE` (more epochs, logging and
+  checkpoint cadence, validation, the compute precision) may change, and `allow_changes` accepts
+  the rest deliberately. A checkpoint with no record at all (and no `config.json`) is resumed
+  only with `allow_changes`.
+* `check_data`: the same for the training images, by their fingerprint
+  (`train_lib.dataset_fingerprint`).
+* `record_config`: writes `config.json` and `model_config.json` atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+from enlcn_jax.storage import checkpoints, files
+
+CONFIG_FILE = 'config.json'
+LOCK_FILE = 'train.lock'
+# Keys a resumed run may change: how long, how often to log / save / validate, and on what.
+SAFE_TO_CHANGE = (
+    'train.epochs', 'train.log_every', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
+    'train.eval_every_epochs', 'train.eval_bucket', 'data.num_workers', 'data.cache_dir',
+    'data.tfds_data_dir', 'data.val_source', 'data.val_hr_dir', 'data.val_lr_dir',
+    'data.val_photos', 'data.val_limit', 'distributed', 'ablation', 'model.dtype')
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used for this run; the message says why and what to do."""
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f'{prefix}{key}.'))
+        return flat
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _is_safe(key: str) -> bool:
+    return any(key == safe or key.startswith(safe + '.') for safe in SAFE_TO_CHANGE)
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """`'key: old -> new'` for every differing key that is not in `SAFE_TO_CHANGE`."""
+    old_flat, new_flat = _flatten(old), _flatten(json.loads(json.dumps(new)))
+    missing = object()
+    changes = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        before, after = old_flat.get(key, missing), new_flat.get(key, missing)
+        if before != after and not _is_safe(key):
+            show = lambda v: '(absent)' if v is missing else repr(v)
+            changes.append(f'{key}: {show(before)} -> {show(after)}')
+    return changes
+
+
+def _recorded_config(workdir: Path) -> tuple[dict | None, int | None, dict | None]:
+    """`(config, latest step, its record)`: the config the latest checkpoint was trained with
+    (its record's, else `config.json`'s), or None where neither says."""
+    with checkpoints.latest_manager(workdir, read_only=True) as manager:
+        step = manager.latest_step() if manager.directory.is_dir() else None
+        record = None if step is None else checkpoints.saved_record(manager, step)
+    if record is not None and 'config' in record:
+        return record['config'], step, record
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return None, step, record
+    try:
+        return json.loads(path.read_text()), step, record
+    except (OSError, ValueError) as e:
+        what = ('nothing was trained in it yet: move it away to start afresh' if step is None else
+                f'and checkpoint step {step} has no record of its config: use a new --workdir, '
+                'or pass --allow_config_changes to resume it with this config')
+        raise WorkdirError(f'{path} is unreadable ({e}); {what}') from e
+
+
+def check_resume(workdir: str | os.PathLike, config: dict,
+                 allow_changes: bool = False) -> dict | None:
+    """Refuses to continue `workdir`'s run with a config that changes what is being trained.
+
+    Args:
+      workdir: the training workdir.
+      config: the new run's config as a plain dict (`ConfigDict.to_dict()`).
+      allow_changes: accept the changes (logged), e.g. a deliberate new lr.
+    Returns:
+      the record saved with the latest checkpoint (None without one, or for an older format).
+    Raises:
+      WorkdirError: listing the changed keys and how to proceed, or naming the missing record.
+    """
+    workdir = Path(workdir)
+    try:
+        old, step, record = _recorded_config(workdir)
+    except WorkdirError:
+        if not allow_changes:
+            raise
+        return None
+    if old is None:
+        if step is not None:
+            message = (f'{workdir} holds checkpoint step {step} but no record of the config that '
+                       f'trained it (no record in the checkpoint, no {CONFIG_FILE})')
+            if not allow_changes:
+                raise WorkdirError(f'{message}: pass --allow_config_changes to resume it with '
+                                   'this config, or use a new --workdir')
+            logging.warning('%s; resuming it with this config as asked', message)
+        return record
+    changes = config_changes(old, config)
+    if changes and not allow_changes:
+        raise WorkdirError(
+            f'{workdir} holds a run with another config ({"; ".join(changes)}): use a new '
+            '--workdir for a new run, or pass --allow_config_changes to continue this one '
+            'with the change')
+    if changes:
+        logging.warning('resuming %s with config changes, as asked: %s', workdir,
+                        '; '.join(changes))
+    return record
+
+
+def check_data(record: dict | None, fingerprints: dict, allow_changes: bool = False) -> None:
+    """Refuses to resume on other training images than the checkpoint's record names.
+
+    Args:
+      record: the latest checkpoint's record (`check_resume`), or None (nothing to compare).
+      fingerprints: `{'train': data.fingerprint(...), 'val': ... or None}` of this run.
+      allow_changes: accept other training images, with a warning that the run no longer
+        repeats a straight one.
+    Raises:
+      WorkdirError: the training images differ, naming the image counts.
+    """
+    old = (record or {}).get('data', {}).get('train')
+    new = fingerprints['train']
+    if old is None or old == new:
+        return
+    message = (f'the training images differ from the ones that trained the checkpoint '
+               f'({old["images"]} images, fingerprint {old["sha256"][:12]} -> {new["images"]}, '
+               f'{new["sha256"][:12]})')
+    if not allow_changes:
+        raise WorkdirError(f'{message}: restore them, use a new --workdir, or pass '
+                           '--allow_config_changes to continue on these')
+    logging.warning('%s; continuing on them as asked: the run no longer repeats a straight one',
+                    message)
+
+
+def record_config(workdir: str | os.PathLike, config: dict, model_config: dict) -> None:
+    """Writes `config.json` (the run) and `model_config.json` (what evaluation rebuilds)."""
+    workdir = Path(workdir)
+    files.write_text(workdir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+    files.write_text(workdir / checkpoints.MODEL_CONFIG,
+                     json.dumps(model_config, indent=2, sort_keys=True))
+
+
+class WorkdirLock:
+    """Exclusive lock of a training workdir, as a context manager (see the module docstring).
+
+    Raises (on enter):
+      WorkdirError: another process holds it (its pid and host named), or the workdir cannot
+        be created or written.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = Path(workdir) / LOCK_FILE
+        self._file = None
+
+    def __enter__(self) -> 'WorkdirLock':
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
+        except OSError as e:
+            raise WorkdirError(f'cannot use {self.path.parent} as a workdir: {e.strerror or e}') \
+                from e
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or 'another process'
+            handle.close()
+            raise WorkdirError(f'{self.path.parent} is being trained by {holder}; wait for it '
+                               'to finish or use another --workdir') from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()} on host {socket.gethostname()} since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

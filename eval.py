@@ -27,7 +27,7 @@ from enlcn_jax.data import sources
 
 from enlcn_jax.evaluation import evaluator, inference, panels
 
-from enlcn_jax.nn import models
+from enlcn_jax.nn import precision
 
 from enlcn_jax.storage import files
 
@@ -48,7 +48,7 @@ flags.DEFINE_integer('bucket', 16, 'pad LR sides to a multiple of this so sizes 
 flags.DEFINE_integer('tile', None, 'LR tile side for devices short of memory (default: whole '
                      'images)', lower_bound=1)
 flags.DEFINE_integer('tile_overlap', 16, 'LR pixels of overlap between tiles', lower_bound=0)
-flags.DEFINE_enum('dtype', None, list(models.PRECISIONS), 'compute precision of the network '
+flags.DEFINE_enum('dtype', None, list(precision.NAMES), 'compute precision of the network '
                   '(default: the one the checkpoint was trained in, its model.dtype)')
 flags.DEFINE_string('save_images', None, 'write SR PNGs to DIR/<dataset>/X<s>/<name>.png')
 flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | SR | HR crop PNG '

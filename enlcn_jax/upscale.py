@@ -23,7 +23,7 @@ from enlcn_jax.data import image_io
 
 from enlcn_jax.evaluation import inference
 
-from enlcn_jax.nn import models
+from enlcn_jax.nn import precision
 
 from enlcn_jax.storage import files
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--tile_overlap', type=int, default=16, help='LR overlap between tiles')
     parser.add_argument('--bucket', type=int, default=1,
                         help='pad LR sides to a multiple of this (1: exact, no padding)')
-    parser.add_argument('--dtype', choices=models.PRECISIONS, default=None,
+    parser.add_argument('--dtype', choices=precision.NAMES, default=None,
                         help='compute precision (default: the one the model was trained in)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ Inference (`ModelUpscaler`), batch of one:
 
 from __future__ import annotations
 
+import copy
 import os
 import resource
 from typing import Protocol, Sequence
@@ -163,9 +164,9 @@ class ModelUpscaler:
 
     Args:
       model: the network; `model.scale` is the SR scale.
-      variables: its variables (`params`, `random_features`), moved to the default device once;
-        assign new ones to `upscaler.variables` to run another state of the same model with the
-        forwards already compiled (training validation does).
+      variables: its variables (`params`, `random_features`), moved to the default device once
+        (`with_variables` gives an upscaler of another state of the same model that shares the
+        forwards compiled so far; training validation uses it).
       bucket: LR height and width are padded up to a multiple of this (1: no padding, exact).
       tile: LR tile side, or None for whole images.
       tile_overlap: LR pixels shared by neighbouring tiles, `0 <= tile_overlap < tile`.
@@ -202,6 +203,13 @@ class ModelUpscaler:
         self.checkpoint_step = checkpoint_step
         self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
         self._auto_tiles: dict[tuple[int, ...], int | None] = {}  # by LR image shape
+
+    def with_variables(self, variables: dict) -> 'ModelUpscaler':
+        """This upscaler with other `variables` of the same shapes; the compiled forwards are
+        shared (they take the variables as an argument)."""
+        upscaler = copy.copy(self)
+        upscaler.variables = jax.device_put(variables)
+        return upscaler
 
     @property
     def compiled_shapes(self) -> list[tuple[int, ...]]:
@@ -303,7 +311,7 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: s
     Args:
       checkpoint: the directory.
       which: `'latest'` or `'best'` checkpoint of a workdir.
-      dtype: compute precision (`models.PRECISIONS`); None: the one the model was trained in
+      dtype: compute precision (`precision.NAMES`); None: the one the model was trained in
         (its recorded `model.dtype`; float32 for models recorded without one).
       **options: `ModelUpscaler`'s keyword arguments; its `checkpoint_step` is the step loaded
         (None for a model directory).

@@ -24,15 +24,13 @@ import jax
 import jax.numpy as jnp
 
 from enlcn_jax.nn import attention as attention_lib
-from enlcn_jax.nn import features
+from enlcn_jax.nn import features, precision
 
 Array = jax.Array
 Embeddings = tuple[Array, Array]
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RANDOM_FEATURES = 'random_features'
-# Compute precisions of `ENLCN.dtype` (`model.dtype`): see `ENLCN`.
-PRECISIONS = ('float32', 'bfloat16', 'float16')
 
 
 def pixel_shuffle(x: Array, r: int) -> Array:
@@ -227,8 +225,8 @@ class ENLCN(nn.Module):
     exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
     the attention's keys and normaliser. Evaluation pads images to shared shapes with it.
 
-    `dtype` (`'float32'`, `'bfloat16'` or `'float16'`) is the precision the convolutions compute
-    in, except the last one, which writes the image. Parameters stay float32 (cast per
+    `dtype` is the name of the compute precision (`precision.PRECISIONS`) of the convolutions,
+    except the last one, which writes the image in float32. Parameters stay float32 (cast per
     convolution), and so does everything else: the residual stream between modules, ENLCA's
     q, k, v, random features, normaliser and output, and the returned image and embeddings (so
     the losses are float32 too).
@@ -262,20 +260,21 @@ class ENLCN(nn.Module):
         mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
         std = jnp.asarray(self.rgb_std, jnp.float32)
         x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, valid)
-        x = _masked(conv3x3(self.n_feats, 'head', self.dtype)(x).astype(jnp.float32), valid)
+        dtype = precision.lookup(self.dtype).dtype
+        x = _masked(conv3x3(self.n_feats, 'head', dtype)(x).astype(jnp.float32), valid)
 
         embeddings = []
         res = x
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
-                res, qk = ENLCA(self.enlca, self.res_scale, self.dtype, name=f'body_{i}')(
+                res, qk = ENLCA(self.enlca, self.res_scale, dtype, name=f'body_{i}')(
                     res, valid)
                 embeddings.append(qk)
             else:
-                res = ResBlock(self.res_scale, self.dtype, name=f'body_{i}')(res, valid)
-        res = _masked(conv3x3(self.n_feats, 'body_conv', self.dtype)(res), valid) + x
+                res = ResBlock(self.res_scale, dtype, name=f'body_{i}')(res, valid)
+        res = _masked(conv3x3(self.n_feats, 'body_conv', dtype)(res), valid) + x
 
-        y = Upsampler(self.scale, self.dtype, name='tail_upsample')(res, valid)
+        y = Upsampler(self.scale, dtype, name='tail_upsample')(res, valid)
         y = conv3x3(3, 'tail_conv', jnp.float32)(y.astype(jnp.float32))
         # PyTorch EDSR's add_mean: a 1x1 conv, weight eye(3) / std, bias rgb_range * mean / std.
         sr = (y + mean) / std / self.rgb_range
@@ -306,8 +305,7 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
         raise ValueError(f'unknown model config key(s) {unknown}; known: '
                          f'{sorted(network_keys | set(ENLCA_KEYS))}')
     check_scale(config.get('scale', 2))
-    if config.get('dtype', 'float32') not in PRECISIONS:
-        raise ValueError(f"model.dtype={config['dtype']!r}; choose one of {PRECISIONS}")
+    precision.lookup(config.get('dtype', 'float32'))
     for key in ('n_resblocks', 'n_feats', 'attention_every'):
         if key in config and config[key] < 1:
             raise ValueError(f'model.{key} must be >= 1, got {config[key]}')

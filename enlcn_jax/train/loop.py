@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from enlcn_jax.data import input_pipeline
 from enlcn_jax.data import sources as data_lib
 from enlcn_jax.evaluation import evaluator, inference
-from enlcn_jax.nn import losses, models
+from enlcn_jax.nn import losses, models, precision
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import metric_writer, recipe
 from enlcn_jax.train import workdir as workdir_lib
@@ -54,10 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model, data, train = config.model, config.data, config.train
     # Unknown keys or values, and every swappable function checked on a small input.
     models.from_config(model.to_dict())
-    if model.dtype == 'float16':
-        raise ValueError("config.model.dtype='float16' is for evaluation only: without loss "
-                         'scaling its gradients underflow (an L1 gradient per pixel is ~1e-6); '
-                         "train in 'bfloat16' or 'float32'")
+    precision.check_trains(model.dtype)
     if data.source not in SOURCES:
         raise ValueError(f'config.data.source={data.source!r}; choose one of {SOURCES}')
     if data.val_source not in SOURCES + ('none',):

@@ -13,7 +13,7 @@ Inference (`ModelUpscaler`), batch of one:
     pixels of real context. For a convolutional model (attention='none') whose receptive-field
     radius is at most that, the result equals the whole-image output; with ENLCA the attention
     only sees one tile, which changes the output.
-  * `self_ensemble`: the 8 dihedral transforms of the input (`input_pipeline.dihedral`), each output
+  * `self_ensemble`: the 8 dihedral transforms of the input (`transforms.dihedral`), each output
     transformed back and averaged before quantisation (EDSR's x8 ensemble, "+").
 """
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from enlcn_jax.data import input_pipeline
+from enlcn_jax.data import transforms
 
 from enlcn_jax.evaluation import metrics
 
@@ -294,8 +294,8 @@ class ModelUpscaler:
         x = lr.astype(np.float32) / 255.0
         if not self.self_ensemble:
             return self._run_tiled(x)
-        outputs = [input_pipeline.inverse_dihedral(
-            self._run_tiled(np.ascontiguousarray(input_pipeline.dihedral(x, k))), k)
+        outputs = [transforms.inverse_dihedral(
+            self._run_tiled(np.ascontiguousarray(transforms.dihedral(x, k))), k)
             for k in range(8)]
         return np.mean(outputs, axis=0, dtype=np.float32)
 

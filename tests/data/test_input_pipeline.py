@@ -1,4 +1,5 @@
-"""Tests for enlcn_jax.data.input_pipeline: aligned crops, the dihedral group, the patch loader."""
+"""Tests for enlcn_jax.data.input_pipeline and transforms: aligned crops, the dihedral group, the
+patch loader."""
 
 import itertools
 import shutil
@@ -8,13 +9,8 @@ import pytest
 
 from conftest import benchmark_images
 from enlcn_jax.data.sources import SRDataset, load_folder
-from enlcn_jax.data.input_pipeline import (
-    PatchLoader,
-    dihedral,
-    inverse_dihedral,
-    prefetch_to_device,
-    random_crop_pair,
-)
+from enlcn_jax.data.input_pipeline import PatchLoader, prefetch_to_device, random_crop_pair
+from enlcn_jax.data.transforms import dihedral, inverse_dihedral
 
 SCALE = 2
 

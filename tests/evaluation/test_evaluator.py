@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import benchmark_images, benchmark_root, save_fixture_model
-from enlcn_jax.data import image_io, input_pipeline, sources
+from enlcn_jax.data import image_io, sources, transforms
 from enlcn_jax.evaluation import evaluator, inference, metrics, panels
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints
@@ -207,7 +207,7 @@ def symmetrised(variables: dict, scale: int) -> dict:
     def fix(path, leaf):
         names = [getattr(p, 'key', None) for p in path]
         if names[-1] == 'kernel' and leaf.shape[:2] == (3, 3):
-            leaf = np.mean([input_pipeline.dihedral(leaf, k, axes=(0, 1)) for k in range(8)], axis=0)
+            leaf = np.mean([transforms.dihedral(leaf, k, axes=(0, 1)) for k in range(8)], axis=0)
         if 'tail_upsample' in names:
             sub = leaf.reshape(*leaf.shape[:-1], -1, scale * scale)
             leaf = np.broadcast_to(sub[..., :1], sub.shape).reshape(leaf.shape)
@@ -368,8 +368,8 @@ def test_self_ensemble_with_tiles_tiles_every_transformed_image():
     lr = random_lr((20, 13))
     options = dict(bucket=1, tile=8, tile_overlap=2)
     tiled = inference.ModelUpscaler(model, variables, **options)
-    expected = np.mean([input_pipeline.inverse_dihedral(
-        tiled.predict(np.ascontiguousarray(input_pipeline.dihedral(lr, k))), k) for k in range(8)],
+    expected = np.mean([transforms.inverse_dihedral(
+        tiled.predict(np.ascontiguousarray(transforms.dihedral(lr, k))), k) for k in range(8)],
         axis=0)
     ensemble = inference.ModelUpscaler(model, variables, self_ensemble=True, **options)
     np.testing.assert_allclose(ensemble.predict(lr), expected, atol=1e-6)

@@ -69,11 +69,11 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
     """Trains and evaluates every variant of `base.ablation.variants` (all if empty)."""
     workdir = Path(workdir)
     names = [n for n in base.ablation.variants.split(',') if n] or list(VARIANTS)
-    sources = [sources.find_dataset(d, base.model.scale, base.ablation.data_dir)
-               for d in base.ablation.datasets.split(',') if d]
+    test_sets = [sources.find_dataset(d, base.model.scale, base.ablation.data_dir)
+                 for d in base.ablation.datasets.split(',') if d]
     # The rows and the table both use the resolved names ('set5' -> 'Set5', a folder path -> the
     # folder's name), never the names as typed.
-    datasets = [source.name for source in sources]
+    datasets = [source.name for source in test_sets]
     rows = []
     for name in names:
         config = variant_config(base, name)
@@ -88,7 +88,7 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
                'params': models.count_params(variables['params']),
                'train_seconds': train_seconds}
         start = time.perf_counter()
-        for source in sources:
+        for source in test_sets:
             result = evaluator.evaluate_dataset(source, upscaler, progress=False).summary()
             row[f'{source.name} PSNR'] = result['psnr']
             row[f'{source.name} SSIM'] = result['ssim']

@@ -4,10 +4,11 @@ Both take the same arguments, so a model switches between them by name (`model.a
 or `MODULE:NAME` for a researcher's own, see `registry`):
 
     attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map,
-                 key_mask=None) -> [B, N, c]
+                 mask=None) -> [B, N, c]
 
-(`key_mask [B, N]`, 0 for padded keys, is passed only when evaluation pads an image; a function
-without it works everywhere else.)
+`mask [B, N, 1]` (1 on real positions, 0 on padding; it broadcasts against `k` and `v`, as the
+model's `mask [B, H, W, 1]` does against images) is passed only when evaluation pads an image;
+padded positions are left out as keys. A function without it works everywhere else.
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory (the
 forward holds the key features `[N, m]` and one block of query features at a time).
@@ -54,7 +55,7 @@ def linear_attention(q_features: Array, k_features: Array, v: Array) -> Array:
 
 def enla(q: Array, k: Array, v: Array, projection: Array,
          feature_map: features.FeatureMap = features.softmax_kernel_features,
-         key_mask: Array | None = None, query_block: int = ENLA_QUERY_BLOCK) -> Array:
+         mask: Array | None = None, query_block: int = ENLA_QUERY_BLOCK) -> Array:
     """Efficient non-local attention (Eq. 6): linear attention on random features of q and k.
 
     `linear_attention(phi(q), phi(k), v)`, computed so that the `[N, m]` query features never
@@ -71,7 +72,7 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
       v: `[B, N, c]`.
       projection: `[m, d]` random features.
       feature_map: `phi(x [..., d], F [m, d]) -> [..., m]`, given `is_query=` if it takes it.
-      key_mask: optional `[B, N]`, 0 for keys to leave out (padding), 1 for the others.
+      mask: optional `[B, N, 1]`, 0 for keys to leave out (padding), 1 for the others.
       query_block: query rows mapped and attended at once.
     Returns:
       `[B, N, c]`.
@@ -81,8 +82,8 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
         k_features = feature_map(k, projection, is_query=False)
     else:
         query_map, k_features = feature_map, feature_map(k, projection)
-    if key_mask is not None:
-        k_features = k_features * key_mask[..., None].astype(k_features.dtype)
+    if mask is not None:
+        k_features = k_features * mask.astype(k_features.dtype)
     attend = functools.partial(_attend_in_query_blocks, query_map, query_block)
     return jax.vmap(attend, in_axes=(0, None, 0, 0))(q, projection, k_features, v)
 
@@ -141,7 +142,7 @@ _attend_in_query_blocks.defvjp(_attend_forward, _attend_backward)
 
 def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = None,
                     feature_map: features.FeatureMap | None = None,
-                    key_mask: Array | None = None,
+                    mask: Array | None = None,
                     query_block: int = SOFTMAX_QUERY_BLOCK) -> Array:
     """Exact non-local attention `softmax_j(q_i . k_j) v_j` (Eq. 1): O(N^2) time.
 
@@ -153,22 +154,21 @@ def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = Non
     Args:
       q, k: `[B, N, d]`.
       v: `[B, N, c]`.
-      key_mask: optional `[B, N]`, 0 for keys to leave out (padding), 1 for the others.
+      mask: optional `[B, N, 1]`, 0 for keys to leave out (padding), 1 for the others.
     Returns:
       `[B, N, c]`.
     """
     del projection, feature_map
-    if key_mask is None:
-        key_mask = jnp.ones(k.shape[:2], k.dtype)
+    keys = jnp.ones(k.shape[:2], k.dtype) if mask is None else mask[..., 0]  # [B, N]
 
-    def attend(q_block: Array, k: Array, v: Array, mask: Array) -> Array:  # [n, d] -> [n, c]
-        weights = jax.nn.softmax(q_block @ k.T, axis=-1, where=mask[None, :] > 0)
+    def attend(q_block: Array, k: Array, v: Array, keys: Array) -> Array:  # [n, d] -> [n, c]
+        weights = jax.nn.softmax(q_block @ k.T, axis=-1, where=keys[None, :] > 0)
         return weights @ v
 
     if q.shape[1] <= query_block:
-        return jax.vmap(attend)(q, k, v, key_mask)
-    return jax.vmap(lambda q, k, v, mask: blockwise.map_row_blocks(
-        lambda q_block: attend(q_block, k, v, mask), q, query_block))(q, k, v, key_mask)
+        return jax.vmap(attend)(q, k, v, keys)
+    return jax.vmap(lambda q, k, v, keys: blockwise.map_row_blocks(
+        lambda q_block: attend(q_block, k, v, keys), q, query_block))(q, k, v, keys)
 
 
 def check_attention(fn: AttentionFn) -> None:

@@ -60,16 +60,16 @@ class ResBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, valid: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
         c = x.shape[-1]
-        y = _masked(conv3x3(c, 'conv1', self.dtype)(x), valid)
-        y = _masked(conv3x3(c, 'conv2', self.dtype)(nn.relu(y)), valid)
+        y = _masked(conv3x3(c, 'conv1', self.dtype)(x), mask)
+        y = _masked(conv3x3(c, 'conv2', self.dtype)(nn.relu(y)), mask)
         return x + self.res_scale * y
 
 
-def _masked(x: Array, valid: Array | None) -> Array:
-    """`x * valid` (`valid [B, H, W, 1]`, 1 on real pixels), or `x` without a mask."""
-    return x if valid is None else x * valid.astype(x.dtype)
+def _masked(x: Array, mask: Array | None) -> Array:
+    """`x * mask` (`mask [B, H, W, 1]`, 1 on real pixels), or `x` without a mask."""
+    return x if mask is None else x * mask.astype(x.dtype)
 
 
 def check_scale(scale: int) -> list[int]:
@@ -94,12 +94,12 @@ class Upsampler(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, valid: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
         c = x.shape[-1]
         for i, r in enumerate(check_scale(self.scale)):
-            x = pixel_shuffle(_masked(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), valid), r)
-            if valid is not None:
-                valid = jnp.repeat(jnp.repeat(valid, r, axis=1), r, axis=2)
+            x = pixel_shuffle(_masked(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), mask), r)
+            if mask is not None:
+                mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
         return x
 
 
@@ -175,7 +175,7 @@ class ENLCA(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, valid: Array | None = None) -> tuple[Array, Embeddings]:
+    def __call__(self, x: Array, mask: Array | None = None) -> tuple[Array, Embeddings]:
         if x.ndim != 4:
             raise ValueError(f'ENLCA expects [B, H, W, C] input, got shape {x.shape}')
         b, h, w, c = x.shape
@@ -203,9 +203,9 @@ class ENLCA(nn.Module):
         if projection.value.shape[-1] != d:
             raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
                              f'the embedding has {d}')
-        masks = {} if valid is None else {'key_mask': valid.reshape(b, h * w)}
+        masks = {} if mask is None else {'mask': mask.reshape(b, h * w, 1)}
         y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn(), **masks)
-        y = _masked(y.reshape(b, h, w, c).astype(x.dtype), valid)
+        y = _masked(y.reshape(b, h, w, c).astype(x.dtype), mask)
         return y * self.res_scale + x, (q, k)
 
 
@@ -220,7 +220,7 @@ class ENLCN(nn.Module):
     head sees `(x rgb_range - rgb_range rgb_mean) / rgb_std` and the tail's output `y` becomes
     `(y + rgb_range rgb_mean) / rgb_std / rgb_range`, so `rgb_std` divides at both ends.
 
-    `valid` (`[B, H, W, 1]`, 1 on real pixels, 0 on padding) makes a padded input give the
+    `mask` (`[B, H, W, 1]`, 1 on real pixels, 0 on padding) makes a padded input give the
     unpadded output on its real pixels, up to float rounding: padded positions are kept at
     exactly zero after every convolution (as zero 'SAME' padding sees them) and are left out of
     the attention's keys and normaliser. Evaluation pads images to shared shapes with it.
@@ -254,27 +254,27 @@ class ENLCN(nn.Module):
         return layout
 
     @nn.compact
-    def __call__(self, x: Array, return_embeddings: bool = False, valid: Array | None = None):
+    def __call__(self, x: Array, return_embeddings: bool = False, mask: Array | None = None):
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f'ENLCN expects RGB images [B, H, W, 3], got shape {x.shape}')
         mean = jnp.asarray(self.rgb_mean, jnp.float32) * self.rgb_range
         std = jnp.asarray(self.rgb_std, jnp.float32)
-        x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, valid)
+        x = _masked((x.astype(jnp.float32) * self.rgb_range - mean) / std, mask)
         dtype = precision.lookup(self.dtype).dtype
-        x = _masked(conv3x3(self.n_feats, 'head', dtype)(x).astype(jnp.float32), valid)
+        x = _masked(conv3x3(self.n_feats, 'head', dtype)(x).astype(jnp.float32), mask)
 
         embeddings = []
         res = x
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
                 res, qk = ENLCA(self.enlca, self.res_scale, dtype, name=f'body_{i}')(
-                    res, valid)
+                    res, mask)
                 embeddings.append(qk)
             else:
-                res = ResBlock(self.res_scale, dtype, name=f'body_{i}')(res, valid)
-        res = _masked(conv3x3(self.n_feats, 'body_conv', dtype)(res), valid) + x
+                res = ResBlock(self.res_scale, dtype, name=f'body_{i}')(res, mask)
+        res = _masked(conv3x3(self.n_feats, 'body_conv', dtype)(res), mask) + x
 
-        y = Upsampler(self.scale, dtype, name='tail_upsample')(res, valid)
+        y = Upsampler(self.scale, dtype, name='tail_upsample')(res, mask)
         y = conv3x3(3, 'tail_conv', jnp.float32)(y.astype(jnp.float32))
         # PyTorch EDSR's add_mean: a 1x1 conv, weight eye(3) / std, bias rgb_range * mean / std.
         sr = (y + mean) / std / self.rgb_range

@@ -47,13 +47,13 @@ def test_linear_attention_with_identity_features_is_normalised_kernel_attention(
     np.testing.assert_allclose(attention.linear_attention(qf, kf, v), expected, rtol=1e-5)
 
 
-def whole_array_enla(q, k, v, projection, feature_map, key_mask):
+def whole_array_enla(q, k, v, projection, feature_map, mask):
     """ENLA as Eq. 6 writes it: every query and key feature at once, autodiff gradients."""
     if features.accepts(feature_map, 'is_query'):
         qf, kf = feature_map(q, projection, is_query=True), feature_map(k, projection, is_query=False)
     else:
         qf, kf = feature_map(q, projection), feature_map(k, projection)
-    return attention.linear_attention(qf, kf * key_mask[..., None], v)
+    return attention.linear_attention(qf, kf * mask, v)
 
 
 @pytest.mark.parametrize('map_name', ['softmax_kernel', 'softmax_kernel_stable', 'relu'])
@@ -63,10 +63,10 @@ def test_query_blocked_enla_and_its_written_out_gradient_equal_the_whole_array_f
     """Values and gradients w.r.t. q, k, v and the projection, with some keys masked."""
     q, k, v = normalized_qkv(jax.random.key(5), 2, n, 8, 5)
     projection = features.orthogonal_gaussian_projection(jax.random.key(6), 16, 8)
-    key_mask = jnp.ones((2, n)).at[0, -9:].set(0.0)
+    mask = jnp.ones((2, n, 1)).at[0, -9:].set(0.0)
     phi = features.get_feature_map(map_name)
-    blocked = lambda *a: attention.enla(*a, phi, key_mask=key_mask, query_block=block)
-    whole = lambda *a: whole_array_enla(*a, phi, key_mask)
+    blocked = lambda *a: attention.enla(*a, phi, mask=mask, query_block=block)
+    whole = lambda *a: whole_array_enla(*a, phi, mask)
     args = (q, k, v, projection)
     np.testing.assert_allclose(blocked(*args), whole(*args), rtol=1e-5, atol=1e-6)
     probe = jax.random.normal(jax.random.key(7), (2, n, 5))
@@ -85,7 +85,7 @@ def test_enla_row_with_no_weight_is_zero_with_finite_gradients():
     projection = jnp.eye(4)
     q = q.at[0, 0].set(-jnp.abs(q[0, 0]))   # every feature of query 0 is relu(< 0) = 0
     phi = functools.partial(features.relu_features, eps=0.0)
-    mask = jnp.ones((1, 12))
+    mask = jnp.ones((1, 12, 1))
     out = attention.enla(q, k, v, projection, phi, query_block=5)
     assert float(jnp.max(jnp.abs(out[0, 0]))) == 0.0
     grads = [jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2))(q, k, v, projection)
@@ -96,7 +96,7 @@ def test_enla_row_with_no_weight_is_zero_with_finite_gradients():
         np.testing.assert_allclose(g_blocked, g_whole, rtol=1e-5, atol=1e-6)
 
 
-def test_enla_approaches_exact_exact_attention_as_m_grows():
+def test_enla_approaches_exact_attention_as_m_grows():
     q, k, v = normalized_qkv(jax.random.key(2), 1, 256, 16, 8, amplification=2.0)
     exact = attention.exact_attention(q, k, v)
     errors = []

@@ -1,24 +1,9 @@
 """The released code's training recipe (EDSR-PyTorch + ENLCN), shared by x2.py, x3.py and x4.py.
 
-Every row of SPEC.md's "paper vs released code" table is a key here; the default is always the
-released code (the pretrained weights came from it), the comment gives the paper's value:
-
-| SPEC row                      | key                                            | code          | paper           |
-| ----------------------------- | ---------------------------------------------- | ------------- | --------------- |
-| contrastive sets / form       | train.contrastive.variant                      | 'code'        | 'paper'         |
-| contrastive warm-up           | train.contrastive.start_epoch                  | 100           | 150             |
-| LR patch size                 | data.lr_patch                                  | 48            | 46 (x2), 28 (x4)|
-| Adam betas                    | train.betas                                    | (0.9, 0.999)  | (0.9, 0.99)     |
-| LR decay                      | train.lr_decay_epochs                          | (200,...,800) | (200,)          |
-| random-feature redraw         | train.redraw.every / train.redraw.steps        | 'steps' / 640 | 'epoch'         |
-| epoch length                  | train.steps_per_epoch                          | 1000          | -               |
-| feature-map constant          | model.kernel_eps                               | None (1e-4)   | 0.0             |
-| normalisation eps             | model.norm_eps                                 | 5e-5          | -               |
-| orthogonal random features    | model.projection                               | 'orthogonal'  | 'orthogonal' / 'iid' |
-
-The one exception is `train.redraw.every`: the random features are redrawn at every epoch start
-(the paper's schedule, a deterministic function of the epoch that a resumed run repeats); set
-`--config.train.redraw.every=steps` for the code's every-640-forward-calls schedule.
+Every row of docs/method.md's "paper vs released code" table is a key here; the default is
+always the released code's (the pretrained weights came from it) except `train.redraw.every`, which
+redraws the random features at every epoch start (the paper's schedule, a deterministic function of
+the epoch that a resumed run repeats). The comment of each key gives the paper's value.
 
 Run: `python train.py --config configs/x2.py --config.data.hr_dir=... ` (see `data` below).
 """
@@ -104,6 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 3       # latest checkpoints kept (the best one is kept apart)
     config.train.eval_every_epochs = 1      # validation PSNR-Y every N epochs and at the end
     # Validation runs eval.py's evaluator; LR sides padded to a multiple of this so sizes share
-    # a compiled forward (the padding is masked, the numbers are the unpadded ones).
-    config.train.eval_bucket = 1
+    # a compiled forward (the padding is masked, the numbers are the unpadded ones). The value
+    # is `inference.DEFAULT_BUCKET`, eval.py's and upscale's default (a test checks they agree;
+    # the configs stay free of jax imports).
+    config.train.eval_bucket = 16
     return config

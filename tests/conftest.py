@@ -39,6 +39,10 @@ COMPILATION_CACHE = Path(os.environ.get('JAX_COMPILATION_CACHE_DIR') or
                          tempfile.mkdtemp(prefix='enlcn_jax_cache_'))
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+# XLA's optimisation passes cost more compile time than the tests' tiny programs save in run
+# time (the model, precision and parity tests take 37 % less CPU time without them); every
+# tolerance, parity at 1e-6 included, holds either way. The `slow` quickstart runs optimised.
+jax.config.update('jax_disable_most_optimizations', True)
 
 
 def require_data(path: Path) -> Path:
@@ -119,10 +123,15 @@ def rel_err(ours, ref):
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
+def unit(x):
+    """`x [..., d]` with every row divided by its L2 norm (a NumPy or a JAX array, kept so)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return x / xp.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def unit_embeddings(key, shape, amplification=6.0):
     """Two arrays of `shape` `[..., d]`: Gaussian rows normalised to norm sqrt(amplification)."""
     kq, kk = jax.random.split(key)
-    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     s = np.sqrt(amplification)
     return s * unit(jax.random.normal(kq, shape)), s * unit(jax.random.normal(kk, shape))
 
@@ -137,9 +146,14 @@ def batched_contrastive_loss(q, k, *args, **kwargs):
 
 # --- tiny training runs, in process and as subprocesses -----------------------------------------
 
+# The tiny network of the model-level tests: a flat model config (`models.from_config`), 3 ENLCA
+# modules with 4-dimensional embeddings.
+TINY_MODEL = dict(scale=2, n_resblocks=2, n_feats=16, attention_every=1, num_random_features=16)
+
 # Overrides of configs/quickstart.py shared by the in-process and the subprocess runs.
 TINY = {
-    'model.n_resblocks': 2, 'model.n_feats': 16, 'model.num_random_features': 16,
+    'model.n_resblocks': TINY_MODEL['n_resblocks'], 'model.n_feats': TINY_MODEL['n_feats'],
+    'model.num_random_features': TINY_MODEL['num_random_features'],
     'data.photos': ('coffee',), 'data.lr_patch': 12, 'data.batch_size': 4,
     'train.epochs': 2, 'train.steps_per_epoch': 3, 'train.lr_decay_epochs': (1,),
     'train.contrastive.start_epoch': 1, 'train.log_every': 1,
@@ -168,7 +182,8 @@ def env():
     # tests/ too: subprocess scripts import conftest's helpers.
     return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')]),
             'JAX_COMPILATION_CACHE_DIR': str(COMPILATION_CACHE),
-            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu'}
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0', 'JAX_PLATFORMS': 'cpu',
+            'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 
 def run(args: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
@@ -213,3 +228,39 @@ def fill(disk):
             while True:
                 f.write(bytes(4096))
     assert full.value.errno == errno.ENOSPC
+
+
+# --- the authors' fixture models, saved once per session -------------------------------------
+
+@pytest.fixture(scope='session')
+def x2_model_dir(reference, tmp_path_factory) -> Path:
+    """The authors' x2 ENLCN as a model directory (`save_fixture_model`); tests only read it."""
+    return save_fixture_model(reference, tmp_path_factory.mktemp('x2_model'))
+
+
+@pytest.fixture(scope='session')
+def x4_model_dir(reference, tmp_path_factory) -> Path:
+    """The authors' x4 ENLCN as a model directory (`save_fixture_model`); tests only read it."""
+    return save_fixture_model(reference, tmp_path_factory.mktemp('x4_model'), scale=4)
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """Variables of a Flax `model` drawn in NumPy on the shapes of `models.init_variables`:
+    standard normal, divided by the square root of the fan-in (every axis but the last).
+    Flax's initialisers take seconds to compile on a small CPU; tracing their shapes does not."""
+    from enlcn_jax.nn import models  # pylint: disable=import-outside-toplevel
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+    return jax.tree_util.tree_map(draw, shapes)
+
+
+@pytest.fixture
+def fast_compile():
+    """XLA's CPU optimisations off for the test (`jax_disable_most_optimizations`): programs
+    compile several times faster and compute the same values up to float rounding. For tests
+    whose tolerances are far above rounding; the previous setting is restored after."""
+    before = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', True)
+    yield
+    jax.config.update('jax_disable_most_optimizations', before)

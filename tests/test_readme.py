@@ -358,3 +358,19 @@ def test_quickstart_command_beats_bicubic(tmp_path, start):
     print(f"quickstart: {minutes:.1f} min, validation PSNR-Y {final['val/psnr_y']:.2f} dB, "
           f"bicubic {final['val/bicubic_psnr_y']:.2f} dB")
     assert final['val/psnr_y'] > final['val/bicubic_psnr_y']
+
+
+def test_every_paper_vs_code_row_of_the_method_is_a_config_key():
+    """docs/method.md's disagreement table names a `configs/default.py` key in each row."""
+    from configs import default  # pylint: disable=import-outside-toplevel
+    text = (REPO / 'docs' / 'method.md').read_text()
+    table = text[text.index('## Where the paper and the released code disagree'):]
+    rows = [line for line in table.splitlines() if line.startswith('| ') and '`' in line]
+    config = default.get_config()
+    keys = [key for row in rows for key in re.findall(r'`([a-z_]+\.[\w.]+)`', row.split('|')[2])]
+    assert len(rows) == 10 and len(keys) >= 10, rows
+    for key in keys:
+        node = config
+        for part in key.split('.'):
+            assert part in node, f'docs/method.md names {key}, not a key of configs/default.py'
+            node = node[part]

@@ -73,7 +73,7 @@ class SRDataset:
         return len(self.names)
 
 
-def _check_scale(scale: int) -> int:
+def _positive_scale(scale: int) -> int:
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     return int(scale)
@@ -169,7 +169,7 @@ def load_pair(
       ValueError: an LR image whose size is not HR / scale (names the file).
       image_io.ImageError: an undecodable image (names the file).
     """
-    scale = _check_scale(scale)
+    scale = _positive_scale(scale)
     hr_path = Path(hr_path)
     hr = load_image(hr_path)
     if lr_dir is None:
@@ -212,7 +212,7 @@ def iter_folder(
     """
     if prefetch < 0:
         raise ValueError(f"iter_folder: prefetch must be >= 0, got {prefetch}")
-    scale = _check_scale(scale)
+    scale = _positive_scale(scale)
     hr_paths = list_hr_images(hr_dir, scale, lr_dir)
 
     def result(path: Path, future: concurrent.futures.Future):
@@ -260,7 +260,7 @@ def load_folder(
       AmbiguousLRError: with ``lr_dir``, two HR files share a stem (``list_hr_images``).
       ValueError, OSError: no image of the folder could be used (the first one's error).
     """
-    scale = _check_scale(scale)
+    scale = _positive_scale(scale)
     try:
         hr_paths = list_hr_images(hr_dir, scale, lr_dir)
     except FileNotFoundError as e:
@@ -364,7 +364,7 @@ def load_skimage_photos(names: Iterable[str], scale: int) -> SRDataset:
       DatasetNotFoundError: an unknown name, or a photo that is not bundled (skimage would
         have to download it).
     """
-    scale = _check_scale(scale)
+    scale = _positive_scale(scale)
     import skimage.data
 
     names, hrs, lrs = list(names), [], []

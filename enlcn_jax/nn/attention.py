@@ -12,7 +12,7 @@ padded positions are left out as keys. A function without it works everywhere el
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory (the
 forward holds the key features `[N, m]` and one block of query features at a time).
-`exact` (formerly `softmax`) is the quadratic baseline `softmax(q k^T) v` (Eq. 1, NLA), O(N^2)
+`exact` is the quadratic baseline `softmax(q k^T) v` (Eq. 1, NLA), O(N^2)
 time but blocked over queries so its memory is O(query_block N); it ignores the random features.
 """
 
@@ -61,7 +61,7 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
     `linear_attention(phi(q), phi(k), v)`, computed so that the `[N, m]` query features never
     exist at once: the keys are summarised first (`phi(K)^T [V, 1]`, `[m, c + 1]`), then the
     queries are mapped and attended `query_block` rows at a time, each block's features staying
-    in cache (1.6x faster than the whole-array formula at 150 x 150 on a CPU, and linear in N).
+    in cache (memory linear in N).
     The gradient is written out (`_attend_in_query_blocks`), so the backward pass is the
     whole-array formula's, not a loop. The feature map must therefore treat query rows
     independently (every registered map does; keys may share statistics, as the stabilised map's

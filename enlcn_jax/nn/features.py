@@ -32,7 +32,7 @@ Array = jax.Array
 FeatureMap = Callable[[Array, Array], Array]
 ProjectionSampler = Callable[[Array, int, int], Array]
 
-# The released code adds this constant inside the softmax feature map (SPEC: "feature map").
+# The released code adds this constant inside the softmax feature map (docs/method.md).
 SOFTMAX_KERNEL_EPS = 1e-4
 
 

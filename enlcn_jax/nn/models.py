@@ -72,8 +72,9 @@ def _masked(x: Array, mask: Array | None) -> Array:
     return x if mask is None else x * mask.astype(x.dtype)
 
 
-def check_scale(scale: int) -> list[int]:
-    """The pixel-shuffle factors of an SR scale: [3], or [2] * log2(scale) for a power of 2.
+def upsampling_factors(scale: int) -> list[int]:
+    """The pixel-shuffle factors of the upsampler for an SR scale: [3], or [2] * log2(scale) for a
+    power of 2.
 
     Raises:
       ValueError: any other scale.
@@ -96,7 +97,7 @@ class Upsampler(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         c = x.shape[-1]
-        for i, r in enumerate(check_scale(self.scale)):
+        for i, r in enumerate(upsampling_factors(self.scale)):
             x = pixel_shuffle(_masked(conv3x3(c * r * r, f'conv_{i}', self.dtype)(x), mask), r)
             if mask is not None:
                 mask = jnp.repeat(jnp.repeat(mask, r, axis=1), r, axis=2)
@@ -185,7 +186,7 @@ class ENLCA(nn.Module):
             raise ValueError(f'ENLCA: {c} channels / reduction {cfg.reduction} leaves no embedding')
         sampler = cfg.projection_fn()
 
-        # The three 1x1 convolutions as one matmul (2.5x faster than three convolutions on a CPU).
+        # The three 1x1 convolutions as one matmul.
         convs = [PointwiseConvParams(width, name=name)(c) for name, width in
                  (('conv_match1', d), ('conv_match2', d), ('conv_assembly', c))]
         kernel = jnp.concatenate([kernel for kernel, _ in convs], axis=1).astype(self.dtype)
@@ -242,6 +243,17 @@ class ENLCN(nn.Module):
     rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
     dtype: str = 'float32'
 
+    def __post_init__(self):
+        upsampling_factors(self.scale)
+        precision.lookup(self.dtype)
+        for key in ('n_resblocks', 'n_feats', 'attention_every'):
+            if getattr(self, key) < 1:
+                raise ValueError(f'model.{key} must be >= 1, got {getattr(self, key)}')
+        if self.enlca is not None and self.n_feats // self.enlca.reduction < 1:
+            raise ValueError(f'model.n_feats={self.n_feats} / model.reduction='
+                             f'{self.enlca.reduction} leaves no attention embedding')
+        super().__post_init__()
+
     def body_layout(self) -> list[str]:
         """Kind of each body module in order: 'enlca' or 'resblock' (the closing conv excluded)."""
         if self.enlca is None:
@@ -296,7 +308,8 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     other ENLCA keys are then unused); the rest are `ENLCN` fields.
 
     Raises:
-      ValueError: an unknown key, or an invalid value (naming the `model.*` key).
+      ValueError: an unknown key, or an invalid value (naming the `model.*` key; `ENLCAConfig`
+        and `ENLCN` check their own fields).
     """
     config = dict(config)
     network_keys = {f.name for f in dataclasses.fields(ENLCN)} - {'enlca', 'parent', 'name'}
@@ -304,16 +317,7 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     if unknown:
         raise ValueError(f'unknown model config key(s) {unknown}; known: '
                          f'{sorted(network_keys | set(ENLCA_KEYS))}')
-    check_scale(config.get('scale', 2))
-    precision.lookup(config.get('dtype', 'float32'))
-    for key in ('n_resblocks', 'n_feats', 'attention_every'):
-        if key in config and config[key] < 1:
-            raise ValueError(f'model.{key} must be >= 1, got {config[key]}')
     enlca = {key: config.pop(key) for key in ENLCA_KEYS if key in config}
-    width, reduction = config.get('n_feats', 256), enlca.get('reduction', 4)
-    if enlca.get('attention') != 'none' and reduction >= 1 and width // reduction < 1:
-        raise ValueError(f'model.n_feats={width} / model.reduction={reduction} leaves no '
-                         'attention embedding')
     if enlca.get('attention') == 'none':
         return ENLCN(enlca=None, **config)
     enlca_config = ENLCAConfig(**enlca)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import unit
 from configs import quickstart
 from enlcn_jax.nn import features, models
 
@@ -26,7 +27,6 @@ def estimates(sampler, key, q, k, m, draws):
 
 def unit_pairs(key, n, d, norm):
     kq, kk = jax.random.split(key)
-    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
     return (norm * unit(jax.random.normal(kq, (n, d))),
             norm * unit(jax.random.normal(kk, (n, d))))
 

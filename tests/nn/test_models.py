@@ -5,10 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL as TINY
 from enlcn_jax.nn import models
-
-TINY = dict(n_resblocks=2, n_feats=16, attention_every=1, reduction=4, num_random_features=16)
-
 
 def test_pixel_shuffle_follows_pytorch_channel_order():
     r, c, h, w = 2, 3, 4, 5
@@ -23,7 +21,7 @@ def test_pixel_shuffle_follows_pytorch_channel_order():
 
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_shapes_and_finite_gradients(scale):
-    model = models.from_config(dict(scale=scale, **TINY))
+    model = models.from_config(dict(TINY, scale=scale))
     variables = models.init_variables(model, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (2, 10, 9, 3))
 
@@ -31,7 +29,7 @@ def test_shapes_and_finite_gradients(scale):
         sr, emb = model.apply({**variables, 'params': params}, x, return_embeddings=True)
         return jnp.mean(jnp.abs(sr - 0.5)), (sr, emb)
 
-    grads, (sr, emb) = jax.grad(loss, has_aux=True)(variables['params'])
+    grads, (sr, emb) = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
     assert sr.shape == (2, 10 * scale, 9 * scale, 3)
     assert len(emb) == 3 and emb[0][0].shape == (2, 90, 4)
     leaves = jax.tree_util.tree_leaves(grads)

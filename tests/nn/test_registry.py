@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL as TINY, unit
 from enlcn_jax.nn import attention, features, models
 
-TINY = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1, num_random_features=16)
 X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
 
 RESEARCH_MODULE = '''
@@ -161,9 +161,9 @@ def test_enlcn_without_additive_constant_has_finite_output_and_gradients(config)
     model = models.from_config({**TINY, **config})
     variables = models.init_variables(model, jax.random.key(0), (6, 7))
     x = X.at[:, :3].set(0.0)  # flat regions: identical embeddings, zero ReLU rows are likely
-    grads = jax.grad(lambda p: jnp.sum(model.apply({**variables, 'params': p}, x)))(
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({**variables, 'params': p}, x))))(
         variables['params'])
-    assert bool(jnp.all(jnp.isfinite(model.apply(variables, x))))
+    assert bool(jnp.all(jnp.isfinite(jax.jit(model.apply)(variables, x))))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
@@ -182,7 +182,6 @@ def test_stable_softmax_kernel_gives_the_same_attention_without_underflow(amplif
     below 1e-30, so phi(q).phi(k) underflows in float32 and only the stabilised map (one shift
     that cancels in the ratio) still gives the attention."""
     rng = np.random.default_rng(1)
-    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
     q = jnp.asarray(unit(rng.normal(size=(1, 50, 8))) * np.sqrt(amplification), jnp.float32)
     k = jnp.asarray(unit(rng.normal(size=(1, 50, 8))) * np.sqrt(amplification), jnp.float32)
     v = jnp.asarray(rng.normal(size=(1, 50, 3)), jnp.float32)

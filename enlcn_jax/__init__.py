@@ -1,3 +1,17 @@
-"""enlcn-jax: Efficient Non-Local Contrastive Attention (ENLCA / ENLCN) for image super-resolution in JAX/Flax."""
+"""enlcn-jax: Efficient Non-Local Contrastive Attention (ENLCA / ENLCN) for image
+super-resolution in JAX/Flax.
+
+Subpackages are layers; each imports only the ones before it:
+
+    nn          the network and its math (no I/O)
+    data        images in: files, resizing, sources, transforms, the input pipeline
+    storage     what is written and read back: atomic files, models, checkpoints
+    evaluation  scoring by the published protocol
+    train       the recipe, the loop, the workdir
+    bench       benchmarks
+
+The top-level modules are the commands (`python -m enlcn_jax.<command>`): `upscale`,
+`convert`, `visualize`, `ablation`; `train.py` and `eval.py` sit at the repository root.
+"""
 
 __version__ = "0.1.0"

@@ -374,3 +374,29 @@ def test_every_paper_vs_code_row_of_the_method_is_a_config_key():
         for part in key.split('.'):
             assert part in node, f'docs/method.md names {key}, not a key of configs/default.py'
             node = node[part]
+
+
+def test_the_package_map_lists_every_module_and_no_other():
+    """The README's map of `enlcn_jax/` (bench/ as one line) against the files."""
+    blocks = [code for lang, code, section in readme()[0]
+              if lang == 'text' and section == 'The package']
+    assert len(blocks) == 1
+    listed, package = set(), None
+    for line in blocks[0].splitlines()[1:]:
+        name = line.split()[0] if line.strip() else ''
+        if line.startswith('  ') and not line.startswith('    '):
+            package = name.rstrip('/') if name.endswith('/') else None
+            if name.endswith('.py'):
+                listed.add(name[:-3])
+            elif package == 'bench':
+                listed.add('bench')
+        elif line.startswith('    ') and package:
+            listed.add(f'{package}.{name}')
+    present = set()
+    for path in (REPO / 'enlcn_jax').rglob('*.py'):
+        parts = path.relative_to(REPO / 'enlcn_jax').with_suffix('').parts
+        if parts[0] == 'bench':
+            present.add('bench')
+        elif parts[-1] not in ('__init__', '__main__'):
+            present.add('.'.join(parts))
+    assert listed == present, (sorted(listed - present), sorted(present - listed))

@@ -1,0 +1,1 @@
+"""What is written and read back: atomic files, model directories and training checkpoints."""

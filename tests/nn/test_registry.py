@@ -126,7 +126,8 @@ def test_old_names_are_aliases_of_the_unambiguous_ones():
 
 
 def test_kernel_eps_belongs_to_maps_that_have_it():
-    """The shipped relu map keeps its own 1e-3 unless kernel_eps is set (it used to get 1e-4)."""
+    """The shipped relu map keeps its own 1e-3 unless kernel_eps is set (not the softmax
+    kernel's 1e-4)."""
     x = jnp.asarray([[-1.0, 0.5]])
     projection = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     relu = features.get_feature_map('relu')

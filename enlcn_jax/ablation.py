@@ -80,9 +80,9 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         start = time.perf_counter()
         loop.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
-        model_config, variables, _ = checkpoints.load_model(workdir / name, 'latest')
+        model, variables, _ = checkpoints.load_model(workdir / name, 'latest')
         upscaler = inference.ModelUpscaler(
-            models.from_config(model_config), variables, bucket=1, name=name,
+            model, variables, bucket=1, name=name,
             tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)
         row = {'variant': name, 'description': DESCRIPTIONS[name],
                'params': models.count_params(variables['params']),
@@ -109,19 +109,16 @@ def write_table(rows: list[dict], datasets: list[str], base: ml_collections.Conf
     head = ['variant', *[f'{d} PSNR' for d in datasets], 'params', 'train min', 'eval min']
     tiles = (f'{base.ablation.tile}^2 LR tiles overlapping by {base.ablation.tile_overlap}'
              if base.ablation.tile else 'whole images')
-    lines = [f'Ablation x{base.model.scale}: {base.model.n_resblocks} blocks, {base.model.n_feats} '
-             f'features, {steps} steps of {base.data.batch_size} x {base.data.lr_patch}^2 LR patches; '
-             f'evaluated on {tiles}; {jax.devices()[0].device_kind} ({time.strftime("%Y-%m-%d")}).',
-             '',
-             '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for row in rows:
-        cells = [row['description'], *[f"{row[f'{d} PSNR']:.2f}" for d in datasets],
-                 f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}",
-                 f"{row['eval_seconds'] / 60:.1f}"]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    files.write_text(workdir / 'ablation.md', '\n'.join(lines) + '\n')
+    cells = [[row['description'], *[f"{row[f'{d} PSNR']:.2f}" for d in datasets],
+              f"{row['params']:,}", f"{row['train_seconds'] / 60:.1f}",
+              f"{row['eval_seconds'] / 60:.1f}"] for row in rows]
+    text = (f'Ablation x{base.model.scale}: {base.model.n_resblocks} blocks, {base.model.n_feats} '
+            f'features, {steps} steps of {base.data.batch_size} x {base.data.lr_patch}^2 LR '
+            f'patches; evaluated on {tiles}; {jax.devices()[0].device_kind} '
+            f'({time.strftime("%Y-%m-%d")}).\n\n{files.markdown_table(head, cells)}')
+    files.write_text(workdir / 'ablation.md', text + '\n')
     files.write_text(workdir / 'ablation.json', json.dumps(rows, indent=2))
-    print('\n'.join(lines))
+    print(text)
 
 
 FLAGS = flags.FLAGS

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                         help='PyTorch rgb_range (default: inferred from the mean shift, 1 or 255)')
     args = parser.parse_args(argv)
     try:
-        models.check_scale(args.scale)
+        models.upsampling_factors(args.scale)
     except ValueError as e:
         parser.error(f'--scale: {e}')
     if (Path(args.out) / checkpoints.VARIABLES).exists():

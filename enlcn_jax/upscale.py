@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--self_ensemble', action='store_true',
                         help='average the 8 dihedral transforms')
     parser.add_argument('--tile', type=int, default=None, help='LR tile side (default: whole image)')
-    parser.add_argument('--tile_overlap', type=int, default=16, help='LR overlap between tiles')
-    parser.add_argument('--bucket', type=int, default=1,
-                        help='pad LR sides to a multiple of this (1: exact, no padding)')
+    parser.add_argument('--tile_overlap', type=int, default=inference.AUTO_TILE_OVERLAP,
+                        help='LR overlap between tiles')
+    parser.add_argument('--bucket', type=int, default=inference.DEFAULT_BUCKET,
+                        help='pad LR sides to a multiple of this (the padding is masked: same '
+                             'numbers; 1: no padding)')
     parser.add_argument('--dtype', choices=precision.NAMES, default=None,
                         help='compute precision (default: the one the model was trained in)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
@@ -63,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
                      'writes (.png, .bmp, .tif, ...)')
     if Path(args.output).exists() and not args.overwrite:
         parser.error(f'the output {args.output} exists: pass --overwrite to replace it')
-    if args.bucket < 1:
-        parser.error(f'--bucket must be >= 1, got {args.bucket}')
-    if args.tile is not None and not 0 <= args.tile_overlap < args.tile:
-        parser.error(f'--tile_overlap {args.tile_overlap} must be in [0, --tile {args.tile})')
+    try:
+        inference.ModelUpscaler.check_options(args.bucket, args.tile, args.tile_overlap)
+    except ValueError as e:
+        parser.error(f'--{e}')
     try:
         upscaler = inference.load_upscaler(args.checkpoint, args.which, dtype=args.dtype,
                                           bucket=args.bucket,

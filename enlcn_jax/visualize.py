@@ -23,6 +23,7 @@ Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 from pathlib import Path
@@ -34,9 +35,9 @@ import numpy as np
 
 from enlcn_jax.data import image_io
 
-from enlcn_jax.evaluation import panels
-
 from enlcn_jax.nn import attention, features, models
+
+from enlcn_jax.storage import files
 
 Array = jax.Array
 MAP_KINDS = ('NLA', 'ENLA', 'softmax k', 'ENLCA')
@@ -59,7 +60,7 @@ def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
     if not 0 <= module < len(names):
         raise ValueError(f'--module {module} out of range: the model has {len(names)} ENLCA modules')
     x = jnp.asarray(image, jnp.float32)[None] / 255.0
-    _, state = model.apply(variables, x, capture_intermediates=True, mutable=['intermediates'])
+    _, state = jax.jit(functools.partial(model.apply, mutable=['intermediates']))(variables, x)
     embedded = state['intermediates'][names[module]]['embeddings'][0][0]  # [N, 2 d + c]
     d = (embedded.shape[-1] - model.n_feats) // 2
     return embedded[:, :d], embedded[:, d:2 * d], embedded[:, 2 * d:], names[module]
@@ -132,9 +133,14 @@ def eq7_variance(q: Array, k: Array, m: int) -> Array:
     return jnp.exp(2 * jnp.sum(q * k, -1)) * (jnp.exp(jnp.sum((q + k) ** 2, -1)) - 1) / m
 
 
+# The measured columns of `approximation_study`'s rows, in order.
+STUDY_COLUMNS = ('kernel_rel_rmse', 'kernel_rel_var', 'eq7_rel_var', 'output_rel_error')
+
+
 def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws: int = 64,
                         pairs: int = 256, seed: int = 0,
-                        feature_maps: Sequence[str] = ('softmax_kernel',)) -> list[dict]:
+                        feature_maps: Sequence[str] = ('softmax_kernel',), *,
+                        norm_eps: float) -> list[dict]:
     """Error / variance of the kernel estimate and of ENLA's output, per (k, m, map, projection).
 
     Every feature map (a name or `MODULE:NAME`, its `eps` at 0) is measured on the same
@@ -144,6 +150,7 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
       theta, delta: `[N, d]` raw query / key embeddings; value: `[N, c]`.
       ks: amplifications; ms: numbers of random features.
       feature_maps: the maps to compare.
+      norm_eps: the clamp of the embeddings' norms, the module's `ENLCAConfig.norm_eps`.
     Returns:
       rows with `k`, `m`, `feature_map`, `projection`, `kernel_rel_rmse` (of `phi(q).phi(k)`
       against `exp(q.k)`), `kernel_rel_var` (measured `Var / exp(q.k)^2`, averaged over pairs),
@@ -156,39 +163,131 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
     pick_q, pick_k, key = jax.random.split(key, 3)
     qi = jax.random.randint(pick_q, (pairs,), 0, n)
     kj = jax.random.randint(pick_k, (pairs,), 0, n)
-    unit = lambda e: models.l2_normalize(e, 5e-5)
+    unit = lambda e: models.l2_normalize(e, norm_eps)
     rows = []
     for amp in ks:
         s = jnp.sqrt(jnp.float32(amp))
         q, k = s * unit(theta), s * unit(delta)
         exact_attention = attention.exact_attention(q[None], k[None], value[None])
-        exact = jnp.exp(jnp.sum(q[qi] * k[kj], -1))
         for m, (spec, phi), name in itertools.product(ms, maps.items(), ('iid', 'orthogonal')):
-            sampler = features.get_projection(name)
-            kernel_key, output_key = jax.random.split(jax.random.fold_in(key, m))
-            est = kernel_estimates(q[qi], k[kj], sampler, m, draws, kernel_key, phi)
-
-            def output_error(key, sampler=sampler, m=m, phi=phi):
-                projection = sampler(key, m, q.shape[-1])
-                out = attention.enla(q[None], k[None], value[None], projection, phi)
-                return jnp.linalg.norm(out - exact_attention) / jnp.linalg.norm(exact_attention)
-
-            out_err = jax.lax.map(output_error, jax.random.split(output_key, min(draws, 16)))
-            rows.append({
-                'k': float(amp), 'm': int(m), 'feature_map': spec, 'projection': name,
-                'kernel_rel_rmse': float(jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact)),
-                'kernel_rel_var': float(jnp.mean(jnp.var(est, 0) / exact ** 2)),
-                'eq7_rel_var': float(jnp.mean(eq7_variance(q[qi], k[kj], m) / exact ** 2)),
-                'output_rel_error': float(jnp.mean(out_err)),
-            })
+            keys = jax.random.split(jax.random.fold_in(key, m))
+            errors = _approximation_errors(q, k, value, exact_attention, qi, kj, keys,
+                                           sampler=features.get_projection(name), phi=phi,
+                                           m=int(m), draws=draws)
+            rows.append({'k': float(amp), 'm': int(m), 'feature_map': spec, 'projection': name,
+                         **{column: float(errors[column]) for column in STUDY_COLUMNS}})
     return rows
+
+
+@functools.partial(jax.jit, static_argnames=('sampler', 'phi', 'm', 'draws'))
+def _approximation_errors(q: Array, k: Array, value: Array, exact_attention: Array, qi: Array,
+                          kj: Array, keys: Array, *, sampler: features.ProjectionSampler,
+                          phi: features.FeatureMap, m: int, draws: int) -> dict[str, Array]:
+    """The `STUDY_COLUMNS` of one `approximation_study` row, compiled once per (sampler, map,
+    m, draws) and shared by every amplification.
+
+    Args:
+      q, k: `[N, d]` amplified unit embeddings; value: `[N, c]`; exact_attention: `[1, N, c]`,
+        softmax attention of them.
+      qi, kj: `[P]` indices of the query / key pairs the kernel estimate is measured on.
+      keys: `[2]` keys of the kernel estimates' and the attention outputs' projections.
+    """
+    exact = jnp.exp(jnp.sum(q[qi] * k[kj], -1))
+    est = kernel_estimates(q[qi], k[kj], sampler, m, draws, keys[0], phi)
+
+    def output_error(key):
+        projection = sampler(key, m, q.shape[-1])
+        out = attention.enla(q[None], k[None], value[None], projection, phi)
+        return jnp.linalg.norm(out - exact_attention) / jnp.linalg.norm(exact_attention)
+
+    out_err = jax.lax.map(output_error, jax.random.split(keys[1], min(draws, 16)))
+    return {'kernel_rel_rmse': jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact),
+            'kernel_rel_var': jnp.mean(jnp.var(est, 0) / exact ** 2),
+            'eq7_rel_var': jnp.mean(eq7_variance(q[qi], k[kj], m) / exact ** 2),
+            'output_rel_error': jnp.mean(out_err)}
+
+
+def plot_maps(image: np.ndarray, maps: dict[str, np.ndarray], pixel: tuple[int, int],
+              out: str | Path, title: str = '') -> Path:
+    """Writes the image with the query marked and one heat map per kind, side by side."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.4))
+    axes[0].imshow(image)
+    axes[0].set_title(title or 'query')
+    for ax, (kind, weights) in zip(axes[1:], maps.items()):
+        ax.imshow(image, alpha=0.35)
+        ax.imshow(weights, cmap='jet', alpha=0.65)
+        ax.set_title(f'{kind} (max {weights.max():.2g})')
+    for ax in axes:
+        ax.plot(*pixel, marker='x', color='white', markersize=10, mew=2)
+        ax.axis('off')
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Writes a matplotlib figure as PNG atomically (parent folders created) and closes it.
+
+    Raises:
+      files.WriteError: `out` cannot be written (one line naming it); its previous content is
+        intact.
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    try:
+        fig.tight_layout()
+        with files.atomic_path(out) as temporary:
+            fig.savefig(temporary, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(out)
+
+
+def plot_study(rows: list[dict], out: str | Path) -> Path:
+    """Three panels: kernel variance vs k (at the largest m) with Eq. 7, vs m (at k = 6 or the
+    nearest), and attention-output error vs k; one colour per feature map, one marker per
+    projection."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    ks = sorted({r['k'] for r in rows})
+    ms = sorted({r['m'] for r in rows})
+    m_ref, k_ref = ms[-1], min(ks, key=lambda k: abs(k - 6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    feature_maps = list(dict.fromkeys(r['feature_map'] for r in rows))
+    for (color, spec), (name, marker) in itertools.product(
+            enumerate(feature_maps), (('iid', 'o'), ('orthogonal', 's'))):
+        sel = lambda **kv: sorted((r for r in rows if r['projection'] == name
+                                   and r['feature_map'] == spec  # pylint: disable=cell-var-from-loop
+                                   and all(r[a] == b for a, b in kv.items())),
+                                  key=lambda r: (r['k'], r['m']))
+        by_k, by_m = sel(m=m_ref), sel(k=k_ref)
+        style = dict(marker=marker, color=f'C{color}', label=f'{spec}, {name}')
+        axes[0].semilogy([r['k'] for r in by_k], [r['kernel_rel_var'] for r in by_k],
+                         linestyle='none', **style)
+        axes[1].loglog([r['m'] for r in by_m], [r['kernel_rel_var'] for r in by_m],
+                       linestyle='none', **style)
+        axes[2].plot([r['k'] for r in by_k], [r['output_rel_error'] for r in by_k], **style)
+    eq7 = lambda r: r['projection'] == 'iid' and r['feature_map'] == feature_maps[0]
+    eq7_k = sorted((r for r in rows if eq7(r) and r['m'] == m_ref), key=lambda r: r['k'])
+    eq7_m = sorted((r for r in rows if eq7(r) and r['k'] == k_ref), key=lambda r: r['m'])
+    axes[0].semilogy([r['k'] for r in eq7_k], [r['eq7_rel_var'] for r in eq7_k], 'k-', label='Eq. 7')
+    axes[1].loglog([r['m'] for r in eq7_m], [r['eq7_rel_var'] for r in eq7_m], 'k-', label='Eq. 7')
+    axes[0].set(xlabel='amplification k', ylabel='Var / exp(q.k)^2', title=f'kernel estimate, m = {m_ref}')
+    axes[1].set(xlabel='random features m', ylabel='Var / exp(q.k)^2', title=f'kernel estimate, k = {k_ref:g}')
+    axes[2].set(xlabel='amplification k', ylabel='relative error',
+                title=f'attention output vs exact softmax, m = {m_ref}')
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return save_figure(fig, out)
 
 
 def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
     if checkpoint:
         from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
-        config, variables, _ = checkpoints.load_model(checkpoint)
-        return models.from_config(config), variables
+        model, variables, _ = checkpoints.load_model(checkpoint)
+        return model, variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
     return model, models.init_variables(model, jax.random.key(0))
 
@@ -231,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == 'maps':
         pixel = tuple(int(v) for v in args.pixel.split(','))
         maps = query_attention_maps(model, variables, image, pixel, args.module)
-        png = panels.plot_maps(image, maps, pixel, out.with_suffix('.png'),
+        png = plot_maps(image, maps, pixel, out.with_suffix('.png'),
                         f'module {args.module}, query {pixel}')
         summary = {kind: {'max': float(m.max()), 'entropy': float(-(m * np.log(m + 1e-30)).sum())}
                    for kind, m in maps.items()}
@@ -245,9 +344,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f'--feature_map: {e}')
         summary = approximation_study(theta, delta, value, [float(v) for v in args.ks.split(',')],
                                       [int(v) for v in args.ms.split(',')], args.draws,
-                                      feature_maps=feature_maps)
-        png = panels.plot_study(summary, out.with_suffix('.png'))
-    out.with_suffix('.json').write_text(json.dumps(summary, indent=2))
+                                      feature_maps=feature_maps, norm_eps=model.enlca.norm_eps)
+        png = plot_study(summary, out.with_suffix('.png'))
+    files.write_text(out.with_suffix('.json'), json.dumps(summary, indent=2))
     print(f'wrote {png} and {out.with_suffix(".json")}')
 
 

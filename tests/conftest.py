@@ -254,13 +254,3 @@ def random_variables(model, seed: int = 0) -> dict:
     draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
     return jax.tree_util.tree_map(draw, shapes)
 
-
-@pytest.fixture
-def fast_compile():
-    """XLA's CPU optimisations off for the test (`jax_disable_most_optimizations`): programs
-    compile several times faster and compute the same values up to float rounding. For tests
-    whose tolerances are far above rounding; the previous setting is restored after."""
-    before = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', before)

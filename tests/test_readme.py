@@ -7,9 +7,11 @@ of the prose are parsed out of README.md, so a changed README changes what is te
 * every `python ...` command: the script or module exists; its flags are parsed by the real
   parser (absl flags and `--config` overrides applied by ml_collections as train.py does, in a
   fresh FlagValues; argparse CLIs through their own `main` with parsing as the last thing done);
-* the cheap commands run for real on `tests/fixtures` (the bicubic rows of eval.py, pytest's
-  collection); commands that need data the repository does not have (DIV2K, `ENLCAx4.pt`) or
-  hours (training, the ablation, benchmarks) are only parsed. The quickstart command runs for
+* the cheap commands run on `tests/fixtures`: the bicubic rows of eval.py and the kernel
+  section's train -> eval -> study in this process (each command's flags parsed by its own
+  definitions), pytest's collection as a subprocess; commands that need data the repository does
+  not have (DIV2K, `ENLCAx4.pt`) or hours (the paper's training, the ablation, benchmarks) are
+  only parsed. The quickstart command runs for
   real, exactly as written, in float32 and bfloat16, in the `slow` tests at the end (about 2 min
   each on a 2-core CPU).
 """
@@ -22,7 +24,6 @@ import functools
 import importlib
 import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -225,14 +226,16 @@ def test_config_keys_in_the_prose_exist():
 
 
 def test_bicubic_eval_command_gives_the_published_bicubic_numbers(tmp_path):
-    """`python eval.py --dataset Set5 --model bicubic --scale 2,3,4`, run on tests/data."""
+    """`python eval.py --dataset Set5 --model bicubic --scale 2,3,4` on tests/fixtures: its flags
+    parsed by eval.py's definitions, run by `runner.run` in this process."""
+    import eval as eval_cli  # pylint: disable=import-outside-toplevel
+    from enlcn_jax.evaluation import runner  # pylint: disable=import-outside-toplevel
     command = next(c for c, _ in readme_commands()
                    if c.startswith('python eval.py') and '--model bicubic' in c)
-    args = shlex.split(command)[1:] + ['--data_dir', str(TEST_DATA / 'benchmark'),
-                                       '--output', str(tmp_path / 'results.json')]
-    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    values = absl_flags(REPO / 'eval.py')
+    values(['eval.py', *argv_of(command)[1], '--data_dir', str(TEST_DATA / 'benchmark'),
+            '--output', str(tmp_path / 'results.json')])
+    runner.run(eval_cli.options_from_flags(values))
     rows = json.loads((tmp_path / 'results.json').read_text())['summary']
     psnr = {int(r['scale']): r['psnr'] for r in rows if r['dataset'] == 'Set5'}
     assert psnr == pytest.approx({2: 33.66, 3: 30.39, 4: 28.42}, abs=0.03)
@@ -289,45 +292,48 @@ def test_kernel_example_is_the_file_the_commands_use():
 
 def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
     """The README's train command with `--config.model.feature_map=MODULE:NAME` (a few steps of a
-    small model), then its eval.py command on that workdir, on tests/fixtures's Set5."""
+    small model), then its eval.py command on that workdir, on tests/fixtures's Set5, then its
+    approximation study. In this process: the train command's config as train.py parses it,
+    trained by `loop.run_training`; eval.py's own flags parsed and run by `runner.run`; the study
+    through visualize's `main`."""
+    import eval as eval_cli  # pylint: disable=import-outside-toplevel
+    from enlcn_jax import visualize  # pylint: disable=import-outside-toplevel
+    from enlcn_jax.evaluation import runner  # pylint: disable=import-outside-toplevel
+    from enlcn_jax.train import loop  # pylint: disable=import-outside-toplevel
     section = next(s for c, s in readme_commands() if 'my_kernels:' in c)
     commands = [c for c, where in readme_commands() if where == section]
     train, evaluate, study = (next(c for c in commands if c.startswith(f'python {start}'))
                               for start in ('train.py', 'eval.py', '-m enlcn_jax.visualize'))
     workdir = tmp_path / 'relu_squared'
-    train_args = shlex.split(train)[1:]
-    train_args[train_args.index('--workdir') + 1] = str(workdir)
+    train_args = argv_of(train)[1]
+    overrides = [a for a in train_args if a.startswith('--config.')]
     small = ['--config.model.n_resblocks=2', '--config.model.n_feats=16',
              '--config.model.num_random_features=16', '--config.data.lr_patch=12',
              '--config.data.batch_size=2', '--config.train.epochs=1',
              '--config.train.steps_per_epoch=4', '--config.train.log_every=1',
              '--config.train.contrastive.start_epoch=0', '--config.data.val_source=none']
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-    result = subprocess.run([sys.executable, *train_args, *small], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    config = load_config(train_args[train_args.index('--config') + 1], overrides + small)
+    assert loop.run_training(config, workdir) is None
     assert json.loads((workdir / 'model_config.json').read_text())['feature_map'] == \
         'examples.my_kernels:relu_squared'
     losses = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
     assert len(losses) == 4 and all(np.isfinite(r['train/loss']) for r in losses)
     assert any(r['train/contrastive'] > 0 for r in losses)  # the loss saw the map's embeddings
-    eval_args = shlex.split(evaluate)[1:]
+
+    eval_args = argv_of(evaluate)[1]
     eval_args[eval_args.index('--checkpoint') + 1] = str(workdir)
-    result = subprocess.run([sys.executable, *eval_args, '--data_dir',
-                             str(TEST_DATA / 'benchmark'), '--output', str(tmp_path / 'r.json')],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    values = absl_flags(REPO / 'eval.py')
+    values(['eval.py', *eval_args, '--data_dir', str(TEST_DATA / 'benchmark'),
+            '--output', str(tmp_path / 'r.json')])
+    runner.run(eval_cli.options_from_flags(values))
     summary = json.loads((tmp_path / 'r.json').read_text())['summary']
     assert summary[0]['dataset'] == 'Set5' and summary[0]['images'] == 5
     assert 5 < summary[0]['psnr'] < 60
+
     # The approximation study on that workdir's embeddings, the file's map beside the shipped.
-    result = subprocess.run([sys.executable, *shlex.split(study)[1:], '--checkpoint', str(workdir),
-                             '--max_side', '16', '--ks', '1,6', '--ms', '8', '--draws', '4',
-                             '--out', str(tmp_path / 'variance')],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    visualize.main([*argv_of(study)[1], '--checkpoint', str(workdir), '--max_side', '16',
+                    '--ks', '1,6', '--ms', '8', '--draws', '4',
+                    '--out', str(tmp_path / 'variance')])
     rows = json.loads((tmp_path / 'variance.json').read_text())
     assert {r['feature_map'] for r in rows} == {'softmax_kernel', 'relu',
                                                 'examples.my_kernels:relu_squared'}

@@ -64,6 +64,14 @@ def random_crop_pair(
     )
 
 
+def check_counts(where: str = "", **counts: int) -> None:
+    """Raises ValueError unless every count (`batch_size`, `lr_patch`, `num_workers`, `prefetch`
+    of a `PatchLoader`) is >= 1; the message is `where` followed by the count's name."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{where}{name} must be >= 1, got {value}")
+
+
 class PatchLoader:
     """Infinite iterator of random, aligned, augmented LR/HR patch batches.
 
@@ -99,10 +107,8 @@ class PatchLoader:
     ):
         if len(dataset) == 0:
             raise ValueError("PatchLoader: the dataset is empty")
-        for value, what in ((batch_size, "batch_size"), (lr_patch, "lr_patch"),
-                            (num_workers, "num_workers"), (prefetch, "prefetch")):
-            if value < 1:
-                raise ValueError(f"PatchLoader: {what} must be >= 1, got {value}")
+        check_counts(batch_size=batch_size, lr_patch=lr_patch, num_workers=num_workers,
+                     prefetch=prefetch, where="PatchLoader: ")
         if start_step < 0:
             raise ValueError(f"PatchLoader: start_step must be >= 0, got {start_step}")
         index, count = shard

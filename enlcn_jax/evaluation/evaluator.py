@@ -6,7 +6,7 @@ training validation.
     result = evaluate_dataset(source, upscaler)
     print(markdown_table([result]))
 
-Protocol (../shared/docs/SPEC.md): the SR output is clipped and rounded to 8 bit, converted to
+Protocol (docs/method.md): the SR output is clipped and rounded to 8 bit, converted to
 the Y channel of BT.601, `scale` pixels are shaved from every border, and PSNR and MATLAB's SSIM
 are averaged over the images (`metrics.psnr_y`, `metrics.ssim_y`). LR images come from the
 dataset's `LR_bicubic/X{s}` folder when it has one, else from MATLAB bicubic `imresize` of the
@@ -137,14 +137,14 @@ def evaluate_in_memory(dataset: sources.SRDataset, upscaler: inference.Upscaler,
 
 def markdown_table(results: list[DatasetResult]) -> str:
     """One row per dataset and scale: mean PSNR / SSIM, images, skipped, seconds, compiles."""
-    lines = ['| dataset | scale | model | PSNR (dB) | SSIM | images | skipped | seconds | compiled shapes |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for r in (result.summary() for result in results):
-        psnr = '-' if r['psnr'] is None else f"{r['psnr']:.2f}"
-        ssim = '-' if r['ssim'] is None else f"{r['ssim']:.4f}"
-        lines.append(f"| {r['dataset']} | x{r['scale']} | {r['model']} | {psnr} | {ssim} | "
-                     f"{r['images']} | {r['skipped']} | {r['seconds']:.1f} | {r['compiles']} |")
-    return '\n'.join(lines)
+    columns = ['dataset', 'scale', 'model', 'PSNR (dB)', 'SSIM', 'images', 'skipped', 'seconds',
+               'compiled shapes']
+    rows = [[r['dataset'], f"x{r['scale']}", r['model'],
+             '-' if r['psnr'] is None else f"{r['psnr']:.2f}",
+             '-' if r['ssim'] is None else f"{r['ssim']:.4f}",
+             r['images'], r['skipped'], f"{r['seconds']:.1f}", r['compiles']]
+            for r in (result.summary() for result in results)]
+    return files.markdown_table(columns, rows)
 
 
 RESULT_SUFFIXES = ('.json', '.csv', '.md')

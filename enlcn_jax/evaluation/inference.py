@@ -4,7 +4,7 @@ Inference (`ModelUpscaler`), batch of one:
   * whole images in one jit-compiled forward. The LR image is padded at the bottom/right up to a
     multiple of `bucket` and the SR output cropped back, so images of nearby sizes share one
     compiled program: a 100-image set compiles a handful of times, not 100. The padding is
-    masked (`ENLCN`'s `valid`: zero after every convolution, left out of the attention's keys
+    masked (`ENLCN`'s `mask`: zero after every convolution, left out of the attention's keys
     and normaliser), so the result is the unpadded forward's up to float rounding (~1e-7).
   * `tile`: for devices short of memory (automatically, with a warning, when XLA's estimate of
     the whole-image forward exceeds `memory_budget`), the LR image is cut into `tile x tile`
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import os
-import resource
 from typing import Protocol, Sequence
 
 import jax
@@ -31,7 +30,7 @@ from absl import logging
 
 from enlcn_jax.data import transforms
 
-from enlcn_jax.evaluation import metrics
+from enlcn_jax.evaluation import memory, metrics
 
 from enlcn_jax.nn import models
 
@@ -68,85 +67,11 @@ class BicubicUpscaler:
         return imresize(lr, self.scale)
 
 
+# LR sides are padded to a multiple of this by default (eval.py, upscale, training validation):
+# images of nearby sizes share one compiled forward.
+DEFAULT_BUCKET = 16
 # LR pixels of overlap between automatic tiles (the CLIs' --tile_overlap default).
 AUTO_TILE_OVERLAP = 16
-
-
-def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:
-    """XLA's estimate of a compiled program's memory: arguments + outputs + temporaries."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return None
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes)
-
-
-def _read_int(path: str | os.PathLike) -> int | None:
-    """The integer a one-value file (`/sys/fs/cgroup/memory.max`, ...) holds; None where it is
-    missing, unreadable or not a number (`max`: no limit)."""
-    try:
-        with open(path, encoding='ascii') as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _kib_field(path: str | os.PathLike, field: str) -> int | None:
-    """Bytes of a `Field:  123 kB` line of a /proc file (`MemAvailable` of /proc/meminfo,
-    `VmSize` of /proc/self/status); None where the file or the line is missing."""
-    try:
-        with open(path, encoding='ascii') as f:
-            for line in f:
-                if line.startswith(f'{field}:'):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def host_available_bytes(meminfo: str | os.PathLike = '/proc/meminfo') -> int | None:
-    """The host's available memory (`MemAvailable`)."""
-    return _kib_field(meminfo, 'MemAvailable')
-
-
-def cgroup_free_bytes(root: str | os.PathLike = '/sys/fs/cgroup') -> int | None:
-    """Memory left under the process's cgroup limit: cgroup v2 `memory.max - memory.current`,
-    else v1 `memory/memory.limit_in_bytes - memory/memory.usage_in_bytes`; None without a limit."""
-    for limit, usage in (('memory.max', 'memory.current'),
-                         ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
-        limit_bytes, usage_bytes = _read_int(f'{root}/{limit}'), _read_int(f'{root}/{usage}')
-        if limit_bytes is not None and usage_bytes is not None:
-            return max(0, limit_bytes - usage_bytes)
-    return None
-
-
-def address_space_free_bytes(status: str | os.PathLike = '/proc/self/status') -> int | None:
-    """Address space left under `RLIMIT_AS` (`ulimit -v`): the soft limit minus the process's
-    `VmSize`; None without a limit."""
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    size = _kib_field(status, 'VmSize')
-    if limit == resource.RLIM_INFINITY or size is None:
-        return None
-    return max(0, limit - size)
-
-
-# Fraction of the free memory a forward's XLA estimate may take. On CPU the estimate leaves out
-# the runtime's own allocations: a whole-image forward was measured to reserve about twice its
-# estimate in address space (docs/probes.md), so half of the device fraction.
-DEVICE_MEMORY_FRACTION = 0.8
-HOST_MEMORY_FRACTION = 0.4
-
-
-def _free_memory_budget() -> int | None:
-    """80 % of this process's first local device's free memory; on CPU, 40 % of the least of
-    the host's available memory, the memory left under the cgroup limit and the address space
-    left under `RLIMIT_AS`. None where none of them is known."""
-    stats = jax.local_devices()[0].memory_stats()
-    if stats and 'bytes_limit' in stats:
-        return int(DEVICE_MEMORY_FRACTION * (stats['bytes_limit'] - stats.get('bytes_in_use', 0)))
-    known = [free for free in (host_available_bytes(), cgroup_free_bytes(),
-                               address_space_free_bytes()) if free is not None]
-    return int(HOST_MEMORY_FRACTION * min(known)) if known else None
 
 
 def _tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int]]:
@@ -174,21 +99,19 @@ class ModelUpscaler:
       pad_mode: `np.pad` mode of the bucket padding.
       name: the model's name in results.
       memory_budget: bytes a forward may use; without `tile`, an image whose compiled
-        whole-image forward needs more (XLA's estimate) is tiled, with a warning. None: 80 % of
-        the device's free memory (on CPU 40 % of the host's available memory, or of less where
-        a cgroup or an address-space limit leaves less).
+        whole-image forward needs more (XLA's estimate, `memory.compiled_bytes`) is tiled, with
+        a warning. None: `memory.free_memory_budget()`, 80 % of the device's free memory (on
+        CPU 40 % of the host's available memory, or of less where a cgroup or an address-space
+        limit leaves less).
       checkpoint_step: the training step `variables` were saved at, for the results (None: not
         from a workdir).
     """
 
-    def __init__(self, model: models.ENLCN, variables: dict, *, bucket: int = 16,
+    def __init__(self, model: models.ENLCN, variables: dict, *, bucket: int = DEFAULT_BUCKET,
                  tile: int | None = None, tile_overlap: int = 0, self_ensemble: bool = False,
                  pad_mode: str = 'reflect', name: str = 'enlcn',
                  memory_budget: int | None = None, checkpoint_step: int | None = None):
-        if bucket < 1:
-            raise ValueError(f'bucket must be >= 1, got {bucket}')
-        if tile is not None and not 0 <= tile_overlap < tile:
-            raise ValueError(f'tile_overlap must be in [0, tile={tile}), got {tile_overlap}')
+        self.check_options(bucket, tile, tile_overlap)
         self.model = model
         self.scale = model.scale
         self.precision = model.dtype
@@ -203,6 +126,18 @@ class ModelUpscaler:
         self.checkpoint_step = checkpoint_step
         self._compiled: dict[tuple[int, ...], jax.stages.Compiled] = {}
         self._auto_tiles: dict[tuple[int, ...], int | None] = {}  # by LR image shape
+
+    @staticmethod
+    def check_options(bucket: int, tile: int | None, tile_overlap: int) -> None:
+        """Raises a one-line ValueError for the first of `bucket`, `tile`, `tile_overlap` out of
+        range (see the class's arguments); the message starts with that argument's name. The
+        commands call it before loading a model, so a misused option fails before any work."""
+        if bucket < 1:
+            raise ValueError(f'bucket must be >= 1, got {bucket}')
+        if tile is not None and tile < 1:
+            raise ValueError(f'tile must be >= 1, got {tile}')
+        if tile is not None and not 0 <= tile_overlap < tile:
+            raise ValueError(f'tile_overlap must be in [0, tile={tile}), got {tile_overlap}')
 
     def with_variables(self, variables: dict) -> 'ModelUpscaler':
         """This upscaler with other `variables` of the same shapes; the compiled forwards are
@@ -221,27 +156,27 @@ class ModelUpscaler:
         pad = ((0, -h % self.bucket), (0, -w % self.bucket), (0, 0))
         return np.pad(x, pad, mode=self.pad_mode)[None]
 
-    def _forward(self, variables: dict, x: jax.Array, valid: jax.Array | None) -> jax.Array:
-        return self.model.apply(variables, x, valid=valid)
+    def _forward(self, variables: dict, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        return self.model.apply(variables, x, mask=mask)
 
     def _compile(self, shape: tuple[int, ...]) -> jax.stages.Compiled:
         if shape not in self._compiled:
             image = jax.ShapeDtypeStruct(shape, jnp.float32)
-            valid = jax.ShapeDtypeStruct((*shape[:3], 1), jnp.float32) if self.bucket > 1 else None
+            mask = jax.ShapeDtypeStruct((*shape[:3], 1), jnp.float32) if self.bucket > 1 else None
             self._compiled[shape] = jax.jit(self._forward).lower(self.variables, image,
-                                                                 valid).compile()
+                                                                 mask).compile()
         return self._compiled[shape]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """One forward of `x` float32 `[h, w, 3]` padded to the bucket -> `[h s, w s, 3]`; the
-        padding is masked (`ENLCN`'s `valid`), so it does not change the result."""
+        padding is masked (`ENLCN`'s `mask`), so it does not change the result."""
         h, w = x.shape[:2]
         padded = self._padded(x)
-        valid = None
+        mask = None
         if self.bucket > 1:
-            valid = np.zeros((*padded.shape[:3], 1), np.float32)
-            valid[:, :h, :w] = 1.0
-        y = self._compile(padded.shape)(self.variables, jnp.asarray(padded), valid)
+            mask = np.zeros((*padded.shape[:3], 1), np.float32)
+            mask[:, :h, :w] = 1.0
+        y = self._compile(padded.shape)(self.variables, jnp.asarray(padded), mask)
         return np.asarray(y)[0, :h * self.scale, :w * self.scale]
 
     def _auto_tile(self, x: np.ndarray) -> int | None:
@@ -252,8 +187,8 @@ class ModelUpscaler:
         return self._auto_tiles[x.shape]
 
     def _tile_for(self, x: np.ndarray) -> int | None:
-        budget = self.memory_budget or _free_memory_budget()
-        needed = compiled_bytes(self._compile(self._padded(x).shape))
+        budget = self.memory_budget or memory.free_memory_budget()
+        needed = memory.compiled_bytes(self._compile(self._padded(x).shape))
         if budget is None or needed is None or needed <= budget:
             return None
         h, w = x.shape[:2]
@@ -316,7 +251,7 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: s
       **options: `ModelUpscaler`'s keyword arguments; its `checkpoint_step` is the step loaded
         (None for a model directory).
     """
-    config, variables, step = checkpoints.load_model(checkpoint, which)
+    model, variables, step = checkpoints.load_model(checkpoint, which)
     if dtype is not None:
-        config = {**config, 'dtype': dtype}
-    return ModelUpscaler(models.from_config(config), variables, checkpoint_step=step, **options)
+        model = model.clone(dtype=dtype)
+    return ModelUpscaler(model, variables, checkpoint_step=step, **options)

@@ -7,6 +7,7 @@ removes the temporary file and leaves what was there before intact. An append (`
 that fails half-way is cut back to the file's previous length.
 
 Every failure is a `WriteError` whose message names the path and the reason in one line.
+`markdown_table` formats the tables the results files and the printed reports share.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import errno
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 class WriteError(OSError):
@@ -94,3 +95,24 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             os.close(fd)
     except OSError as e:
         raise write_error(path, e) from e
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub markdown table: a header row of `columns`, the separator, one line per row.
+
+    Args:
+      columns: the header cells.
+      rows: one sequence of `len(columns)` cells per row, each written with `str` (format
+        numbers before).
+    Returns:
+      The table's lines joined by newlines, without a trailing newline.
+    Raises:
+      ValueError: a row whose length is not `len(columns)`.
+    """
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f'a markdown row of {len(row)} cells under {len(columns)} columns: '
+                             f'{list(row)}')
+        lines.append('| ' + ' | '.join(map(str, row)) + ' |')
+    return '\n'.join(lines)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,19 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import benchmark_images, benchmark_root, save_fixture_model
+from configs import default as default_config
+from conftest import TINY_MODEL, benchmark_images, benchmark_root, random_variables
 from enlcn_jax.data import image_io, sources, transforms
-from enlcn_jax.evaluation import evaluator, inference, metrics, panels
+from enlcn_jax.evaluation import evaluator, inference, memory, metrics, panels, runner
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints
 from enlcn_jax.data.imresize import bicubic_downscale
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope='module')
-def x2_checkpoint(reference, tmp_path_factory):
-    return save_fixture_model(reference, tmp_path_factory.mktemp('x2_model'))
 
 
 def benchmark_source(name: str, scale: int) -> sources.DatasetSource:
@@ -38,16 +35,10 @@ def write_crops(folder: Path, count: int = 2, size: tuple[int, int] = (50, 46)) 
 
 
 def edsr(seed: int = 0, **kwargs) -> tuple[models.ENLCN, dict]:
-    """A tiny random EDSR (attention='none'): translation-equivariant away from the borders.
-
-    Weights are drawn in NumPy (fan-in scaled) on the shapes of `init_variables`: Flax's
-    initialisers take seconds to compile on a small CPU.
-    """
+    """A tiny EDSR (attention='none') with `random_variables`: translation-equivariant away
+    from the borders."""
     model = models.EDSR(**{'scale': 2, 'n_resblocks': 1, 'n_feats': 8, **kwargs})
-    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
-    rng = np.random.default_rng(seed)
-    draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
-    return model, jax.tree_util.tree_map(draw, shapes)
+    return model, random_variables(model, seed)
 
 
 def random_lr(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -173,16 +164,23 @@ def test_bucket_padding_compiles_once_per_bucket():
     assert len(exact.compiled_shapes) == len(sizes)
 
 
-def test_bucket_1_is_the_plain_forward(x2_checkpoint):
-    upscaler = inference.load_upscaler(x2_checkpoint, bucket=1)
+def test_training_validation_pads_to_the_inference_default_bucket():
+    """configs/default.py states `train.eval_bucket` as a number (the configs import no jax):
+    it is `inference.DEFAULT_BUCKET`, the bucket of eval.py and upscale."""
+    assert default_config.get_config().train.eval_bucket == inference.DEFAULT_BUCKET
+
+
+def test_bucket_1_is_the_plain_forward(x2_model_dir):
+    upscaler = inference.load_upscaler(x2_model_dir, bucket=1)
     lr = random_lr((21, 19))
-    plain = np.asarray(upscaler.model.apply(upscaler.variables, lr[None].astype(np.float32) / 255.0))
-    np.testing.assert_allclose(upscaler.predict(lr), plain[0], atol=1e-6)  # jit vs eager
+    plain = np.asarray(jax.jit(upscaler.model.apply)(upscaler.variables,
+                                                     lr[None].astype(np.float32) / 255.0))
+    np.testing.assert_allclose(upscaler.predict(lr), plain[0], atol=1e-6)
 
 
-def test_a_tile_covering_the_image_gives_the_whole_image_output(x2_checkpoint):
-    whole = inference.load_upscaler(x2_checkpoint, bucket=1)
-    tiled = inference.load_upscaler(x2_checkpoint, bucket=1, tile=24, tile_overlap=8)
+def test_a_tile_covering_the_image_gives_the_whole_image_output(x2_model_dir):
+    whole = inference.load_upscaler(x2_model_dir, bucket=1)
+    tiled = inference.load_upscaler(x2_model_dir, bucket=1, tile=24, tile_overlap=8)
     lr = random_lr((24, 20))
     np.testing.assert_array_equal(tiled.predict(lr), whole.predict(lr))
 
@@ -269,17 +267,16 @@ def test_bucketed_output_is_the_unpadded_forward_cropped():
 def test_masked_padding_gives_the_unpadded_output_with_attention(attention, scale):
     """Padded positions are zero after every convolution and left out of the attention's keys
     and normaliser: an ENLCN (3 attention modules) on a padded image = the unpadded forward."""
-    model = models.from_config(dict(scale=scale, n_resblocks=2, n_feats=16, attention_every=1,
-                                    num_random_features=16, attention=attention,
-                                    rgb_range=255.0))
-    variables = models.init_variables(model, jax.random.key(scale))
+    model = models.from_config({**TINY_MODEL, 'scale': scale, 'attention': attention,
+                                'rgb_range': 255.0})
+    variables = random_variables(model, scale)
     lr = random_lr((13, 11), seed=scale)
     exact = inference.ModelUpscaler(model, variables, bucket=1).predict(lr)
     padded = inference.ModelUpscaler(model, variables, bucket=8).predict(lr)  # 16 x 16
     np.testing.assert_allclose(padded, exact, rtol=1e-5, atol=1e-5)
     x = np.zeros((1, 16, 16, 3), np.float32)
     x[0, :13, :11] = lr / 255.0
-    unmasked = np.asarray(model.apply(variables, x))[0, :13 * scale, :11 * scale]
+    unmasked = np.asarray(jax.jit(model.apply)(variables, x))[0, :13 * scale, :11 * scale]
     assert np.abs(unmasked - exact).max() > 1e-3  # without the mask the padding is seen
 
 
@@ -292,13 +289,19 @@ def test_busiest_crop_finds_the_textured_corner():
     assert panels.busiest_crop(hr, 10) == (25, 30)
 
 
-def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
+def test_eval_cli_end_to_end(x2_model_dir, tmp_path, env):
     crops = write_crops(tmp_path / 'tiny')
+    # The library's SR images, computed first: the command reads its compiled forward from the
+    # shared compilation cache.
+    upscaler = inference.load_upscaler(x2_model_dir)
+    pairs = [bicubic_downscale(image_io.load_image(crop), 2) for crop in crops]
+    expected = [upscaler(lr) for _, lr in pairs]
     out = tmp_path / 'out'
     result = subprocess.run(
         [sys.executable, 'eval.py', '--dataset', str(tmp_path / 'tiny'), '--checkpoint',
-         str(x2_checkpoint), '--output', str(out / 'results.json'), '--save_images',
-         str(out / 'sr'), '--compare', 'img_002'], cwd=ROOT, capture_output=True, text=True)
+         str(x2_model_dir), '--output', str(out / 'results.json'), '--save_images',
+         str(out / 'sr'), '--compare', 'img_002'], cwd=ROOT, env=env, capture_output=True,
+        text=True)
     assert result.returncode == 0, result.stderr
     assert '| tiny | x2 | enlcn |' in result.stdout
     report = json.loads((out / 'results.json').read_text())
@@ -307,11 +310,9 @@ def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
     assert (out / 'results.csv').read_text().count('\n') == 3
     assert '| tiny | x2 | enlcn |' in (out / 'results.md').read_text()
     # The saved SR images are the library's output, and the scores are the protocol's.
-    upscaler = inference.load_upscaler(x2_checkpoint)
-    for crop, row in zip(crops, report['images']):
-        hr, lr = bicubic_downscale(image_io.load_image(crop), 2)
+    for crop, (hr, _), sr_expected, row in zip(crops, pairs, expected, report['images']):
         sr = image_io.load_image(out / 'sr' / 'tiny' / 'X2' / crop.name)
-        np.testing.assert_array_equal(sr, upscaler(lr))
+        np.testing.assert_array_equal(sr, sr_expected)
         assert row['name'] == crop.stem
         assert row['psnr'] == pytest.approx(metrics.psnr_y(sr, hr, 2))
         assert row['ssim'] == pytest.approx(metrics.ssim_y(sr, hr, 2))
@@ -319,40 +320,69 @@ def test_eval_cli_end_to_end(x2_checkpoint, tmp_path):
     assert panel.shape[1] > 3 * panel.shape[0] * 0.8  # three crops side by side
 
 
-def test_eval_cli_names_the_module_a_workdir_needs_when_it_cannot_be_imported(reference,
-                                                                                tmp_path):
-    """A model trained with MODULE:NAME, evaluated where the module is missing: one line."""
-    model = save_fixture_model(reference, tmp_path / 'model')
+def test_eval_names_the_module_a_workdir_needs_when_it_cannot_be_imported(x2_model_dir,
+                                                                            tmp_path):
+    """A model trained with MODULE:NAME, evaluated where the module is missing: one line
+    (`EvalError`, which eval.py prints as its error), before anything is written."""
+    model = shutil.copytree(x2_model_dir, tmp_path / 'model')
     config = json.loads((model / checkpoints.MODEL_CONFIG).read_text())
     config['feature_map'] = 'gone_kernels:phi'
     (model / checkpoints.MODEL_CONFIG).write_text(json.dumps(config))
     write_crops(tmp_path / 'tiny', count=1)
-    result = subprocess.run([sys.executable, 'eval.py', '--dataset', str(tmp_path / 'tiny'),
-                             '--checkpoint', str(model), '--output', str(tmp_path / 'r.json')],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "model.feature_map='gone_kernels:phi': cannot import module 'gone_kernels'" in \
-        result.stderr
-    assert 'Traceback' not in result.stderr and not (tmp_path / 'r.json').exists()
+    options = runner.EvalOptions(datasets=(str(tmp_path / 'tiny'),), checkpoint=str(model),
+                                 output=str(tmp_path / 'r.json'))
+    with pytest.raises(runner.EvalError) as info:
+        runner.run(options)
+    message = str(info.value)
+    assert "model.feature_map='gone_kernels:phi': cannot import module 'gone_kernels'" in message
+    assert '\n' not in message and not (tmp_path / 'r.json').exists()
 
 
-def test_an_image_too_big_for_the_memory_budget_is_tiled_automatically(x2_checkpoint, caplog):
+@pytest.mark.parametrize('options, message', [
+    (dict(checkpoint='ckpt', bucket=0), '--bucket must be >= 1, got 0'),
+    (dict(checkpoint='ckpt', tile=0), '--tile must be >= 1, got 0'),
+    (dict(checkpoint='ckpt', tile=8, tile_overlap=8),
+     '--tile_overlap must be in [0, tile=8), got 8'),
+    (dict(checkpoint='ckpt', crop=(1, 2)), '--crop takes y,x,size, got 1,2'),
+    (dict(model='bicubic'), '--model bicubic needs --scale'),
+    (dict(model='bicubic', scales=(2,), checkpoint='ckpt'),
+     '--checkpoint is not used with --model bicubic'),
+    (dict(), '--model enlcn needs --checkpoint')])
+def test_options_that_do_not_fit_together_are_refused_before_any_work(tmp_path, options,
+                                                                      message):
+    options = runner.EvalOptions(datasets=('Set5',), output=str(tmp_path / 'r.json'), **options)
+    with pytest.raises(runner.OptionError, match=f'^{re.escape(message)}'):
+        runner.check_options(options)
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(bucket=0), 'bucket must be >= 1, got 0'),
+    (dict(tile=0), 'tile must be >= 1, got 0'),
+    (dict(tile=8, tile_overlap=8), 'tile_overlap must be in [0, tile=8), got 8'),
+    (dict(tile=8, tile_overlap=-1), 'tile_overlap must be in [0, tile=8), got -1')])
+def test_the_upscaler_refuses_inference_options_out_of_range(options, message):
+    model, variables = edsr()
+    with pytest.raises(ValueError, match=f'^{re.escape(message)}$'):
+        inference.ModelUpscaler(model, variables, **options)
+
+
+def test_an_image_too_big_for_the_memory_budget_is_tiled_automatically(x2_model_dir, caplog):
     """With a budget below the whole-image forward's estimate, the output is the explicitly
     tiled one (tile from the budget, overlap min(16, tile / 4)), and a warning says so."""
     lr = random_lr((60, 52))
-    whole = inference.load_upscaler(x2_checkpoint, bucket=1)
-    needed = inference.compiled_bytes(whole._compile((1, 60, 52, 3)))  # pylint: disable=protected-access
+    whole = inference.load_upscaler(x2_model_dir, bucket=1)
+    needed = memory.compiled_bytes(whole._compile((1, 60, 52, 3)))  # pylint: disable=protected-access
     assert needed and needed > 0
     np.testing.assert_array_equal(
-        inference.load_upscaler(x2_checkpoint, bucket=1, memory_budget=needed).predict(lr),
+        inference.load_upscaler(x2_model_dir, bucket=1, memory_budget=needed).predict(lr),
         whole.predict(lr))
-    tight = inference.load_upscaler(x2_checkpoint, bucket=1, memory_budget=needed // 2)
+    tight = inference.load_upscaler(x2_model_dir, bucket=1, memory_budget=needed // 2)
     with caplog.at_level('WARNING'):
         sr = tight.predict(lr)
     message = next(r.getMessage() for r in caplog.records if 'tiling it' in r.getMessage())
     tile, overlap = map(int, re.search(r'--tile (\d+) --tile_overlap (\d+)', message).groups())
     assert 32 <= tile < 60 and overlap == min(16, tile // 4) and '52x60 image needs' in message
-    explicit = inference.load_upscaler(x2_checkpoint, bucket=1, tile=tile, tile_overlap=overlap)
+    explicit = inference.load_upscaler(x2_model_dir, bucket=1, tile=tile, tile_overlap=overlap)
     np.testing.assert_array_equal(sr, explicit.predict(lr))
     caplog.clear()
     with caplog.at_level('WARNING'):
@@ -394,12 +424,12 @@ def test_the_cpu_memory_budget_is_40_percent_of_the_least_free_memory_known(monk
     readers = {'host_available_bytes': 1000, 'cgroup_free_bytes': 500,
                'address_space_free_bytes': None}
     for reader in readers:
-        monkeypatch.setattr(inference, reader, lambda reader=reader: readers[reader])
-    assert inference._free_memory_budget() == 200  # pylint: disable=protected-access
+        monkeypatch.setattr(memory, reader, lambda reader=reader: readers[reader])
+    assert memory.free_memory_budget() == 200
     readers['address_space_free_bytes'] = 250
-    assert inference._free_memory_budget() == 100  # pylint: disable=protected-access
+    assert memory.free_memory_budget() == 100
     readers.update(host_available_bytes=None, cgroup_free_bytes=None, address_space_free_bytes=None)
-    assert inference._free_memory_budget() is None  # pylint: disable=protected-access
+    assert memory.free_memory_budget() is None
 
 
 def test_the_memory_budget_reads_this_process_s_own_device(monkeypatch):
@@ -410,35 +440,35 @@ def test_the_memory_budget_reads_this_process_s_own_device(monkeypatch):
     monkeypatch.setattr(jax, 'devices', lambda: [FakeDevice(not_addressable)])
     monkeypatch.setattr(jax, 'local_devices',
                         lambda: [FakeDevice({'bytes_limit': 1000, 'bytes_in_use': 200})])
-    assert inference._free_memory_budget() == 640  # pylint: disable=protected-access
+    assert memory.free_memory_budget() == 640
 
 
 def test_memory_readers_parse_proc_and_cgroup_files(tmp_path, monkeypatch):
     meminfo = tmp_path / 'meminfo'
     meminfo.write_text('MemTotal:  8000 kB\nMemFree:  100 kB\nMemAvailable:  2048 kB\n')
-    assert inference.host_available_bytes(meminfo) == 2048 * 1024
-    assert inference.host_available_bytes(tmp_path / 'missing') is None
+    assert memory.host_available_bytes(meminfo) == 2048 * 1024
+    assert memory.host_available_bytes(tmp_path / 'missing') is None
 
     v2, v1 = tmp_path / 'v2', tmp_path / 'v1'
     (v1 / 'memory').mkdir(parents=True)
     v2.mkdir()
     (v2 / 'memory.max').write_text('1073741824\n')
     (v2 / 'memory.current').write_text('73741824\n')
-    assert inference.cgroup_free_bytes(v2) == 10 ** 9
+    assert memory.cgroup_free_bytes(v2) == 10 ** 9
     (v2 / 'memory.max').write_text('max\n')  # no limit
-    assert inference.cgroup_free_bytes(v2) is None
+    assert memory.cgroup_free_bytes(v2) is None
     (v1 / 'memory' / 'memory.limit_in_bytes').write_text('3000000\n')
     (v1 / 'memory' / 'memory.usage_in_bytes').write_text('1000000\n')
-    assert inference.cgroup_free_bytes(v1) == 2000000
-    assert inference.cgroup_free_bytes(tmp_path / 'none') is None
+    assert memory.cgroup_free_bytes(v1) == 2000000
+    assert memory.cgroup_free_bytes(tmp_path / 'none') is None
 
     status = tmp_path / 'status'
     status.write_text('Name:\tpython\nVmPeak:\t 9000 kB\nVmSize:\t    1024 kB\nVmRSS:\t 512 kB\n')
     limits = {'soft': 10 * 2 ** 20}
-    monkeypatch.setattr(inference.resource, 'getrlimit',
-                        lambda which: (limits['soft'], inference.resource.RLIM_INFINITY)
-                        if which == inference.resource.RLIMIT_AS else (0, 0))
-    assert inference.address_space_free_bytes(status) == 9 * 2 ** 20
-    assert inference.address_space_free_bytes(tmp_path / 'missing') is None
-    limits['soft'] = inference.resource.RLIM_INFINITY
-    assert inference.address_space_free_bytes(status) is None
+    monkeypatch.setattr(memory.resource, 'getrlimit',
+                        lambda which: (limits['soft'], memory.resource.RLIM_INFINITY)
+                        if which == memory.resource.RLIMIT_AS else (0, 0))
+    assert memory.address_space_free_bytes(status) == 9 * 2 ** 20
+    assert memory.address_space_free_bytes(tmp_path / 'missing') is None
+    limits['soft'] = memory.resource.RLIM_INFINITY
+    assert memory.address_space_free_bytes(status) is None

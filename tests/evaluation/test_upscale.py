@@ -13,60 +13,73 @@ from enlcn_jax import upscale
 from enlcn_jax.data import image_io
 
 from enlcn_jax.evaluation import inference
-from conftest import save_fixture_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope='module')
-def x4_checkpoint(reference, tmp_path_factory):
-    return save_fixture_model(reference, tmp_path_factory.mktemp('x4_model'), scale=4)
-
-
-def test_cli_upscales_a_grayscale_png(x4_checkpoint, tmp_path):
+def test_cli_upscales_a_grayscale_png(x4_model_dir, tmp_path, env):
     gray = np.random.default_rng(0).integers(0, 256, (13, 17), dtype=np.uint8)
     Image.fromarray(gray, 'L').save(tmp_path / 'gray.png')
+    # Computed first: the command reads its compiled forward from the shared compilation cache.
+    expected = inference.load_upscaler(x4_model_dir)(np.repeat(gray[..., None], 3, -1))
     result = subprocess.run([sys.executable, '-m', 'enlcn_jax.upscale', str(tmp_path / 'gray.png'),
-                             str(tmp_path / 'sr.png'), '--checkpoint', str(x4_checkpoint)],
-                            cwd=ROOT, capture_output=True, text=True)
+                             str(tmp_path / 'sr.png'), '--checkpoint', str(x4_model_dir)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "mode 'L' converted to RGB" in result.stderr
     sr = image_io.load_image(tmp_path / 'sr.png')
     assert sr.shape == (52, 68, 3)
-    expected = inference.load_upscaler(x4_checkpoint, bucket=1)(np.repeat(gray[..., None], 3, -1))
     np.testing.assert_array_equal(sr, expected)
 
 
-def test_palette_image_with_alpha_warns_and_upscales(x4_checkpoint, tmp_path):
+def test_palette_image_with_alpha_warns_and_upscales(x4_model_dir, tmp_path):
     rgba = np.random.default_rng(1).integers(0, 256, (10, 9, 4), dtype=np.uint8)
     Image.fromarray(rgba, 'RGBA').convert('P').save(tmp_path / 'p.png', transparency=0)
-    upscaler = inference.load_upscaler(x4_checkpoint, bucket=1, tile=8, tile_overlap=4)
+    upscaler = inference.load_upscaler(x4_model_dir, bucket=1, tile=8, tile_overlap=4)
     with pytest.warns(UserWarning, match='alpha channel dropped'):
         sr = upscale.upscale_file(tmp_path / 'p.png', tmp_path / 'out' / 'p.png', upscaler)
     assert sr.shape == (40, 36, 3)
     np.testing.assert_array_equal(image_io.load_image(tmp_path / 'out' / 'p.png'), sr)
 
 
-def test_cli_names_a_missing_input(x4_checkpoint, tmp_path):
-    result = subprocess.run([sys.executable, '-m', 'enlcn_jax.upscale', str(tmp_path / 'nope.png'),
-                             str(tmp_path / 'sr.png'), '--checkpoint', str(x4_checkpoint)],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and 'nope.png' in result.stderr
-
-
 class Loaded(Exception):
     """Raised in place of loading the model: the arguments got past the checks before it."""
+
+
+def load_upscaler_refused(*args, **kwargs):
+    raise Loaded
+
+
+def test_a_missing_input_is_one_line_naming_it(x4_model_dir, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        upscale.main([str(tmp_path / 'nope.png'), str(tmp_path / 'sr.png'),
+                      '--checkpoint', str(x4_model_dir)])
+    message = str(info.value.code)
+    assert message.startswith('upscale: ') and 'nope.png' in message and '\n' not in message
+    assert not (tmp_path / 'sr.png').exists()
+
+
+@pytest.mark.parametrize('options, message', [
+    (['--bucket', '0'], '--bucket must be >= 1, got 0'),
+    (['--tile', '0'], '--tile must be >= 1, got 0'),
+    (['--tile', '8', '--tile_overlap', '8'], '--tile_overlap must be in [0, tile=8), got 8'),
+    (['--tile', '8', '--tile_overlap', '-1'], '--tile_overlap must be in [0, tile=8), got -1')])
+def test_inference_options_out_of_range_are_refused_before_the_model_loads(
+        tmp_path, monkeypatch, capsys, options, message):
+    image_io.save_image(tmp_path / 'in.png', np.zeros((4, 5, 3), np.uint8))
+    monkeypatch.setattr(inference, 'load_upscaler', load_upscaler_refused)
+    with pytest.raises(SystemExit) as info:
+        upscale.main([str(tmp_path / 'in.png'), str(tmp_path / 'out.png'),
+                      '--checkpoint', str(tmp_path / 'model'), *options])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
 
 
 def test_an_output_without_an_image_suffix_is_refused_before_the_model_loads(tmp_path,
                                                                                monkeypatch,
                                                                                capsys):
     image_io.save_image(tmp_path / 'in.png', np.zeros((4, 5, 3), np.uint8))
-
-    def load_upscaler(*args, **kwargs):
-        raise Loaded
-
-    monkeypatch.setattr(inference, 'load_upscaler', load_upscaler)
+    monkeypatch.setattr(inference, 'load_upscaler', load_upscaler_refused)
     argv = lambda output: [str(tmp_path / 'in.png'), str(tmp_path / output),
                            '--checkpoint', str(tmp_path / 'model')]
     for output in ('out', 'out.xyz', 'out.psd'):

@@ -1,23 +1,18 @@
 """Research tools: attention maps and the random-feature approximation study."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import TINY_MODEL, random_variables, unit
 from enlcn_jax import visualize
 
 from enlcn_jax.nn import features, models
 
 from enlcn_jax.storage import checkpoints
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(scale=2, n_resblocks=2, n_feats=16, attention_every=1, num_random_features=32)
 
 
 def test_softmax_rows_sum_to_one_and_match_a_direct_softmax():
@@ -31,13 +26,9 @@ def test_softmax_rows_sum_to_one_and_match_a_direct_softmax():
 
 @pytest.fixture(scope='module')
 def tiny_enlcn():
-    """A small ENLCN (3 ENLCA modules), weights drawn in NumPy on the shapes of `init_variables`
-    (Flax's initialisers take seconds to compile on a small CPU)."""
-    model = models.from_config(TINY)
-    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
-    rng = np.random.default_rng(0)
-    draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
-    return model, jax.tree_util.tree_map(draw, shapes)
+    """A small ENLCN (3 ENLCA modules) with `random_variables`."""
+    model = models.from_config(TINY_MODEL)
+    return model, random_variables(model)
 
 
 def test_model_maps_are_distributions_over_the_image(tiny_enlcn):
@@ -80,16 +71,18 @@ def test_maps_are_the_attention_rows_of_pixel_x_y(tiny_enlcn):
 
 def test_random_feature_maps_approach_exact_maps_as_m_grows():
     rng = np.random.default_rng(2)
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
     k = jnp.asarray(np.sqrt(2.0) * unit(rng.normal(size=(400, 16))), jnp.float32)
     q = k[:20]
+    draw = jax.jit(features.orthogonal_gaussian_projection, static_argnums=(1, 2))
+    exact_row = jax.jit(lambda q: visualize.attention_row(q, k, 'exact'))
+    approx_row = jax.jit(lambda q, projection: visualize.attention_row(
+        q, k, 'random_features', projection))
     errors = []
     for m in (16, 128, 1024):
         err = []
         for i in range(20):
-            projection = features.orthogonal_gaussian_projection(jax.random.key(i), m, 16)
-            exact = visualize.attention_row(q[i], k, 'exact')
-            approx = visualize.attention_row(q[i], k, 'random_features', projection)
+            projection = draw(jax.random.key(i), m, 16)
+            exact, approx = exact_row(q[i]), approx_row(q[i], projection)
             err.append(float(jnp.abs(approx - exact).sum()))  # total variation x 2
         errors.append(np.mean(err))
     assert errors[0] > errors[1] > errors[2], errors
@@ -102,7 +95,7 @@ def test_study_reproduces_eq7_on_gaussian_inputs():
     delta = jnp.asarray(rng.normal(size=(64, 8)), jnp.float32)
     value = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
     rows = visualize.approximation_study(theta, delta, value, ks=[0.5, 1.0], ms=[16], draws=4000,
-                                         pairs=64)
+                                         pairs=64, norm_eps=models.ENLCAConfig().norm_eps)
     iid = [r for r in rows if r['projection'] == 'iid']
     for row in iid:
         assert abs(row['kernel_rel_var'] / row['eq7_rel_var'] - 1) < 0.1, row
@@ -111,20 +104,33 @@ def test_study_reproduces_eq7_on_gaussian_inputs():
     assert iid[1]['kernel_rel_var'] > iid[0]['kernel_rel_var']
 
 
-def test_cli_writes_png_and_json(tiny_enlcn, tmp_path):
+def test_cli_writes_png_and_json(tiny_enlcn, tmp_path, capsys):
     """Both commands on a 20-pixel image; the model is a saved `tiny_enlcn` (initialising the
     default one costs each run tens of seconds on a small CPU)."""
-    checkpoint = checkpoints.save_model(tmp_path / 'model', TINY, tiny_enlcn[1])
+    checkpoint = checkpoints.save_model(tmp_path / 'model', TINY_MODEL, tiny_enlcn[1])
     common = ['--max_side', '20', '--module', '1', '--checkpoint', str(checkpoint)]
     for command, extra in (('maps', ['--pixel', '5,4']),
                            ('variance', ['--ks', '1,6', '--ms', '16', '--draws', '8'])):
         out = tmp_path / command
-        result = subprocess.run([sys.executable, '-m', 'enlcn_jax.visualize', command, *common,
-                                 *extra, '--out', str(out)], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
+        visualize.main([command, *common, *extra, '--out', str(out)])
+        assert f'wrote {out.with_suffix(".png")} and {out.with_suffix(".json")}' in \
+            capsys.readouterr().out
         assert out.with_suffix('.png').stat().st_size > 1000
         summary = json.loads(out.with_suffix('.json').read_text())
         assert summary
     rows = json.loads((tmp_path / 'variance.json').read_text())
     assert sorted((r['k'], r['m'], r['projection']) for r in rows) == [
         (1.0, 16, 'iid'), (1.0, 16, 'orthogonal'), (6.0, 16, 'iid'), (6.0, 16, 'orthogonal')]
+
+
+def test_the_study_normalises_with_the_model_s_norm_eps(tiny_enlcn, tmp_path, monkeypatch):
+    """`variance` passes the loaded model's `ENLCAConfig.norm_eps` to the study."""
+    config = {**TINY_MODEL, 'norm_eps': 0.25}
+    checkpoint = checkpoints.save_model(tmp_path / 'model', config, tiny_enlcn[1])
+    seen = []
+    monkeypatch.setattr(visualize, 'approximation_study',
+                        lambda *args, **kwargs: seen.append(kwargs['norm_eps']) or [])
+    monkeypatch.setattr(visualize, 'plot_study', lambda rows, out: out)
+    visualize.main(['variance', '--max_side', '20', '--checkpoint', str(checkpoint),
+                    '--out', str(tmp_path / 'variance')])
+    assert seen == [0.25]

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (TEST_DATA, batched_contrastive_loss, nchw, nhwc, rel_err, run, state_dict,
+from conftest import (TEST_DATA, batched_contrastive_loss, nchw, nhwc, rel_err, state_dict,
                       tiny_config)
 from enlcn_jax import convert
 from enlcn_jax.data import image_io, input_pipeline, sources
-from enlcn_jax.evaluation import evaluator, inference
+from enlcn_jax.evaluation import evaluator, inference, runner
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints
 from enlcn_jax.train import loop, recipe
@@ -155,9 +155,9 @@ def test_a_workdir_records_its_precision_and_may_resume_in_another(tmp_path):
         workdir_lib.check_resume(tmp_path, tiny_config(model__n_feats=8).to_dict())
 
 
-def test_a_bfloat16_workdir_evaluates_in_bfloat16_unless_overridden(tmp_path, env, reference):
-    """A bfloat16 model's directory: eval.py and `load_upscaler` use its precision, the results
-    file records it, and `load_upscaler(dtype=...)` (eval.py's `--dtype`) overrides it."""
+def test_a_bfloat16_workdir_evaluates_in_bfloat16_unless_overridden(tmp_path, reference):
+    """A bfloat16 model's directory: eval.py's runner and `load_upscaler` use its precision, the
+    results file records it, and `load_upscaler(dtype=...)` (eval.py's `--dtype`) overrides it."""
     config, variables = convert.convert_state_dict(state_dict(reference, 'x2'), 2)
     checkpoints.save_model(tmp_path / 'model', {**config, 'dtype': 'bfloat16'}, variables)
     lr = np.asarray(jax.random.randint(jax.random.key(0), (20, 24, 3), 0, 256), np.uint8)
@@ -176,11 +176,11 @@ def test_a_bfloat16_workdir_evaluates_in_bfloat16_unless_overridden(tmp_path, en
     for name in ('img_001.png', 'img_002.png'):
         image_io.save_image(folder / name, image_io.load_image(SET5 / name)[:40, :44])
     out = tmp_path / 'results.json'
-    run(['eval.py', '--checkpoint', str(tmp_path / 'model'), '--dataset', str(folder),
-         '--output', str(out)], env)
+    runner.run(runner.EvalOptions(datasets=(str(folder),), checkpoint=str(tmp_path / 'model'),
+                                  output=str(out)))
     record = json.loads(out.read_text())
     assert record['config']['compiled'][0]['precision'] == 'bfloat16'
-    # The CLI's scores are those of the in-process bfloat16 upscaler; float32's differ slightly.
+    # eval.py's scores are those of the bfloat16 upscaler; float32's differ slightly.
     source = sources.find_dataset(str(folder), 2)
     scores = {dtype: [image['psnr'] for image in evaluator.evaluate_dataset(
         source, inference.load_upscaler(tmp_path / 'model', dtype=dtype), progress=False).images]

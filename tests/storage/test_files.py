@@ -65,3 +65,15 @@ def test_an_append_failing_half_way_is_cut_back(tmp_path, monkeypatch):
     assert path.read_text() == '{"step": 1}\n'
     files.append_line(path, '{"step": 2}')
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_markdown_table_writes_a_header_a_separator_and_one_line_per_row():
+    table = files.markdown_table(['dataset', 'PSNR (dB)', 'images'],
+                                 [['Set5', '33.67', 5], ['B100', '-', 0]])
+    assert table == ('| dataset | PSNR (dB) | images |\n'
+                     '|---|---|---|\n'
+                     '| Set5 | 33.67 | 5 |\n'
+                     '| B100 | - | 0 |')
+    assert files.markdown_table(['a'], []) == '| a |\n|---|'
+    with pytest.raises(ValueError, match='a markdown row of 2 cells under 3 columns'):
+        files.markdown_table(['a', 'b', 'c'], [[1, 2]])

@@ -254,3 +254,45 @@ def random_variables(model, seed: int = 0) -> dict:
     draw = lambda s: (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
     return jax.tree_util.tree_map(draw, shapes)
 
+
+# --- subprocesses started early, beside the tests of this process ------------------------------
+
+class Started:
+    """`python ARGS` started now in the repository, its output collected later (`finish`): the
+    process runs beside whatever this process does meanwhile. Its stdout and stderr go to
+    temporary files, so that it never waits on a full pipe."""
+
+    def __init__(self, args: list[str], env: dict):
+        self.args = args
+        self._out, self._err = tempfile.TemporaryFile('w+'), tempfile.TemporaryFile('w+')
+        self.process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True,
+                                        stdout=self._out, stderr=self._err)
+
+    def finish(self, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Waits for the process: its `CompletedProcess`; with `check`, a failure raises."""
+        returncode = self.process.wait(timeout=timeout)
+        self._out.seek(0)
+        self._err.seek(0)
+        result = subprocess.CompletedProcess(self.args, returncode, self._out.read(),
+                                             self._err.read())
+        if check and returncode:
+            raise AssertionError(f'{self.args[:3]} failed:\n{result.stderr[-3000:]}')
+        return result
+
+    def kill(self) -> None:
+        """Ends the process if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def start_early(request):
+    """Sets up, before a module's first test, the fixtures its `START_EARLY` names that a
+    selected test uses: the processes they start (`Started`) run beside the module's tests."""
+    names = getattr(request.module, 'START_EARLY', ())
+    used = {name for item in request.session.items if item.module is request.module
+            for name in item.fixturenames}
+    for name in names:
+        if name in used:
+            request.getfixturevalue(name)

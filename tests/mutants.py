@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COPY_IGNORE = shutil.ignore_patterns('.git', '.venv', '__pycache__', 'workdirs', 'bench_results',
-                                     'results', '.pytest_cache', '*.pyc')
+                                     'results', '.pytest_cache', '*.pyc', '*.egg-info')
 TIMEOUT_S = 900
 
 
@@ -367,7 +367,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('final_step_not_validated', 'Validation.__init__',
            'super().__init__(every_steps, last_step)', 'super().__init__(every_steps, None)',
            (CADENCE,)),
-    Mutant('lock_not_held_while_training', 'train_and_evaluate',
+    Mutant('lock_not_held_while_training', '_train_valid_config',
            'with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():',
            'with contextlib.nullcontext():', (CADENCE,)),
     Mutant('random_features_not_restored', 'TrainState.from_checkpoint_items',

@@ -25,8 +25,25 @@ from __future__ import annotations
 
 import argparse
 
-from enlcn_jax.bench import (attention as bench_attention, contrastive as bench_contrastive, eval as bench_eval, gpu as bench_gpu, profile as bench_profile, train as bench_train)
+from enlcn_jax.bench import (attention as bench_attention, contrastive as bench_contrastive,
+                             eval as bench_eval, gpu as bench_gpu, profile as bench_profile,
+                             train as bench_train)
 from enlcn_jax.bench.common import parse_size
+from enlcn_jax.nn import precision
+
+# Precisions a model may be trained in (train, profile) and all of them (eval).
+TRAINING_DTYPES = tuple(name for name in precision.NAMES if precision.PRECISIONS[name].trains)
+
+
+def dtype_list(choices: tuple[str, ...]):
+    """An argparse `type`: `'float32,bfloat16'` -> `['float32', 'bfloat16']`, each in `choices`."""
+    def parse(text: str) -> list[str]:
+        names = text.split(',')
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f'{",".join(unknown)}: choose from {",".join(choices)}')
+        return names
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,15 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     train = sub.add_parser('train', help='training steps/s, images/s, GFLOP/s; input pipeline')
     train.add_argument('--configs', default='quickstart,x2', help='modules of configs/')
     train.add_argument('--steps', default='20,1', help='timed steps per config')
-    train.add_argument('--dtypes', default='float32', help="model.dtype: float32, bfloat16")
+    train.add_argument('--dtypes', default='float32', type=dtype_list(TRAINING_DTYPES),
+                       help=f'model.dtype, comma-separated: {",".join(TRAINING_DTYPES)}')
     train.add_argument('--devices', default='all',
                        help="device sets: '1' (the first local device), 'all' (every one)")
     evaluation = sub.add_parser('eval', help='eval throughput of the paper model (SR MP/s)')
     evaluation.add_argument('--config', default='x2', help='module of configs/ (its model)')
     evaluation.add_argument('--sizes', default='256,512',
                             help='LR sizes, WIDTHxHEIGHT (512x384) or one side (256)')
-    evaluation.add_argument('--dtypes', default='float32',
-                            help="the model's dtype: float32, bfloat16, float16")
+    evaluation.add_argument('--dtypes', default='float32', type=dtype_list(precision.NAMES),
+                            help=f"the model's dtype, comma-separated: {','.join(precision.NAMES)}")
     evaluation.add_argument('--repeats', type=int, default=3)
     contrastive = sub.add_parser('contrastive', help='contrastive loss fwd and fwd+bwd time')
     contrastive.add_argument('--sizes', default='48', help='square LR patch sides')
@@ -67,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     profile = sub.add_parser('profile', help="a train step's time split into its parts")
     profile.add_argument('--n_resblocks', type=int, default=16)
     profile.add_argument('--n_feats', type=int, default=64)
-    profile.add_argument('--dtype', default='float32', help='model.dtype')
+    profile.add_argument('--dtype', default='float32', choices=TRAINING_DTYPES, help='model.dtype')
     profile.add_argument('--repeats', type=int, default=5)
     for p, batch_size in ((train, 16), (gpu, 16), (profile, 4)):
         p.add_argument('--batch_size', type=int, default=batch_size)
@@ -84,10 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == 'train':
         bench_train.train_throughput_bench(
             args.configs.split(','), ints(args.steps), args.batch_size, args.lr_patch,
-            args.dtypes.split(','), args.devices.split(','), args.matmul_n, out_dir=args.out)
+            args.dtypes, args.devices.split(','), args.matmul_n, out_dir=args.out)
     elif args.command == 'eval':
         bench_eval.eval_throughput_bench([parse_size(s) for s in args.sizes.split(',')],
-                                         args.config, args.dtypes.split(','), args.out,
+                                         args.config, args.dtypes, args.out,
                                          args.repeats)
     elif args.command == 'contrastive':
         bench_contrastive.contrastive_bench(ints(args.sizes), args.batch, args.d, args.repeats,

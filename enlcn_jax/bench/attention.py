@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from enlcn_jax.nn import models
 from enlcn_jax.bench.common import median_time, mib, write_results
-from enlcn_jax.evaluation.inference import compiled_bytes
+from enlcn_jax.evaluation.memory import compiled_bytes
 
 # The paper's Table 5: forward ms on a 2080Ti by (side, attention).
 PAPER_FWD_MS = {(100, 'enla'): 0.9, (150, 'enla'): 1.6, (100, 'exact'): 42.8,
@@ -24,8 +24,13 @@ PAPER_FWD_MS = {(100, 'enla'): 0.9, (150, 'enla'): 1.6, (100, 'exact'): 42.8,
 
 
 def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats: int = 5,
-                    max_gib: float = 8.0, out_dir: str = 'bench_results') -> list[dict]:
-    """Times ENLCA (ENLA) against exact NLA; programs XLA estimates above `max_gib` are not run."""
+                    max_gib: float = 8.0, out_dir: str = 'bench_results') -> dict:
+    """Times ENLCA (ENLA) against exact NLA; programs XLA estimates above `max_gib` are not run.
+
+    Returns:
+      The report written to `<out_dir>/attention.json` (less the machine): `rows` (one per size
+      and attention), `channels`, `m`, `repeats`, `growth` and `paper fwd ms (2080Ti)`.
+    """
     rows = []
     for side in sizes:
         x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
@@ -65,8 +70,7 @@ def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats:
         print(f"ENLA {last['size']} over {first['size']}: {growth['positions ratio']:.1f}x positions, "
               f"{growth['enla fwd time ratio']:.2f}x fwd time, "
               f"{growth['enla fwd+bwd time ratio']:.2f}x fwd+bwd time")
-    write_results('attention', rows, columns, out_dir,
-                  {'channels': channels, 'm': m, 'repeats': repeats, 'growth': growth,
-                   'paper fwd ms (2080Ti)': {f'{side}x{side} {kind}': ms for (side, kind), ms
-                                             in PAPER_FWD_MS.items()}})
-    return rows
+    paper = {f'{side}x{side} {kind}': ms for (side, kind), ms in PAPER_FWD_MS.items()}
+    return write_results('attention', rows, columns, out_dir,
+                         {'channels': channels, 'm': m, 'repeats': repeats, 'growth': growth,
+                          'paper fwd ms (2080Ti)': paper})

@@ -1,7 +1,7 @@
 """Timing and reporting helpers shared by the benchmarks (`bench_attention`, `bench_train`,
 `bench_eval`, `bench_gpu`): median wall time, XLA's FLOP count of a compiled program, the matmul
 peak and the peak device memory of the machine, a markdown table plus a JSON file. XLA's memory
-estimate of a compiled program is `inference.compiled_bytes`."""
+estimate of a compiled program is `memory.compiled_bytes`."""
 
 from __future__ import annotations
 
@@ -108,12 +108,15 @@ def write_report(name: str, report: dict, out_dir: str | Path) -> Path:
 
 
 def write_results(name: str, rows: list[dict], columns: list[str], out_dir: str | Path,
-                  extra: dict | None = None) -> Path:
-    """Prints `rows` as a markdown table and writes them, with the machine, to `<out>/<name>.json`."""
+                  extra: dict | None = None) -> dict:
+    """Prints `rows` as a markdown table and writes them, with `extra` and the machine, to
+    `<out>/<name>.json`. Returns the report written less the machine: `{**extra, 'rows'}`."""
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     for row in rows:
         cells = [row.get(c) for c in columns]
         lines.append('| ' + ' | '.join('-' if c is None else f'{c:.4g}' if isinstance(c, float)
                                        else str(c) for c in cells) + ' |')
     print('\n'.join(lines))
-    return write_report(name, {**(extra or {}), 'rows': rows}, out_dir)
+    report = {**(extra or {}), 'rows': rows}
+    write_report(name, report, out_dir)
+    return report

@@ -17,8 +17,13 @@ from enlcn_jax.bench.common import median_time, write_results
 
 
 def contrastive_bench(sides=(48,), batch: int = 4, d: int = 16, repeats: int = 10,
-                      variant: str = 'code', out_dir: str = 'bench_results') -> list[dict]:
-    """Times `mean(vmap(contrastive_loss))` and its gradient for `[batch, side^2, d]` inputs."""
+                      variant: str = 'code', out_dir: str = 'bench_results') -> dict:
+    """Times `mean(vmap(contrastive_loss))` and its gradient for `[batch, side^2, d]` inputs.
+
+    Returns:
+      The report written to `<out_dir>/contrastive.json` (less the machine): `rows` (one per
+      side), `variant` and `repeats`.
+    """
     rows = []
     for side in sides:
         keys = jax.random.split(jax.random.key(0), 2)
@@ -32,6 +37,5 @@ def contrastive_bench(sides=(48,), batch: int = 4, d: int = 16, repeats: int = 1
             compiled = jax.jit(fn).lower(q, k).compile()
             row[f'{label} ms'] = 1e3 * median_time(compiled, (q, k), repeats)
         rows.append(row)
-    write_results('contrastive', rows, ['size', 'batch', 'd', 'fwd ms', 'fwd+bwd ms'], out_dir,
-                  {'variant': variant, 'repeats': repeats})
-    return rows
+    return write_results('contrastive', rows, ['size', 'batch', 'd', 'fwd ms', 'fwd+bwd ms'],
+                         out_dir, {'variant': variant, 'repeats': repeats})

@@ -24,7 +24,7 @@ import jax
 
 from enlcn_jax.nn import models
 from enlcn_jax.bench.common import load_config, median_time, mib, peak_device_mib, write_results
-from enlcn_jax.evaluation.inference import compiled_bytes
+from enlcn_jax.evaluation.memory import compiled_bytes
 
 
 def time_forward(model: models.ENLCN, variables: dict, size: tuple[int, int],
@@ -50,7 +50,7 @@ def time_forward(model: models.ENLCN, variables: dict, size: tuple[int, int],
 
 def eval_throughput_bench(sizes: Sequence[tuple[int, int]] = ((256, 256), (512, 512)),
                           config: str = 'x2', dtypes: Sequence[str] = ('float32',),
-                          out_dir: str | Path = 'bench_results', repeats: int = 3) -> list[dict]:
+                          out_dir: str | Path = 'bench_results', repeats: int = 3) -> dict:
     """Times the SR forward at each LR size and dtype; writes `<out_dir>/eval_throughput.json`.
 
     Args:
@@ -61,7 +61,8 @@ def eval_throughput_bench(sizes: Sequence[tuple[int, int]] = ((256, 256), (512, 
       out_dir: directory for the JSON.
       repeats: timed runs per row after one warm-up run (the median is reported).
     Returns:
-      One row per dtype and size: `dtype` and the fields of `time_forward`.
+      The report written (less the machine): `rows`, one per dtype and size (`dtype` and the
+      fields of `time_forward`), `model` and `repeats`.
     """
     model_config = load_config(config).model.to_dict()
     # Eager on purpose: under jax 0.10.2 on CPU, jit-compiled init of this model never returns.
@@ -74,10 +75,9 @@ def eval_throughput_bench(sizes: Sequence[tuple[int, int]] = ((256, 256), (512, 
             print(f"{rows[-1]['lr size']}, {dtype}: {rows[-1]['ms']:.0f} ms, "
                   f"{rows[-1]['SR MP/s']:.3g} SR MP/s")
     columns = ['lr size', 'sr size', 'dtype', 'ms', 'SR MP/s', 'compile s', 'MiB', 'peak MiB']
-    write_results('eval_throughput', rows, columns, out_dir,
-                  {'model': {'config': config, 'scale': model_config['scale'],
-                             'n_resblocks': model_config['n_resblocks'],
-                             'n_feats': model_config['n_feats'],
-                             'params': models.count_params(variables['params'])},
-                   'repeats': repeats})
-    return rows
+    return write_results('eval_throughput', rows, columns, out_dir,
+                         {'model': {'config': config, 'scale': model_config['scale'],
+                                    'n_resblocks': model_config['n_resblocks'],
+                                    'n_feats': model_config['n_feats'],
+                                    'params': models.count_params(variables['params'])},
+                          'repeats': repeats})

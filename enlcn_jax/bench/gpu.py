@@ -20,7 +20,6 @@ a minute on a 2-core CPU (the tests run it so):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -28,8 +27,6 @@ from enlcn_jax.bench import attention as bench_attention, eval as bench_eval, tr
 from enlcn_jax.bench.common import peak_device_mib, write_report
 
 DTYPES = ('float32', 'bfloat16')
-# Part of the combined report -> the JSON file the part writes.
-PART_FILES = {'train': 'train_throughput', 'attention': 'attention', 'eval': 'eval_throughput'}
 
 
 def gpu_bench(config: str = 'x2', batch_size: int = 16, lr_patch: int = 48, steps: int = 20,
@@ -48,17 +45,17 @@ def gpu_bench(config: str = 'x2', batch_size: int = 16, lr_patch: int = 48, step
       matmul_n: side of the matmul that measures the peak.
       out_dir: directory for the JSON files.
     Returns:
-      The combined report: `{'train', 'attention', 'eval'}` (each part's JSON less the machine)
-      and `peak MiB`.
+      The combined report: `{'train', 'attention', 'eval'}` (each part's report, as its JSON
+      file holds it less the machine) and `peak MiB`.
     """
-    bench_train.train_throughput_bench([config], [steps], batch_size, lr_patch, DTYPES,
-                                       bench_train.DEVICE_SETS, matmul_n, out_dir=out_dir)
-    bench_attention.attention_bench(list(attention_sizes), repeats=repeats, out_dir=out_dir)
-    bench_eval.eval_throughput_bench([eval_size], config, DTYPES, out_dir, repeats)
-    report = {}
-    for part, name in PART_FILES.items():
-        written = json.loads((Path(out_dir) / f'{name}.json').read_text())
-        report[part] = {key: value for key, value in written.items() if key != 'machine'}
-    report['peak MiB'] = peak_device_mib()
+    report = {
+        'train': bench_train.train_throughput_bench(
+            [config], [steps], batch_size, lr_patch, DTYPES, bench_train.DEVICE_SETS, matmul_n,
+            out_dir=out_dir),
+        'attention': bench_attention.attention_bench(list(attention_sizes), repeats=repeats,
+                                                     out_dir=out_dir),
+        'eval': bench_eval.eval_throughput_bench([eval_size], config, DTYPES, out_dir, repeats),
+        'peak MiB': peak_device_mib(),
+    }
     write_report('gpu', report, out_dir)
     return report

@@ -6,10 +6,12 @@ batch (median of `repeats`), and their FLOPs read from XLA's cost analysis:
 
   * `EDSR forward`: the same network without its ENLCA modules (the convolutions);
   * `forward`: the ENLCN forward of training (image and embeddings);
-  * `forward + backward, L1`: value and gradient of the L1 loss;
-  * `forward + backward, L1 + contrastive`: value and gradient of the whole loss;
-  * `contrastive alone, fwd + bwd`: the contrastive term and its gradient w.r.t. (q, k);
-  * `optimizer`: Adam's update and its application to the parameters;
+  * `forward + backward, L1`: value and gradient of the train step's loss, `recipe.loss_fn`,
+    with a contrastive term that costs nothing;
+  * `forward + backward, L1 + contrastive`: value and gradient of `recipe.loss_fn`;
+  * `contrastive alone, fwd + bwd`: `recipe.contrastive_term` and its gradient w.r.t. (q, k);
+  * `optimizer`: the train step's Adam update and its application to the parameters
+    (`TrainState.apply_gradients`);
   * `train step`: `recipe.compile_train_step`, steps run back to back (what training does).
 
 The split reported is the difference of these: convolutions forward (EDSR forward), attention
@@ -25,33 +27,35 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from enlcn_jax.bench import train as bench_train
 
 from enlcn_jax.data import input_pipeline, sources
 
-from enlcn_jax.nn import losses, models
+from enlcn_jax.nn import models
 
 from enlcn_jax.train import loop, recipe
 from enlcn_jax.bench.common import (compiled_flops, load_config, matmul_peak_gflops, median_time,
                                  write_results)
 
 
-def _timed(fn, args: tuple, repeats: int) -> dict:
-    """`{'ms', 'GFLOP'}` of `jax.jit(fn)(*args)`: median wall time and XLA's FLOP count."""
+def _timed(fn, args: tuple, repeats: int) -> tuple[dict, Any]:
+    """`({'ms', 'GFLOP'}, output)` of `jax.jit(fn)(*args)`: median wall time, XLA's FLOP count
+    and what it returns."""
     compiled = jax.jit(fn).lower(*args).compile()
     flops = compiled_flops(compiled)
-    return {'ms': 1e3 * median_time(compiled, args, repeats),
-            'GFLOP': None if flops is None else flops / 1e9}
+    row = {'ms': 1e3 * median_time(compiled, args, repeats),
+           'GFLOP': None if flops is None else flops / 1e9}
+    return row, compiled(*args)
 
 
 def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int = 4,
                        lr_patch: int = 48, dtype: str = 'float32', repeats: int = 5,
-                       matmul_n: int = 2048, out_dir: str | Path = 'bench_results') -> list[dict]:
+                       matmul_n: int = 2048, out_dir: str | Path = 'bench_results') -> dict:
     """Times the parts of a training step; writes `<out_dir>/train_profile.json`.
 
     Args:
@@ -62,8 +66,9 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
       repeats: timed runs of each program after one warm-up run.
       matmul_n: side of the matmul that measures the peak (`bench_lib.matmul_peak_gflops`).
     Returns:
-      One row per part: `part`, `ms`, `% of step`, `GFLOP`, `GFLOP/s`; the timed programs
-      first, then the split.
+      The report written (less the machine): `rows`, one per part (`part`, `ms`, `% of step`,
+      `GFLOP`, `GFLOP/s`, `% of matmul peak`), the timed programs first, then the split;
+      `model`, `batch_size`, `lr_patch`, `repeats`, `matmul peak GFLOP/s`.
     """
     config = load_config('default')
     config.model.update(n_resblocks=n_resblocks, n_feats=n_feats, dtype=dtype,
@@ -77,34 +82,38 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
     dataset = sources.load_skimage_photos(('astronaut',), config.model.scale)
     batch = input_pipeline.PatchLoader(dataset, batch_size, lr_patch, num_workers=1).batch(0)
     lr_images = jnp.asarray(batch['lr'], jnp.float32) / 255.0
-    hr_images = jnp.asarray(batch['hr'], jnp.float32) / 255.0
-    weight = config.train.contrastive.weight
+    weight = recipe.create_contrastive_weight_fn(config)(state.step)
     contrastive = functools.partial(recipe.contrastive_term, config=config)
 
     def forward(params):
         return model.apply({**state.variables, 'params': params}, lr_images,
                            return_embeddings=True)
 
-    def loss(params, with_contrastive: bool):
-        sr, embeddings = forward(params)
-        l1 = losses.l1_loss(sr, hr_images)
-        return l1 + weight * contrastive(embeddings) if with_contrastive else l1
+    def loss(params, contrastive_fn):
+        """The train step's loss; without the contrastive term, one that costs nothing."""
+        return recipe.loss_fn(params, state, batch, weight, contrastive_fn)
+
+    def value_and_grad(contrastive_fn):
+        return jax.value_and_grad(functools.partial(loss, contrastive_fn=contrastive_fn),
+                                  has_aux=True)
+
+    rows = {}
+
+    def timed(part: str, fn, *args):
+        """Times `fn` as `part` (a row of `rows`); returns its output."""
+        row, output = _timed(fn, args, repeats)
+        rows[part] = {'part': part, **row}
+        return output
 
     edsr_params = models.init_variables(edsr, jax.random.key(0), (lr_patch, lr_patch))['params']
-    grads = jax.grad(loss)(state.params, True)
-    embeddings = jax.lax.stop_gradient(forward(state.params)[1])
-    parts = {
-        'EDSR forward': (lambda p: edsr.apply({'params': p}, lr_images), (edsr_params,)),
-        'forward': (forward, (state.params,)),
-        'forward + backward, L1': (jax.value_and_grad(functools.partial(loss,
-                                                                        with_contrastive=False)),
-                                   (state.params,)),
-        'forward + backward, L1 + contrastive': (
-            jax.value_and_grad(functools.partial(loss, with_contrastive=True)), (state.params,)),
-        'contrastive alone, fwd + bwd': (jax.value_and_grad(contrastive), (embeddings,)),
-        'optimizer': (_adam_step(state.tx), (grads, state.opt_state, state.params)),
-    }
-    rows = {name: {'part': name, **_timed(fn, args, repeats)} for name, (fn, args) in parts.items()}
+    timed('EDSR forward', lambda p: edsr.apply({'params': p}, lr_images), edsr_params)
+    _, embeddings = timed('forward', forward, state.params)
+    timed('forward + backward, L1', value_and_grad(lambda embeddings: jnp.float32(0.0)),
+          state.params)
+    _, grads = timed('forward + backward, L1 + contrastive', value_and_grad(contrastive),
+                     state.params)
+    timed('contrastive alone, fwd + bwd', jax.value_and_grad(contrastive), embeddings)
+    timed('optimizer', lambda state, grads: state.apply_gradients(grads=grads), state, grads)
     rows['train step'] = {'part': 'train step', **_train_step_time(config, state, batch, repeats)}
 
     ms = {name: row['ms'] for name, row in rows.items()}
@@ -129,20 +138,11 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
             row['GFLOP/s'] = row['GFLOP'] / row['ms'] * 1e3
             row['% of matmul peak'] = 100 * row['GFLOP/s'] / peak
     columns = ['part', 'ms', '% of step', 'GFLOP', 'GFLOP/s', '% of matmul peak']
-    write_results('train_profile', table, columns, out_dir,
-                  {'model': {'n_resblocks': n_resblocks, 'n_feats': n_feats, 'scale': 2,
-                             'dtype': dtype, 'params': models.count_params(state.params)},
-                   'batch_size': batch_size, 'lr_patch': lr_patch, 'repeats': repeats,
-                   'matmul peak GFLOP/s': peak})
-    return table
-
-
-def _adam_step(tx: optax.GradientTransformation):
-    """`(grads, opt_state, params) -> (new params, new opt_state)`: the optimizer's part of a step."""
-    def step(grads, opt_state, params):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-    return step
+    return write_results('train_profile', table, columns, out_dir,
+                         {'model': {'n_resblocks': n_resblocks, 'n_feats': n_feats, 'scale': 2,
+                                    'dtype': dtype, 'params': models.count_params(state.params)},
+                          'batch_size': batch_size, 'lr_patch': lr_patch, 'repeats': repeats,
+                          'matmul peak GFLOP/s': peak})
 
 
 def _train_step_time(config, state: recipe.TrainState, batch: dict, repeats: int) -> dict:

@@ -26,7 +26,6 @@ row's value is the largest of its own and every earlier row's.
 
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +33,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from enlcn_jax.data import input_pipeline, sources
 
@@ -43,7 +42,7 @@ from enlcn_jax.nn import models
 from enlcn_jax.train import loop, recipe
 from enlcn_jax.bench.common import (compiled_flops, load_config, matmul_peak_gflops, mib,
                                  peak_device_mib, write_results)
-from enlcn_jax.evaluation.inference import compiled_bytes
+from enlcn_jax.evaluation.memory import compiled_bytes
 
 DEVICE_SETS = ('1', 'all')
 
@@ -81,19 +80,17 @@ def steps_per_second(step_fn, state, batch, steps: int) -> tuple[float, recipe.T
     return steps / (time.perf_counter() - start), state
 
 
-def l1_only_flops(config: ml_collections.ConfigDict, state: recipe.TrainState,
+def l1_only_flops(config: ml_collections.ConfigDict, mesh: Mesh, state: recipe.TrainState,
                   batch: dict) -> float | None:
     """Per-device FLOPs of the train step as it runs before the contrastive warm-up ends.
 
     XLA counts the step's `lax.cond` at its costliest branch, the contrastive loss that this
-    phase skips; so this compiles (untimed) `recipe.train_step` with a contrastive loss that
-    costs nothing, on the shardings of `state` and `batch`.
+    phase skips; so this compiles (untimed) `recipe.compile_train_step` with a contrastive loss
+    that costs nothing, on `mesh`.
     """
-    step = functools.partial(
-        recipe.train_step, learning_rate_fn=recipe.create_learning_rate_fn(config),
-        contrastive_weight_fn=recipe.create_contrastive_weight_fn(config),
-        contrastive_fn=lambda embeddings: jnp.float32(0.0))
-    return compiled_flops(jax.jit(step).lower(state, batch).compile())
+    step_fn = recipe.compile_train_step(config, mesh,
+                                        contrastive_fn=lambda embeddings: jnp.float32(0.0))
+    return compiled_flops(step_fn.lower(state, batch).compile())
 
 
 def time_train_step(config: ml_collections.ConfigDict, initial_state: recipe.TrainState,
@@ -125,7 +122,7 @@ def time_train_step(config: ml_collections.ConfigDict, initial_state: recipe.Tra
     state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
     first_step_seconds = time.perf_counter() - start
-    flops = {'L1 only': l1_only_flops(config, state, batch),
+    flops = {'L1 only': l1_only_flops(config, mesh, state, batch),
              'L1 + contrastive': compiled_flops(step_fn)}
     contrastive_start = config.train.contrastive.start_epoch * config.train.steps_per_epoch
     devices_peak_gflops = peak_gflops * len(devices)
@@ -166,7 +163,7 @@ def train_throughput_bench(configs: Sequence[str] = ('quickstart', 'x2'),
                            lr_patch: int = 48, dtypes: Sequence[str] = ('float32',),
                            devices: Sequence[str] = ('all',), matmul_n: int = 2048,
                            pipeline_batches: int = 50,
-                           out_dir: str | Path = 'bench_results') -> list[dict]:
+                           out_dir: str | Path = 'bench_results') -> dict:
     """Times training steps per config, dtype and device set; writes
     `<out_dir>/train_throughput.json`.
 
@@ -182,8 +179,10 @@ def train_throughput_bench(configs: Sequence[str] = ('quickstart', 'x2'),
       pipeline_batches: batches timed for the input-pipeline row.
       out_dir: directory for the JSON (its extras: the one-device matmul peak per dtype).
     Returns:
-      The rows of `time_train_step` with `model` and `dtype`, per config, dtype and device set,
-      then one for the input pipeline (`patches/s`).
+      The report written (less the machine): `rows`, those of `time_train_step` with `model`
+      and `dtype` per config, dtype and device set, then one for the input pipeline
+      (`patches/s`); `batch_size`, `lr_patch`, `matmul peak GFLOP/s (one device)` (by dtype)
+      and `matmul n`.
     """
     device_sets = local_device_sets(devices)
     # Every config checked before anything is timed.
@@ -213,7 +212,6 @@ def train_throughput_bench(configs: Sequence[str] = ('quickstart', 'x2'),
     columns = ['model', 'phase', 'dtype', 'devices', 'params', 'steps', 'steps/s', 'images/s',
                'GFLOP/step', 'GFLOP/s', '% of matmul peak', 'MiB', 'peak MiB', 'patches/s',
                'first step s']
-    write_results('train_throughput', rows, columns, out_dir,
-                  {'batch_size': batch_size, 'lr_patch': lr_patch,
-                   'matmul peak GFLOP/s (one device)': peaks, 'matmul n': matmul_n})
-    return rows
+    return write_results('train_throughput', rows, columns, out_dir,
+                         {'batch_size': batch_size, 'lr_patch': lr_patch,
+                          'matmul peak GFLOP/s (one device)': peaks, 'matmul n': matmul_n})

@@ -4,26 +4,20 @@ A *model directory* holds `model_config.json` (keyword arguments of `models.ENLC
 `variables/` (an orbax StandardCheckpointer tree of `params` and `random_features`). The
 converter writes one with `save_model`.
 
-A *training workdir* (see `train_lib.train_and_evaluate`) holds `model_config.json` too, and two
-orbax `CheckpointManager` directories whose steps are composites of items:
+A *training workdir* holds two orbax `CheckpointManager` directories, `checkpoints/` (the latest
+steps) and `best/` (the best validation PSNR-Y), whose steps are composites of named items; the
+workdir's layout is described in `enlcn_jax/train/workdir.py`. Items are trees by name:
+`variables` (the model, the same tree as a model directory's) is what `load_model` reads; what
+the others hold is their saver's (`recipe.TrainState.checkpoint_items`).
 
-    checkpoints/<step>/variables   {'params', 'random_features'}: the model (same tree as above)
-    checkpoints/<step>/train       {'step', 'opt_state', 'rng'}: the rest of the TrainState
-    best/<step>/variables          the model with the best validation PSNR-Y so far
-
-    checkpoints/<step>/checksums {'variables': {path: crc32}, 'train': {...}}: verified on load
-    checkpoints/<step>/record    {'format': 2, 'config': the run's config, 'data': fingerprints}
-    best/<step>/checksums, best/<step>/record   the same for the best model
-
-`checkpoints/` keeps the latest `train.keep_checkpoints` steps, `best/` one step. Orbax writes
-each step into a temporary directory and renames it when complete, so a crash during a save
-leaves the previous steps intact. Every array's CRC-32 is saved with it (`checksums.json` in a
-model directory) and checked when it is read back, so a damaged file is an error that names the
-array, not a silently broken model; `load_model` also refuses non-finite weights. A checkpoint
-step written with a `record` (a model directory written with `format.json`) must have its
-checksums: a missing one is damage, not an old format; only checkpoints written before
-checksums existed load without them, with a warning. `load_model` reads a model directory or a
-workdir.
+Orbax writes each step into a temporary directory and renames it when complete, so a crash during
+a save leaves the previous steps intact. Every array's CRC-32 is saved with it (`checksums.json`
+in a model directory, a `checksums` item in a step) and checked when it is read back, so a
+damaged file is an error that names the array, not a silently broken model; `load_model` also
+refuses non-finite weights. A checkpoint step written with a `record` (a model directory written
+with `format.json`) must have its checksums: a missing one is damage, not an old format; only
+checkpoints written before checksums existed load without them, with a warning. `load_model`
+reads a model directory or a workdir.
 """
 
 from __future__ import annotations
@@ -76,8 +70,16 @@ def _not_read_only_notice(record: std_logging.LogRecord) -> bool:
     return not record.getMessage().startswith('Given directory is read only')
 
 
-# Every read of a workdir's checkpoints opens them read-only; orbax warns each time.
-std_logging.getLogger('absl').addFilter(_not_read_only_notice)
+def _manager(directory: Path, item_handlers: dict,
+             options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    """An orbax `CheckpointManager`. Every read of a workdir's checkpoints opens them read-only,
+    for which orbax warns while making the manager: that warning is dropped."""
+    absl_logger = std_logging.getLogger('absl')
+    absl_logger.addFilter(_not_read_only_notice)
+    try:
+        return ocp.CheckpointManager(directory, item_handlers=item_handlers, options=options)
+    finally:
+        absl_logger.removeFilter(_not_read_only_notice)
 
 
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:
@@ -159,14 +161,13 @@ def _options(name: str, read_only: bool,
 
 def latest_manager(workdir: str | Path, keep: int = 3,
                    read_only: bool = False) -> ocp.CheckpointManager:
-    """The workdir's `checkpoints/` manager: full train states, the latest `keep` kept."""
-    return ocp.CheckpointManager(
+    """The workdir's `checkpoints/` manager: `variables` and `train` items, the latest `keep`
+    steps kept."""
+    return _manager(
         Path(workdir).absolute() / CHECKPOINTS_DIR,
-        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
-                       TRAIN: ocp.StandardCheckpointHandler(),
-                       CHECKSUMS: ocp.JsonCheckpointHandler(),
-                       RECORD: ocp.JsonCheckpointHandler()},
-        options=_options(CHECKPOINTS_DIR, read_only, ocp.checkpoint_managers.LatestN(n=keep)))
+        {VARIABLES: ocp.StandardCheckpointHandler(), TRAIN: ocp.StandardCheckpointHandler(),
+         CHECKSUMS: ocp.JsonCheckpointHandler(), RECORD: ocp.JsonCheckpointHandler()},
+        _options(CHECKPOINTS_DIR, read_only, ocp.checkpoint_managers.LatestN(n=keep)))
 
 
 def _best_metric(metrics: dict) -> float:
@@ -175,18 +176,18 @@ def _best_metric(metrics: dict) -> float:
 
 def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.CheckpointManager:
     """The workdir's `best/` manager: model variables of the highest `metrics['psnr_y']`."""
-    return ocp.CheckpointManager(
+    return _manager(
         Path(workdir).absolute() / BEST_DIR,
-        item_handlers={VARIABLES: ocp.StandardCheckpointHandler(),
-                       CHECKSUMS: ocp.JsonCheckpointHandler(),
-                       RECORD: ocp.JsonCheckpointHandler()},
+        {VARIABLES: ocp.StandardCheckpointHandler(), CHECKSUMS: ocp.JsonCheckpointHandler(),
+         RECORD: ocp.JsonCheckpointHandler()},
         # best_fn too: orbax writes a step's metrics, and `best_step` reads them, only with it.
-        options=_options(BEST_DIR, read_only,
-                         ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
-                         best_fn=_best_metric, best_mode='max'))
+        _options(BEST_DIR, read_only,
+                 ocp.checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+                 best_fn=_best_metric, best_mode='max'))
 
 
-def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int | None]:
+def load_model(path: str | Path,
+               which: str = 'latest') -> tuple[models.ENLCN, dict, int | None]:
     """Reads a model from a model directory (`save_model`) or a training workdir.
 
     Args:
@@ -195,22 +196,26 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int
         with the best validation PSNR-Y, `best/`). A model directory holds one model and
         ignores it.
     Returns:
-      `(model_config, variables, step)`: keyword arguments of `models.ENLCN`,
+      `(model, variables, step)`: the `models.ENLCN` of `model_config.json`,
       `{'params': ..., 'random_features': ...}` as numpy arrays, and the training step the
       variables were saved at (None for a model directory).
     Raises:
       FileNotFoundError: `path` is neither, or the workdir has no checkpoint of that kind yet.
+      CheckpointError: a damaged checkpoint, non-finite weights, or a `model_config.json` that
+        is unreadable or builds no model.
     """
     if which not in ('latest', 'best'):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     path = Path(path).absolute()
     if (path / VARIABLES).exists():
-        return (*load_model_dir(path), None)
+        config, variables = load_model_dir(path)
+        return _build(config, path / MODEL_CONFIG), variables, None
     if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
         raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
                                 f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
                                 f'{CHECKPOINTS_DIR}/)')
     config = _read_json(path / MODEL_CONFIG)
+    model = _build(config, path / MODEL_CONFIG)
     with (best_manager(path, read_only=True) if which == 'best'
           else latest_manager(path, read_only=True)) as manager:
         step = manager.best_step() if which == 'best' else manager.latest_step()
@@ -226,11 +231,16 @@ def load_model(path: str | Path, which: str = 'latest') -> tuple[dict, dict, int
         if saved is not None:
             verify_checksums(variables, saved[VARIABLES], where)
     check_finite(variables, where)
-    return config, variables, step
+    return model, variables, step
 
 
-def _train_items(state) -> dict:
-    return {'step': state.step, 'opt_state': state.opt_state, 'rng': state.rng}
+def _build(config: dict, config_path: Path) -> models.ENLCN:
+    """`models.from_config(config)`; a config that builds no model is a `CheckpointError`
+    naming `config_path`."""
+    try:
+        return models.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f'{config_path} builds no model: {e}') from e
 
 
 def _save(manager: ocp.CheckpointManager, step: int, items: dict, record: dict | None,
@@ -258,18 +268,20 @@ def wait_until_saved(manager: ocp.CheckpointManager) -> None:
         raise files.write_error(manager.directory, e) from e
 
 
-def save_train_state(manager: ocp.CheckpointManager, state, record: dict | None = None) -> None:
-    """Saves a `train_lib.TrainState` as step `state.step` of `checkpoints/` (asynchronously),
-    with the checksums of its arrays and `record` (what trained it: config, data)."""
-    _save(manager, int(state.step), {VARIABLES: state.variables, TRAIN: _train_items(state)},
-          record)
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, items: dict,
+                     record: dict | None = None) -> None:
+    """Saves `items` (`{VARIABLES: the model's variables, TRAIN: the rest of the training
+    state}`, e.g. `recipe.TrainState.checkpoint_items()`) as `step` of `checkpoints/`
+    (asynchronously), with the checksums of their arrays and `record` (what trained it: config,
+    data)."""
+    _save(manager, step, items, record)
 
 
-def save_best(manager: ocp.CheckpointManager, state, psnr_y: float,
+def save_best(manager: ocp.CheckpointManager, step: int, variables: dict, psnr_y: float,
               record: dict | None = None) -> None:
-    """Offers the model to the `best/` manager, which keeps it only if `psnr_y` is the highest."""
-    _save(manager, int(state.step), {VARIABLES: state.variables}, record,
-          metrics={BEST_METRIC: psnr_y})
+    """Offers the model `variables` of `step` to the `best/` manager, which keeps them only if
+    `psnr_y` is the highest."""
+    _save(manager, step, {VARIABLES: variables}, record, metrics={BEST_METRIC: psnr_y})
 
 
 def saved_record(manager: ocp.CheckpointManager, step: int) -> dict | None:
@@ -297,23 +309,23 @@ def resume_hint(manager: ocp.CheckpointManager, step: int) -> str:
     return f'move {manager.directory / str(step)} out of the workdir to {then}'
 
 
-def restore_train_state(manager: ocp.CheckpointManager, state):
-    """`state` (a `train_lib.TrainState`) with everything replaced by the latest step of
-    `manager` (if there is one).
+def restore_latest(manager: ocp.CheckpointManager, target: dict) -> dict | None:
+    """The items of the latest step of `manager` (None without one), restored like `target`.
 
-    `state` gives the tree structure, dtypes and shardings the arrays are restored with.
-
+    Args:
+      manager: a workdir's `checkpoints/` manager.
+      target: items as `save_checkpoint` takes them; their tree structures, dtypes and
+        shardings are the restored arrays'.
     Raises:
-      CheckpointError: the checkpoint's model variables do not have the shapes of `state`'s
+      CheckpointError: the checkpoint's model variables do not have the shapes of `target`'s
         (another model), naming the first differing arrays; or the checkpoint is damaged
         (unreadable, a checksum differs), naming the folder to move away to resume from the
         step before it.
     """
     step = manager.latest_step()
     if step is None:
-        return state
-    target = {VARIABLES: state.variables, TRAIN: _train_items(state)}
-    mismatches = _shape_mismatches(manager.item_metadata(step)[VARIABLES], state.variables)
+        return None
+    mismatches = _shape_mismatches(manager.item_metadata(step)[VARIABLES], target[VARIABLES])
     if mismatches:
         raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
                               f'config builds ({"; ".join(mismatches[:3])}'
@@ -324,14 +336,11 @@ def restore_train_state(manager: ocp.CheckpointManager, state):
             for name, tree in target.items()}))
         saved = _saved_checksums(manager, step)
         if saved is not None:
-            for name in (VARIABLES, TRAIN):
+            for name in target:
                 verify_checksums(restored[name], saved[name], manager.directory / str(step))
     except (OSError, ValueError) as e:  # CheckpointError included
         raise CheckpointError(f'{e}; {resume_hint(manager, step)}') from e
-    variables, train = restored[VARIABLES], restored[TRAIN]
-    return state.replace(params=variables['params'],
-                         random_features=variables.get(models.RANDOM_FEATURES, {}),
-                         step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
+    return {name: restored[name] for name in target}
 
 
 def _host_leaves(tree) -> dict[str, np.ndarray]:

@@ -1,7 +1,15 @@
-"""The training loop."""
+"""The training loop: `train_and_evaluate`.
+
+After each train step (`recipe.compile_train_step`) come the periodic actions, in this order:
+`MetricLogging` checks and logs the metrics of the steps since its last time, `Checkpointing`
+saves the training state (and keeps the best model), `Validation` scores the model and offers it
+to `best/`. Each fires every so many steps and after the run's last step; a Ctrl-C stops the run
+after the step in flight, saved. What the workdir holds is described in `workdir`.
+"""
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import hashlib
@@ -15,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
@@ -192,14 +201,6 @@ def _on_every_process(flag) -> bool:
     return bool(value)
 
 
-def _last_checkpoint(manager) -> str:
-    step = manager.latest_step()
-    if step is None:
-        return 'no checkpoint was saved.'
-    return (f'the last checkpoint, step {step} in {manager.directory}, was saved before it and '
-            'is intact.')
-
-
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
                  allow_config_changes: bool = False) -> str | None:
     """`train_and_evaluate` for a command line: returns the one-line reason of a failure the
@@ -211,7 +212,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
     except (ValueError, data_lib.DatasetNotFoundError) as e:
         return f'invalid config: {e}'
     try:
-        train_and_evaluate(config, workdir, allow_config_changes)
+        _train_valid_config(config, workdir, allow_config_changes)
     except data_lib.DatasetNotFoundError as e:
         return f'dataset not found: {e}'
     except (DataError, workdir_lib.WorkdirError, checkpoints.CheckpointError, files.WriteError,
@@ -222,32 +223,11 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
     return None
 
 
-def _finish_saves(*managers) -> None:
-    """Waits for the managers' saves in flight and closes them; a failed save raises
-    `files.WriteError` (after every manager was closed)."""
-    errors = []
-    for manager in managers:
-        try:
-            checkpoints.wait_until_saved(manager)
-        except files.WriteError as e:
-            errors.append(e)
-        with contextlib.suppress(Exception):  # its save's failure is the error above
-            manager.close()
-    if errors:
-        raise errors[0]
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        allow_config_changes: bool = False) -> recipe.TrainState:
     """Trains (resuming from `<workdir>/checkpoints` if it holds a step), validates, saves.
 
-    Workdir:
-      config.json          the latest run's full config (each checkpoint step records its own)
-      model_config.json    the flat model config (for `checkpoints.load_model`)
-      metrics.jsonl        one JSON object per logged step / validation (`metric_logging`)
-      events.out.tfevents.*  the same scalars for TensorBoard
-      checkpoints/, best/  see `checkpoints`
-      train.lock           held by the training process (see `workdir.WorkdirLock`)
+    What the workdir holds is described in `enlcn_jax/train/workdir.py`.
 
     Args:
       config: the run's config.
@@ -267,11 +247,206 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       the final state.
     """
     validate_config(config)
+    return _train_valid_config(config, workdir, allow_config_changes)
+
+
+def _train_valid_config(config: ml_collections.ConfigDict, workdir: str | Path,
+                        allow_config_changes: bool) -> recipe.TrainState:
+    """`train_and_evaluate` of a config that `validate_config` accepted."""
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
     with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
         record = workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
         return _train_and_evaluate(config, workdir, is_main, record, allow_config_changes)
+
+
+class PeriodicAction(abc.ABC):
+    """Something done during training every `every_steps` steps and after its last step.
+
+    Calling it after a step runs `run` if `due`: `step` is the number of steps done, `state`
+    the `recipe.TrainState` after them, `stopping` whether training stops after this step
+    (Ctrl-C).
+
+    Args:
+      every_steps: the cadence, in steps.
+      last_step: the run's last step.
+    """
+
+    def __init__(self, every_steps: int, last_step: int):
+        self.every_steps = every_steps
+        self.last_step = last_step
+
+    def due(self, step: int, stopping: bool) -> bool:
+        """Whether the action runs after `step`; here by the cadence and the last step alone."""
+        del stopping
+        return step % self.every_steps == 0 or step == self.last_step
+
+    def __call__(self, step: int, state: recipe.TrainState, stopping: bool = False) -> None:
+        if self.due(step, stopping):
+            self.run(step, state)
+
+    @abc.abstractmethod
+    def run(self, step: int, state: recipe.TrainState) -> None:
+        """Does it now."""
+
+
+class Checkpointing(PeriodicAction):
+    """Saves the training state to `<workdir>/checkpoints/` (the latest `keep` steps kept), also
+    on a Ctrl-C stop, and keeps the best model in `<workdir>/best/` (`save_best`).
+
+    Only finite parameters are saved; a run stopped for non-finite values (`diverged`) names
+    the last checkpoint, saved before them.
+
+    Args:
+      every_steps, last_step: the cadence (`PeriodicAction`).
+      workdir: the training workdir.
+      keep: steps kept in `checkpoints/`.
+      record: what trains the run (`{'config', 'data'}`), saved with every step.
+    """
+
+    def __init__(self, every_steps: int, last_step: int, workdir: Path, keep: int,
+                 record: dict):
+        super().__init__(every_steps, last_step)
+        self.latest = checkpoints.latest_manager(workdir, keep)
+        self.best = checkpoints.best_manager(workdir)
+        self.record = record
+
+    def due(self, step: int, stopping: bool) -> bool:
+        return stopping or super().due(step, stopping)
+
+    def run(self, step: int, state: recipe.TrainState) -> None:
+        self.require_finite(step, state, 'as a checkpoint')
+        checkpoints.save_checkpoint(self.latest, step, state.checkpoint_items(), self.record)
+
+    def save_best(self, step: int, state: recipe.TrainState, psnr_y: float) -> None:
+        """Offers the model to `best/` (kept if `psnr_y` is the highest yet), waiting for it."""
+        self.require_finite(step, state, 'as the best model')
+        checkpoints.save_best(self.best, step, state.variables, psnr_y, self.record)
+        checkpoints.wait_until_saved(self.best)
+
+    def require_finite(self, step: int, state: recipe.TrainState, what: str) -> None:
+        """Raises `diverged` if the parameters of `state` are not all finite."""
+        if not _on_every_process(_all_finite(state.params)):
+            raise self.diverged(f'the parameters after step {step} are not finite (the loss '
+                                f'was): training stopped without saving them {what}')
+
+    def last_saved(self) -> str:
+        """A sentence naming the last checkpoint (or saying there is none)."""
+        step = self.latest.latest_step()
+        if step is None:
+            return 'no checkpoint was saved.'
+        return (f'the last checkpoint, step {step} in {self.latest.directory}, was saved before '
+                'it and is intact.')
+
+    def diverged(self, why: str) -> FloatingPointError:
+        """The error that stops training for `why`, naming the last checkpoint once the save in
+        flight is written."""
+        checkpoints.wait_until_saved(self.latest)
+        return FloatingPointError(f'{why}; {self.last_saved()}')
+
+    def finish(self) -> None:
+        """Waits for the saves in flight and closes the managers; a failed save raises
+        `files.WriteError` (after both were closed)."""
+        errors = []
+        for manager in (self.latest, self.best):
+            try:
+                checkpoints.wait_until_saved(manager)
+            except files.WriteError as e:
+                errors.append(e)
+            with contextlib.suppress(Exception):  # its save's failure is the error above
+                manager.close()
+        if errors:
+            raise errors[0]
+
+
+class Validation(PeriodicAction):
+    """Scores the model on the validation set with eval.py's evaluator, offers it to `best/`
+    (before the score is recorded) and logs `val/psnr_y`, `val/ssim_y`, `val/bicubic_psnr_y`.
+    Not on a Ctrl-C stop.
+
+    Args:
+      every_steps, last_step: the cadence (`PeriodicAction`).
+      dataset: the validation images.
+      upscaler: the model's upscaler; its compiled forwards serve every validation (each with
+        the state's variables, `with_variables`).
+      saving: keeps the best model.
+      logger: where the scores are written.
+      history: the training metrics, whose speed excludes the validation's time.
+    """
+
+    def __init__(self, every_steps: int, last_step: int, dataset: data_lib.SRDataset,
+                 upscaler: inference.ModelUpscaler, saving: Checkpointing,
+                 logger: metric_writer.MetricLogger, history: metric_writer.StepMetrics):
+        super().__init__(every_steps, last_step)
+        self.dataset, self.upscaler, self.saving = dataset, upscaler, saving
+        self.logger, self.history = logger, history
+        self.bicubic_psnr = evaluator.evaluate_in_memory(
+            dataset, inference.BicubicUpscaler(dataset.scale)).summary()['psnr']
+        self.psnr = None  # of the last validation
+
+    def due(self, step: int, stopping: bool) -> bool:
+        return not stopping and super().due(step, stopping)
+
+    def run(self, step: int, state: recipe.TrainState) -> None:
+        local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+        scores = evaluator.evaluate_in_memory(self.dataset,
+                                              self.upscaler.with_variables(local)).summary()
+        self.psnr = scores['psnr']
+        self.saving.save_best(step, state, self.psnr)
+        self.logger.write(step, {'val/psnr_y': self.psnr, 'val/ssim_y': scores['ssim'],
+                                 'val/bicubic_psnr_y': self.bicubic_psnr})
+        logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)', step, self.psnr,
+                     self.bicubic_psnr)
+        self.history.restart_clock(step)  # validation time is not training speed
+
+    def redo_if_cut_off(self, step: int, state: recipe.TrainState, validated: set[int]) -> None:
+        """Validates `step`, where training resumes, if it was due and its validation is not
+        among the `validated` steps: a run killed between a checkpoint and its validation."""
+        if step and self.due(step, stopping=False) and _on_every_process(step not in validated):
+            logging.info('Step %d was saved but its validation not recorded: validating it.', step)
+            self.run(step, state)
+
+
+class MetricLogging(PeriodicAction):
+    """Checks the metrics of the steps since the last time (a non-finite loss stops training)
+    and logs their means; also whenever an action of `flush_before` is due, which it is called
+    before: a checkpoint or a validation follows checked metrics.
+
+    Args:
+      every_steps, last_step: the cadence (`PeriodicAction`).
+      history: the steps' metrics.
+      logger: where they are written.
+      progress: the progress bar, which shows the loss, the learning rate and the speed.
+      learning_rate_fn: the schedule shown.
+      saving: names the last checkpoint when training stops.
+      flush_before: actions that need the metrics before them checked.
+    """
+
+    def __init__(self, every_steps: int, last_step: int, history: metric_writer.StepMetrics,
+                 logger: metric_writer.MetricLogger, progress: tqdm.tqdm,
+                 learning_rate_fn: optax.Schedule, saving: Checkpointing,
+                 flush_before: tuple[PeriodicAction, ...] = ()):
+        super().__init__(every_steps, last_step)
+        self.history, self.logger, self.progress = history, logger, progress
+        self.learning_rate_fn, self.saving = learning_rate_fn, saving
+        self.flush_before = flush_before
+
+    def due(self, step: int, stopping: bool) -> bool:
+        return super().due(step, stopping) or any(action.due(step, stopping)
+                                                  for action in self.flush_before)
+
+    def run(self, step: int, state: recipe.TrainState) -> None:
+        del state
+        try:
+            scalars = self.history.flush(step)
+        except metric_writer.NonFiniteMetrics as e:
+            raise self.saving.diverged(f'{e}: training stopped') from e
+        if scalars is None:
+            return
+        self.logger.write(step, scalars)
+        self.progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
+                                  lr=f'{float(self.learning_rate_fn(step - 1)):.2e}',
+                                  steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
 
 
 def _restart_best_tracking(workdir: Path, record: dict | None, val_fingerprint: dict | None,
@@ -297,18 +472,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
     fingerprints = {'train': dataset_fingerprint(train_ds), 'val': dataset_fingerprint(val_ds)}
     workdir_lib.check_data(record, fingerprints, allow_config_changes)
     _restart_best_tracking(workdir, record, fingerprints['val'], is_main)
-    run_record = {'config': config.to_dict(), 'data': fingerprints}
 
     model = recipe.create_model(config)
     mesh = recipe.create_mesh()
-    replicated = NamedSharding(mesh, PartitionSpec())
     state = jax.device_put(
-        recipe.create_train_state(config, model, jax.random.PRNGKey(train_cfg.seed)), replicated)
-    latest = checkpoints.latest_manager(workdir, train_cfg.keep_checkpoints)
-    best = checkpoints.best_manager(workdir)
-    state = checkpoints.restore_train_state(latest, state)
-    start_step = int(state.step)
+        recipe.create_train_state(config, model, jax.random.PRNGKey(train_cfg.seed)),
+        NamedSharding(mesh, PartitionSpec()))
     total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
+    saving = Checkpointing(train_cfg.checkpoint_every_steps, total_steps, workdir,
+                           train_cfg.keep_checkpoints,
+                           {'config': config.to_dict(), 'data': fingerprints})
+    restored = checkpoints.restore_latest(saving.latest, state.checkpoint_items())
+    if restored is not None:
+        state = state.from_checkpoint_items(restored)
+    start_step = int(state.step)
     # Every process draws the same global batches and feeds its rows: the result does not
     # depend on the number of processes.
     try:
@@ -321,105 +498,50 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
     if is_main:  # only once the run is known to resume (or start) cleanly
         workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
     if start_step:
-        logging.info('Resuming from step %d of %d (%s).', start_step, total_steps, latest.directory)
+        logging.info('Resuming from step %d of %d (%s).', start_step, total_steps,
+                     saving.latest.directory)
     if is_main:  # steps after the checkpoint are redone: their old records would be duplicates
         metric_writer.drop_records_after(workdir, start_step)
 
-    train_step_fn = recipe.compile_train_step(config, mesh)
+    train_step = recipe.compile_train_step(config, mesh)
     redraw = recipe.compile_redraw(config, mesh)
-    learning_rate_fn = recipe.create_learning_rate_fn(config)
     logger = metric_writer.MetricLogger(workdir, is_main)
-    bicubic = None if val_ds is None else evaluator.evaluate_in_memory(
-        val_ds, inference.BicubicUpscaler(val_ds.scale)).summary()['psnr']
-    validator = None  # the one evaluator of eval.py, compiled at the first validation
-    batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: recipe.shard_batch(b, mesh))
     history = metric_writer.StepMetrics(start_step, config.data.batch_size)
     progress = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', disable=not is_main,
                          dynamic_ncols=True)
-
-    def flush(step: int) -> None:
-        """Checks and logs the metrics of the steps since the last flush (`step` is the last)."""
-        try:
-            scalars = history.flush(step)
-        except metric_writer.NonFiniteMetrics as e:
-            checkpoints.wait_until_saved(latest)
-            raise FloatingPointError(f'{e}: training stopped; {_last_checkpoint(latest)}') from e
-        if scalars is None:
-            return
-        logger.write(step, scalars)
-        progress.set_postfix(loss=f'{scalars["train/loss"]:.4f}',
-                             lr=f'{float(learning_rate_fn(step - 1)):.2e}',
-                             steps_per_s=f'{scalars["train/steps_per_s"]:.2f}')
-
-    def require_finite(step: int, what: str) -> None:
-        if not _on_every_process(_all_finite(state.params)):
-            checkpoints.wait_until_saved(latest)
-            raise FloatingPointError(
-                f'the parameters after step {step} are not finite (the loss was): training '
-                f'stopped without saving them {what}; {_last_checkpoint(latest)}')
-
-    def save(step: int) -> None:
-        require_finite(step, 'as a checkpoint')
-        checkpoints.save_train_state(latest, state, run_record)
-
-    val_psnr = None
-
-    def validate(step: int) -> None:
-        """Scores `state` on the validation set; `best/` holds it before the score is recorded."""
-        nonlocal validator, val_psnr
-        local = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
-        if validator is None:
-            validator = inference.ModelUpscaler(model, local, bucket=train_cfg.eval_bucket,
-                                                name='validation')
-        validator.variables = local
-        scores = evaluator.evaluate_in_memory(val_ds, validator).summary()
-        val_psnr = scores['psnr']
-        require_finite(step, 'as the best model')
-        checkpoints.save_best(best, state, val_psnr, run_record)
-        checkpoints.wait_until_saved(best)
-        logger.write(step, {'val/psnr_y': val_psnr, 'val/ssim_y': scores['ssim'],
-                            'val/bicubic_psnr_y': bicubic})
-        logging.info('step %d: validation PSNR-Y %.3f dB (bicubic %.3f dB)', step, val_psnr,
-                     bicubic)
-        history.restart_clock(step)  # validation time is not training speed
-
-    def validation_due(step: int) -> bool:
-        epochs_done, in_epoch = divmod(step, train_cfg.steps_per_epoch)
-        return val_ds is not None and (step == total_steps or (
-            in_epoch == 0 and epochs_done % train_cfg.eval_every_epochs == 0))
-
+    validation = None
+    if val_ds is not None:
+        upscaler = inference.ModelUpscaler(
+            model, jax.tree.map(lambda x: x.addressable_data(0), state.variables),
+            bucket=train_cfg.eval_bucket, name='validation')
+        validation = Validation(train_cfg.eval_every_epochs * train_cfg.steps_per_epoch,
+                                total_steps, val_ds, upscaler, saving, logger, history)
+    after_metrics = (saving,) if validation is None else (saving, validation)
+    # The metrics are checked and logged first: a save or a validation follows checked steps.
+    actions = (MetricLogging(train_cfg.log_every, total_steps, history, logger, progress,
+                             recipe.create_learning_rate_fn(config), saving,
+                             flush_before=after_metrics), *after_metrics)
+    batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: recipe.shard_batch(b, mesh))
     stop_requested = _defer_ctrl_c()
     try:
-        # A run killed between a checkpoint and its validation: validate that checkpoint now.
-        unrecorded = start_step not in metric_writer.validated_steps(workdir)
-        if start_step and validation_due(start_step) and _on_every_process(unrecorded):
-            logging.info('Step %d was saved but its validation not recorded: validating it.',
-                         start_step)
-            validate(start_step)
+        if validation is not None:
+            validation.redo_if_cut_off(start_step, state, metric_writer.validated_steps(workdir))
         for step in range(start_step, total_steps):
             index = recipe.redraw_index(step, config)
             if index is not None:
                 state = redraw(state, index)
-            state, step_metrics = train_step_fn(state, next(batches))
+            state, step_metrics = train_step(state, next(batches))
             history.append(step_metrics)
-            done = step + 1
             progress.update()
             stopping = stop_requested.is_set()
-            do_eval = validation_due(done)
-            do_save = (done % train_cfg.checkpoint_every_steps == 0 or done == total_steps
-                       or stopping)
-            if done % train_cfg.log_every == 0 or do_save or do_eval:
-                flush(done)
-            if do_save:
-                save(done)
-            if do_eval and not stopping:
-                validate(done)
+            for action in actions:
+                action(step + 1, state, stopping)
             if stopping:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        _finish_saves(latest, best)
+        saving.finish()
         raise TrainingInterrupted(f'interrupted after step {int(state.step)}; '
-                                  f'{_last_checkpoint(latest)} Run the same command to resume.'
+                                  f'{saving.last_saved()} Run the same command to resume.'
                                   ) from None
     except BaseException:
         # With several processes a failure here may be another process's death: a save in
@@ -427,16 +549,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
         # complete, so leaving it unfinished loses nothing.
         if jax.process_count() == 1:
             with contextlib.suppress(files.WriteError):  # the error in flight is the one to tell
-                _finish_saves(latest, best)
+                saving.finish()
         raise
     else:
-        _finish_saves(latest, best)
+        saving.finish()
     finally:
         _restore_ctrl_c()
         progress.close()
         loader.close()
         logger.close()
-    if val_psnr is not None:
+    if validation is not None and validation.psnr is not None:
         logging.info('final validation PSNR-Y %.3f dB vs bicubic %.3f dB (%+.3f dB) on %d image(s)',
-                     val_psnr, bicubic, val_psnr - bicubic, len(val_ds))
+                     validation.psnr, validation.bicubic_psnr,
+                     validation.psnr - validation.bicubic_psnr, len(val_ds))
     return state

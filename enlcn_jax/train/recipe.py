@@ -1,6 +1,7 @@
-"""ENLCN training: TrainState, schedules, the train/eval steps and the training loop.
+"""ENLCN training recipe: TrainState, schedules, the loss and the train step (the loop that runs
+them is `loop`).
 
-Modelled on Flax `examples/imagenet/train.py`. One step:
+Modelled on Flax `examples/imagenet/train.py`. One step (`train_step`, its loss `loss_fn`):
 
     batch {'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}, sharded over the 'data' axis
       -> ENLCN(lr / 255, return_embeddings=True) -> sr, [(q, k) per ENLCA module]
@@ -38,6 +39,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from enlcn_jax.nn import losses, models
+from enlcn_jax.storage import checkpoints
 
 Array = jax.Array
 DATA_AXIS = 'data'
@@ -61,6 +63,20 @@ class TrainState(train_state.TrainState):
         if self.random_features:
             variables[models.RANDOM_FEATURES] = self.random_features
         return variables
+
+    def checkpoint_items(self) -> dict:
+        """The items of a `checkpoints/` step (`checkpoints.save_checkpoint`):
+        `{'variables': {'params', 'random_features'}, 'train': {'step', 'opt_state', 'rng'}}`."""
+        return {checkpoints.VARIABLES: self.variables,
+                checkpoints.TRAIN: {'step': self.step, 'opt_state': self.opt_state,
+                                    'rng': self.rng}}
+
+    def from_checkpoint_items(self, items: dict) -> 'TrainState':
+        """This state with everything replaced by `items` (as `checkpoint_items` gives them)."""
+        variables, train = items[checkpoints.VARIABLES], items[checkpoints.TRAIN]
+        return self.replace(params=variables['params'],
+                            random_features=variables.get(models.RANDOM_FEATURES, {}),
+                            step=train['step'], opt_state=train['opt_state'], rng=train['rng'])
 
 
 def create_model(config: ml_collections.ConfigDict) -> models.ENLCN:
@@ -143,38 +159,51 @@ def contrastive_term(embeddings: list[tuple[Array, Array]],
     return jnp.mean(jnp.stack([jnp.mean(per_image(q, k)) for q, k in embeddings]))
 
 
+def loss_fn(params: Any, state: TrainState, batch: dict[str, Array], weight: Array,
+            contrastive_fn: Callable[[list], Array]) -> tuple[Array, tuple[Array, Array]]:
+    """The training loss of `params` on `batch`: `L1 + weight * contrastive`.
+
+    Args:
+      params: the parameters differentiated (`state.params` in a step).
+      state: gives the model (`apply_fn`) and its random features.
+      batch: `{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}`.
+      weight: float32 scalar contrastive weight; the contrastive loss is only computed when > 0.
+      contrastive_fn: `[(q, k)] -> scalar`, e.g. `contrastive_term` with the config bound.
+    Returns:
+      `(loss, (l1, contrastive))`, float32 scalars (`contrastive` is 0 while `weight` is 0).
+    """
+    lr_images = batch['lr'].astype(jnp.float32) / 255.0
+    hr_images = batch['hr'].astype(jnp.float32) / 255.0
+    variables = {'params': params, models.RANDOM_FEATURES: state.random_features}
+    sr, embeddings = state.apply_fn(variables, lr_images, return_embeddings=True)
+    l1 = losses.l1_loss(sr, hr_images)
+    if embeddings:
+        cl = jax.lax.cond(weight > 0, lambda: contrastive_fn(embeddings),
+                          lambda: jnp.float32(0.0))
+    else:
+        cl = jnp.float32(0.0)
+    return l1 + weight * cl, (l1, cl)
+
+
 def train_step(state: TrainState, batch: dict[str, Array], *,
                learning_rate_fn: optax.Schedule,
                contrastive_weight_fn: Callable[[Any], Array],
                contrastive_fn: Callable[[list], Array]) -> tuple[TrainState, dict[str, Array]]:
-    """One Adam step on L1 + w(step) * contrastive.
+    """One Adam step on `loss_fn`.
 
     Args:
       state: the current state (replicated).
       batch: `{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}`.
       learning_rate_fn: `step -> lr`, for the metrics (the optimiser holds its own copy).
-      contrastive_weight_fn: `step -> weight`; the contrastive loss is only computed when > 0.
+      contrastive_weight_fn: `step -> weight`.
       contrastive_fn: `[(q, k)] -> scalar`, e.g. `contrastive_term` with the config bound.
     Returns:
       `(new_state, metrics)` with float32 scalars `loss`, `l1`, `contrastive` (0 while its weight
       is 0), `contrastive_weight`, `lr` and `grad_norm`.
     """
-    lr_images = batch['lr'].astype(jnp.float32) / 255.0
-    hr_images = batch['hr'].astype(jnp.float32) / 255.0
     weight = contrastive_weight_fn(state.step)
-
-    def loss_fn(params):
-        variables = {'params': params, models.RANDOM_FEATURES: state.random_features}
-        sr, embeddings = state.apply_fn(variables, lr_images, return_embeddings=True)
-        l1 = losses.l1_loss(sr, hr_images)
-        if embeddings:
-            cl = jax.lax.cond(weight > 0, lambda: contrastive_fn(embeddings),
-                              lambda: jnp.float32(0.0))
-        else:
-            cl = jnp.float32(0.0)
-        return l1 + weight * cl, (l1, cl)
-
-    (loss, (l1, cl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (l1, cl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state, batch, weight, contrastive_fn)
     new_state = state.apply_gradients(grads=grads)
     metrics = {'loss': loss, 'l1': l1, 'contrastive': cl, 'contrastive_weight': weight,
                'lr': learning_rate_fn(state.step), 'grad_norm': optax.tree.norm(grads)}
@@ -186,13 +215,19 @@ def create_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh) -> Callable:
-    """`train_step` jitted over `mesh`: state replicated (and donated), batch split on 'data'."""
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                       contrastive_fn: Callable[[list], Array] | None = None) -> Callable:
+    """`train_step` of `config` jitted over `mesh`: `(state, batch) -> (state, metrics)`, the
+    state replicated (and donated), the batch split on 'data'.
+
+    `contrastive_fn` replaces `contrastive_term` (the benchmarks count the FLOPs of the L1-only
+    phase with one that costs nothing).
+    """
     replicated = NamedSharding(mesh, PartitionSpec())
     step_fn = functools.partial(
         train_step, learning_rate_fn=create_learning_rate_fn(config),
         contrastive_weight_fn=create_contrastive_weight_fn(config),
-        contrastive_fn=functools.partial(contrastive_term, config=config))
+        contrastive_fn=contrastive_fn or functools.partial(contrastive_term, config=config))
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     return jax.jit(step_fn, in_shardings=(replicated, batch_sharding),
                    out_shardings=(replicated, replicated), donate_argnums=0)

@@ -1,4 +1,24 @@
-"""A training workdir's bookkeeping: one writer at a time, and resume only with the same run.
+"""A training workdir: its layout, one writer at a time, and resume only with the same run.
+
+Layout (written by `loop.train_and_evaluate`):
+
+    config.json            the latest run's full config (each checkpoint step records its own)
+    model_config.json      the flat model config: `models.from_config`'s keyword arguments,
+                           what `checkpoints.load_model` rebuilds the model from
+    metrics.jsonl          one strict-JSON record per logged step or validation (`metric_writer`)
+    events.out.tfevents.*  the same scalars for TensorBoard
+    train.lock             held by the training process (`WorkdirLock`)
+    checkpoints/<step>/    the latest `train.keep_checkpoints` steps, each with the items
+        variables            {'params', 'random_features'}: the model
+        train                {'step', 'opt_state', 'rng'}: the rest of the `recipe.TrainState`
+        checksums            {'variables': {array path: CRC-32}, 'train': {...}}: verified on load
+        record               {'format': 2, 'config': the run's config, 'data': fingerprints}
+    best/<step>/           one step: the model with the best validation PSNR-Y so far
+                           (`variables`, `checksums`, `record`)
+    best.val-<sha256>/     a `best/` chosen on other validation images, moved aside
+
+`checkpoints` reads and writes the steps (orbax `CheckpointManager`s); `recipe.TrainState` says
+what its `variables` and `train` items hold.
 
 * `WorkdirLock`: an exclusive `fcntl` lock on `<workdir>/train.lock`, held for the whole run. A
   second training on the same workdir fails at once, naming the holder's pid and host (written
@@ -13,7 +33,7 @@
   the rest deliberately. A checkpoint with no record at all (and no `config.json`) is resumed
   only with `allow_changes`.
 * `check_data`: the same for the training images, by their fingerprint
-  (`train_lib.dataset_fingerprint`).
+  (`loop.dataset_fingerprint`).
 * `record_config`: writes `config.json` and `model_config.json` atomically.
 """
 

@@ -1,14 +1,20 @@
 """Two processes, one model: `jax.distributed` training on this machine equals one process,
-validates, checkpoints and resumes like it, and a dead process ends the other in bounded time."""
+validates, checkpoints and resumes like it, and a dead process ends the other in bounded time.
+
+The processes of each test start before the work of this process that does not need them (the
+one-process run; the other test: `START_EARLY`), which runs while they do.
+"""
 
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
+import pytest
 
 from conftest import REPO, cli_overrides, tiny_config
 from enlcn_jax.storage import checkpoints
@@ -18,6 +24,7 @@ from enlcn_jax.train import loop
 # 3-step epoch) and a validation every epoch: 6 steps, or 3 and then 3 more after a resume.
 OVERRIDES = dict(train__contrastive__start_epoch=0, train__checkpoint_every_steps=2)
 HEARTBEAT_S = 10
+START_EARLY = ('failing_pair',)
 
 
 def free_port() -> int:
@@ -26,13 +33,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_two(workdir, env, **overrides) -> list[subprocess.Popen]:
+def start_two(workdir, env, *, process_1_args=(), **overrides) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of `train.py` on `workdir` (`process_1_args` added to process 1's)."""
     address = f'localhost:{free_port()}'
     return [subprocess.Popen(
         [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir',
          str(workdir), *cli_overrides(**{**OVERRIDES, **overrides}), '--config.distributed=True',
          f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}',
-         f'--heartbeat_timeout={HEARTBEAT_S}'],
+         f'--heartbeat_timeout={HEARTBEAT_S}', *(process_1_args if i == 1 else ())],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
 
@@ -47,12 +55,37 @@ def records(workdir) -> dict[int, dict]:
     return merged
 
 
+def exit_clock(process: subprocess.Popen) -> threading.Thread:
+    """A thread that waits for `process`, then sets `process.exit_time` (`time.time()`)."""
+    def wait():
+        process.wait()
+        process.exit_time = time.time()
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture(scope='module')
+def failing_pair(tmp_path_factory, env):
+    """`(the two processes of test_an_error_in_one_process_ends_both_in_bounded_time, their
+    exit clocks, their start time)`, started (`START_EARLY`): process 1's validation folder is
+    missing."""
+    start = time.time()
+    processes = start_two(tmp_path_factory.mktemp('failing'), env, process_1_args=(
+        '--config.data.val_source=folder', '--config.data.val_hr_dir=/no/such/dir'))
+    yield processes, [exit_clock(process) for process in processes], start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def test_two_processes_validate_resume_and_stop_together(tmp_path, env):
     one, two = tmp_path / 'one', tmp_path / 'two'
-    loop.train_and_evaluate(tiny_config(**OVERRIDES), one)
-
-    # Steps 1-3 in two processes: a checkpoint at 2 and 3 (the end), a validation at 3.
+    # Steps 1-3 in two processes: a checkpoint at 2 and 3 (the end), a validation at 3; steps
+    # 1-6 in this process meanwhile.
     processes = start_two(two, env, train__epochs=1)
+    loop.train_and_evaluate(tiny_config(**OVERRIDES), one)
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
@@ -87,26 +120,20 @@ def test_two_processes_validate_resume_and_stop_together(tmp_path, env):
     assert [s for s, r in got.items() if 'val/psnr_y' in r] == [3, 6]
 
 
-def test_an_error_in_one_process_ends_both_in_bounded_time(tmp_path, env):
+def test_an_error_in_one_process_ends_both_in_bounded_time(failing_pair):
     """Process 1 fails (its validation folder is missing) while process 0 starts training: it
     exits at once with its FATAL line, instead of waiting in `jax.distributed`'s shutdown for
     process 0, which waits in a collective for it."""
-    address = f'localhost:{free_port()}'
-    processes = [subprocess.Popen(
-        [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir',
-         str(tmp_path), *cli_overrides(**OVERRIDES), '--config.distributed=True',
-         f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}',
-         f'--heartbeat_timeout={HEARTBEAT_S}',
-         *(['--config.data.val_source=folder', '--config.data.val_hr_dir=/no/such/dir']
-           if i == 1 else [])],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
-    start = time.time()
+    processes, clocks, start = failing_pair
     _, stderr = processes[1].communicate(timeout=60)
+    clocks[1].join()
+    assert processes[1].exit_time - start < 60
     assert processes[1].returncode == 1, stderr[-3000:]
     fatal = [line for line in stderr.splitlines() if line.startswith('FATAL')]
     assert fatal == ["FATAL process 1 of 2: invalid config: config.data.val_hr_dir='/no/such/dir' "
                      'is not a directory (data.val_source=folder needs HR images)'], stderr[-3000:]
     processes[0].communicate(timeout=3 * HEARTBEAT_S + 60)
-    print(f'both processes exited {time.time() - start:.1f} s after the start')
+    clocks[0].join()
+    assert processes[0].exit_time - processes[1].exit_time < 3 * HEARTBEAT_S + 60
+    print(f'both processes exited {processes[0].exit_time - start:.1f} s after the start')
     assert processes[0].returncode != 0

@@ -2,13 +2,13 @@
 
 Everything runs a tiny ENLCN (2 blocks, 16 features, 12x12 LR patches) on one skimage photo.
 Subprocesses (a fresh process to resume in, forced host devices, the CLI) share a persistent
-compilation cache, so only the first of them compiles the train step.
+compilation cache with this process; those that need nothing from it start with the module
+(`START_EARLY`) and run beside its tests.
 """
 
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import jax
@@ -18,8 +18,9 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from conftest import batched_contrastive_loss, benchmark_images, cli_overrides, run, tiny_config
-from configs import default
+from conftest import (Started, batched_contrastive_loss, benchmark_images, cli_overrides, run,
+                      tiny_config)
+from configs import default, quickstart
 from enlcn_jax.data import input_pipeline, sources
 from enlcn_jax.evaluation import evaluator, inference
 from enlcn_jax.nn import losses, models
@@ -27,11 +28,13 @@ from enlcn_jax.storage import checkpoints
 from enlcn_jax.train import loop, recipe
 from enlcn_jax.train import workdir as workdir_lib
 
-REPO = Path(__file__).resolve().parents[2]
+START_EARLY = ('straight_cli_process', 'data_parallel_process', 'killed_save_process')
 
-def train_cli(workdir, env, **overrides) -> subprocess.CompletedProcess:
-    return run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
-                *cli_overrides(**overrides)], env)
+
+def train_cli_args(workdir, **overrides) -> list[str]:
+    """The arguments of `python train.py` on the tiny config in `workdir`."""
+    return ['train.py', '--config', 'configs/quickstart.py', '--workdir', str(workdir),
+            *cli_overrides(**overrides)]
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -127,7 +130,7 @@ def around_contrastive_start(tiny_setup, tiny_step):
 @pytest.fixture(scope='module')
 def direct_losses(tiny_setup):
     """`(per-module contrastive losses, gradient of L1, gradient of their mean)` on the batch,
-    from `losses` and `jax.jacrev` of `model.apply` directly, not through `train_lib`'s step."""
+    from `losses` and `jax.jacrev` of `model.apply` directly, not through `recipe`'s step."""
     config, state, _, batch = tiny_setup
     model = recipe.create_model(config)
     lr_images = batch['lr'].astype(np.float32) / 255
@@ -229,14 +232,24 @@ for devices in (jax.devices()[:1], jax.devices()):
 print('LOSSES', losses)
 print('MAXREL', float(np.max(np.abs(params[0] - params[1])) / np.max(np.abs(params[0]))))
 manager = checkpoints.latest_manager(sys.argv[1])
-checkpoints.save_train_state(manager, state)
+checkpoints.save_checkpoint(manager, int(state.step), state.checkpoint_items())
 manager.wait_until_finished()
 """
 
 
-def test_four_devices_match_one_device(tmp_path, env):
-    result = run(['-c', DATA_PARALLEL, str(tmp_path)], {
-        **env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+@pytest.fixture(scope='module')
+def data_parallel_process(tmp_path_factory, env):
+    """`(DATA_PARALLEL on 4 CPU devices, started (START_EARLY), its workdir)`."""
+    workdir = tmp_path_factory.mktemp('data_parallel')
+    process = Started(['-c', DATA_PARALLEL, str(workdir)],
+                      {**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+    yield process, workdir
+    process.kill()
+
+
+def test_four_devices_match_one_device(data_parallel_process):
+    process, tmp_path = data_parallel_process
+    result = process.finish()
     # Max |difference| over all parameters, relative to the largest parameter. (Per tensor, a
     # zero-initialised bias that Adam moved by ~2e-3 differs by up to ~1e-5 of itself.)
     max_rel = float(result.stdout.split('MAXREL')[-1])
@@ -251,32 +264,51 @@ def test_four_devices_match_one_device(tmp_path, env):
 
 # --- checkpoints, resume, failures -----------------------------------------------------------
 
-def test_resume_in_a_new_process_repeats_a_straight_run(tmp_path, env):
-    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-    train_cli(straight, env)                     # steps 1-6
-    train_cli(resumed, env, train__epochs=1)     # steps 1-3
-    assert checkpoints.latest_manager(resumed, read_only=True).latest_step() == 3
-    train_cli(resumed, env)                      # steps 4-6, in a new process
+@pytest.fixture(scope='module')
+def straight_cli_process(tmp_path_factory, env):
+    """`(train.py on the tiny config, steps 1-6, started (START_EARLY), its workdir)`."""
+    workdir = tmp_path_factory.mktemp('straight')
+    process = Started(train_cli_args(workdir), env)
+    yield process, workdir
+    process.kill()
+
+
+@pytest.fixture(scope='module')
+def cli_runs(straight_cli_process, tmp_path_factory, env):
+    """`(straight, resumed, the resumed run's step after its first part)`: workdirs of the tiny
+    config, steps 1-6 by `train.py`, and steps 1-3 in this process then 4-6 by `train.py`."""
+    resumed = tmp_path_factory.mktemp('resumed')
+    loop.train_and_evaluate(tiny_config(train__epochs=1), resumed)
+    first_part = checkpoints.latest_manager(resumed, read_only=True).latest_step()
+    run(train_cli_args(resumed), env)
+    process, straight = straight_cli_process
+    process.finish()
+    return straight, resumed, first_part
+
+
+def test_resume_in_a_new_process_repeats_a_straight_run(cli_runs):
+    straight, resumed, first_part = cli_runs
+    assert first_part == 3
     assert train_losses(resumed) == train_losses(straight)
     assert sorted(train_losses(straight)) == list(range(1, 7))
     for which in ('latest', 'best'):
-        config_a, variables_a, _ = checkpoints.load_model(straight, which)
-        config_b, variables_b, _ = checkpoints.load_model(resumed, which)
-        assert config_a == config_b
+        model_a, variables_a, _ = checkpoints.load_model(straight, which)
+        model_b, variables_b, _ = checkpoints.load_model(resumed, which)
+        assert model_a == model_b
         assert_trees_close(variables_a, variables_b, rtol=1e-6)
 
 
-def test_quickstart_cli_end_to_end(tmp_path, env):
-    train_cli(tmp_path, env)
-    assert json.loads((tmp_path / 'config.json').read_text())['train']['epochs'] == 2
-    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['3', '6']
-    records = read_metrics(tmp_path)
+def test_quickstart_cli_end_to_end(cli_runs):
+    workdir = cli_runs[0]
+    assert json.loads((workdir / 'config.json').read_text())['train']['epochs'] == 2
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['3', '6']
+    records = read_metrics(workdir)
     evals = [r for r in records if 'val/psnr_y' in r]
     assert [r['step'] for r in evals] == [3, 6]
     assert all(r['val/bicubic_psnr_y'] > 30 and np.isfinite(r['val/psnr_y']) for r in evals)
-    assert any(name.startswith('events.out.tfevents') for name in os.listdir(tmp_path))
-    model_config, variables, _ = checkpoints.load_model(tmp_path)
-    sr = models.from_config(model_config).apply(variables, jnp.zeros((1, 8, 8, 3)))
+    assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+    model, variables, _ = checkpoints.load_model(workdir)
+    sr = model.apply(variables, jnp.zeros((1, 8, 8, 3)))
     assert sr.shape == (1, 16, 16, 3)
     # Random features: the epoch-1 draw, made at step 3.
     config = tiny_config()
@@ -308,7 +340,7 @@ from enlcn_jax.train import loop, recipe
 config = tiny_config()
 state = recipe.create_train_state(config, recipe.create_model(config), jax.random.PRNGKey(0))
 manager = checkpoints.latest_manager(sys.argv[1])
-checkpoints.save_train_state(manager, state.replace(step=1))
+checkpoints.save_checkpoint(manager, 1, state.replace(step=1).checkpoint_items())
 manager.wait_until_finished()
 
 async def killed(self):  # everything is written, the commit (rename) never happens
@@ -316,13 +348,23 @@ async def killed(self):  # everything is written, the commit (rename) never happ
 
 atomicity.AtomicRenameTemporaryPath.finalize = killed
 changed = jax.tree.map(lambda p: p + 1, state.params)
-checkpoints.save_train_state(manager, state.replace(step=2, params=changed))
+checkpoints.save_checkpoint(manager, 2, state.replace(step=2, params=changed).checkpoint_items())
 manager.wait_until_finished()
 """
 
 
-def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, env):
-    result = run(['-c', KILLED_SAVE, str(tmp_path)], env, check=False)
+@pytest.fixture(scope='module')
+def killed_save_process(tmp_path_factory, env):
+    """`(KILLED_SAVE, started (START_EARLY), its workdir)`."""
+    workdir = tmp_path_factory.mktemp('killed_save')
+    process = Started(['-c', KILLED_SAVE, str(workdir)], env)
+    yield process, workdir
+    process.kill()
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(killed_save_process):
+    process, tmp_path = killed_save_process
+    result = process.finish(check=False)
     assert result.returncode == -9, result.stderr[-2000:]
     assert any('tmp' in p.name for p in (tmp_path / 'checkpoints').iterdir())  # the partial save
     config = tiny_config()
@@ -330,7 +372,8 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path, env):
                                          jax.random.PRNGKey(0))
     manager = checkpoints.latest_manager(tmp_path)
     assert manager.all_steps() == [1]
-    restored = checkpoints.restore_train_state(manager, state)
+    restored = state.from_checkpoint_items(
+        checkpoints.restore_latest(manager, state.checkpoint_items()))
     manager.close()
     assert int(restored.step) == 1
     assert_trees_close(restored.params, state.params, rtol=0)
@@ -346,8 +389,8 @@ def test_best_checkpoint_tracks_the_highest_validation_psnr(tmp_path):
     best = checkpoints.best_manager(tmp_path)
     for step, psnr in zip(range(1, 5), (20.0, 25.0, 22.0, 24.0)):
         stepped = state.replace(step=step, params=jax.tree.map(lambda p: p + step, state.params))
-        checkpoints.save_train_state(latest, stepped)
-        checkpoints.save_best(best, stepped, psnr)
+        checkpoints.save_checkpoint(latest, step, stepped.checkpoint_items())
+        checkpoints.save_best(best, step, stepped.variables, psnr)
     for manager in (latest, best):
         manager.wait_until_finished()
         manager.close()
@@ -395,12 +438,6 @@ def test_validation_psnr_is_eval_py_s_on_the_same_checkpoint_and_images(tmp_path
     (['--config.train.epochs=abc'], "flag --config.train.epochs=abc: invalid literal for int()"),
     (['--config.data.source=folder', '--config.data.hr_dir=/no/such/dir'],
      "config.data.hr_dir='/no/such/dir' is not a directory"),
-    (['--config.model.feature_map=no_such_module:phi'],
-     "model.feature_map='no_such_module:phi': cannot import module 'no_such_module'"),
-    (['--config.model.projection=examples.my_kernels:missing'],
-     "model.projection='examples.my_kernels:missing': module 'examples.my_kernels'"),
-    (['--config.model.attention=examples.my_kernels:relu_squared'],
-     "model.attention='examples.my_kernels:relu_squared': not a valid attention"),
 ])
 def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, tmp_path):
     result = run(['train.py', '--config', 'configs/quickstart.py', '--workdir', str(tmp_path),
@@ -408,6 +445,25 @@ def test_cli_rejects_bad_configs_with_a_clear_message(overrides, message, env, t
     assert result.returncode != 0
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+    assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.feature_map': 'no_such_module:phi'},
+     "model.feature_map='no_such_module:phi': cannot import module 'no_such_module'"),
+    ({'model.projection': 'examples.my_kernels:missing'},
+     "model.projection='examples.my_kernels:missing': module 'examples.my_kernels'"),
+    ({'model.attention': 'examples.my_kernels:relu_squared'},
+     "model.attention='examples.my_kernels:relu_squared': not a valid attention"),
+])
+def test_bad_swappable_functions_are_config_errors_the_cli_reports(overrides, message,
+                                                                    tmp_path):
+    """What `train.py` reports for a config it refuses (the test above): `run_training`'s
+    reason, for functions of the model that cannot be imported or fail their checks."""
+    config = quickstart.get_config()
+    config.update_from_flattened_dict(overrides)
+    error = loop.run_training(config, tmp_path)
+    assert error.startswith('invalid config: ') and message in error
     assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -462,17 +518,17 @@ def cadence_runs(tmp_path_factory):
     held = []
 
     def check_lock(real):
-        def save(manager, state, *args, **kwargs):
+        def save(*args, **kwargs):
             try:
                 with workdir_lib.WorkdirLock(straight):
                     held.append(False)
             except workdir_lib.WorkdirError:
                 held.append(True)
-            return real(manager, state, *args, **kwargs)
+            return real(*args, **kwargs)
         return save
 
     with pytest.MonkeyPatch.context() as patch:
-        for name in ('save_train_state', 'save_best'):
+        for name in ('save_checkpoint', 'save_best'):
             patch.setattr(checkpoints, name, check_lock(getattr(checkpoints, name)))
         loop.train_and_evaluate(tiny_config(**CADENCE), straight)
     loop.train_and_evaluate(tiny_config(**{**CADENCE, 'train__epochs': 2,

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO, cli_overrides, run, tiny_config, tmpfs
 from configs.default import get_config as default_config
+from enlcn_jax import upscale
 from enlcn_jax.data import image_io
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import loop, metric_writer
@@ -130,10 +131,10 @@ def test_a_validation_cut_off_by_a_kill_is_redone_on_resume_and_best_follows_it(
     config = tiny_config(train__epochs=2)  # validates at steps 3 and 6, saves at 3 and 6
     real_save_best = checkpoints.save_best
 
-    def killed_at_step_6(manager, state, psnr, *args):
-        if int(state.step) == 6:
+    def killed_at_step_6(manager, step, *args):
+        if step == 6:
             raise KeyboardInterrupt  # after step 6's checkpoint, before its validation counts
-        real_save_best(manager, state, psnr, *args)
+        real_save_best(manager, step, *args)
 
     monkeypatch.setattr(checkpoints, 'save_best', killed_at_step_6)
     with pytest.raises(loop.TrainingInterrupted, match='after step 6; the last checkpoint, '
@@ -185,20 +186,18 @@ def test_a_flipped_byte_in_a_checkpoint_is_a_clear_error(trained, tmp_path):
         loop.train_and_evaluate(short_config(train__epochs=2), workdir)
 
 
-def test_evaluation_refuses_non_finite_weights(reference, tmp_path, env):
-    from conftest import save_fixture_model  # pylint: disable=import-outside-toplevel
-    model = save_fixture_model(reference, tmp_path / 'model')
-    config, variables, _ = checkpoints.load_model(model)
+def test_evaluation_refuses_non_finite_weights(x2_model_dir, tmp_path, capsys):
+    config, variables = checkpoints.load_model_dir(x2_model_dir)
     variables['params']['head']['bias'][0] = np.nan
     checkpoints.save_model(tmp_path / 'nan_model', config, variables)
     with pytest.raises(checkpoints.CheckpointError, match=r"\['params'\]\['head'\]\['bias'\] "
                                                           'holds non-finite values'):
         checkpoints.load_model(tmp_path / 'nan_model')
-    result = run(['-m', 'enlcn_jax.upscale', str(REPO / 'tests/fixtures/benchmark/Set5/HR/img_003.png'),
-                  str(tmp_path / 'out.png'), '--checkpoint', str(tmp_path / 'nan_model')],
-                 env, check=False)
-    assert result.returncode != 0 and 'non-finite values' in result.stderr
-    assert 'Traceback' not in result.stderr and not (tmp_path / 'out.png').exists()
+    with pytest.raises(SystemExit) as exit_:  # anything else would be a traceback
+        upscale.main([str(REPO / 'tests/fixtures/benchmark/Set5/HR/img_003.png'),
+                      str(tmp_path / 'out.png'), '--checkpoint', str(tmp_path / 'nan_model')])
+    assert exit_.value.code != 0 and 'non-finite values' in capsys.readouterr().err
+    assert not (tmp_path / 'out.png').exists()
 
 
 def test_ctrl_c_finishes_the_checkpoint_in_flight_and_exits_with_one_line(tmp_path, env):
@@ -324,10 +323,9 @@ def test_deleted_checksums_are_damage_not_an_old_format(trained, tmp_path):
         loop.train_and_evaluate(short_config(train__epochs=2), workdir)
 
 
-def test_a_model_directory_without_its_checksums_is_damaged_unless_older(reference, tmp_path,
+def test_a_model_directory_without_its_checksums_is_damaged_unless_older(x2_model_dir, tmp_path,
                                                                          caplog):
-    from conftest import save_fixture_model  # pylint: disable=import-outside-toplevel
-    model = save_fixture_model(reference, tmp_path / 'model')
+    model = shutil.copytree(x2_model_dir, tmp_path / 'model')
     (model / 'checksums.json').unlink()
     with pytest.raises(checkpoints.CheckpointError, match='checksums.json is missing'):
         checkpoints.load_model(model)
@@ -353,9 +351,8 @@ def test_a_damaged_optimizer_state_or_latest_step_names_the_folder_to_move(train
 
 
 @pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
-def test_evaluation_refuses_nan_and_infinite_weights(reference, tmp_path, bad):
-    from conftest import save_fixture_model  # pylint: disable=import-outside-toplevel
-    config, variables, _ = checkpoints.load_model(save_fixture_model(reference, tmp_path / 'm'))
+def test_evaluation_refuses_nan_and_infinite_weights(x2_model_dir, tmp_path, bad):
+    config, variables = checkpoints.load_model_dir(x2_model_dir)
     variables['params']['tail_conv']['kernel'][0, 0, 0, 0] = bad
     checkpoints.save_model(tmp_path / 'bad', config, variables)
     with pytest.raises(checkpoints.CheckpointError, match='holds non-finite values'):

@@ -304,6 +304,12 @@ MUTANTS: tuple[Mutant, ...] = (
            'model = model.clone(dtype=dtype)', 'model = model.clone()', PRECISION),
     Mutant('float16_training_allowed', 'check_trains',
            "    if not precision.trains:", "    if False:", PRECISION),
+    Mutant('study_norm_eps_copied', 'visualize:main',
+           'norm_eps=model.enlca.norm_eps', 'norm_eps=5e-5',
+           ('test_visualize.py::test_the_study_normalises_with_the_model_s_norm_eps',)),
+    Mutant('validation_bucket_unchecked', 'validate_config',
+           'inference.ModelUpscaler.check_options(train.eval_bucket, None, 0)', 'pass',
+           ('test_train.py', '-k', 'test_validate_config')),
     # --- inference --------------------------------------------------------------------------------
     Mutant('ensemble_two_transforms', 'ModelUpscaler.predict',
            'for k in range(8)]', 'for k in range(2)]', EVALUATE),

@@ -138,6 +138,8 @@ def script_path(target: str) -> Path:
     if target.startswith('-m '):
         spec = importlib.util.find_spec(target[3:])
         assert spec is not None and spec.origin, f'no module {target[3:]}'
+        if spec.submodule_search_locations:  # a package runs its __main__
+            return Path(spec.origin).with_name('__main__.py')
         return Path(spec.origin)
     assert (REPO / target).is_file(), f'no script {target}'
     return REPO / target
@@ -165,7 +167,10 @@ def check_command(command: str, monkeypatch) -> None:
         original = argparse.ArgumentParser.parse_args
         monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', parse_args)
         if target.startswith('-m '):
-            module = importlib.import_module(target[3:])
+            name = target[3:]
+            if path.name == '__main__.py':
+                name += '.__main__'
+            module = importlib.import_module(name)
         else:
             spec = importlib.util.spec_from_file_location('readme_script', path)
             module = importlib.util.module_from_spec(spec)
@@ -178,7 +183,8 @@ def check_command(command: str, monkeypatch) -> None:
 
 def test_readme_has_the_examples_this_file_tests():
     blocks, _ = readme()
-    assert {lang for lang, _, _ in blocks} == {'bash', 'python'}
+    # bash: commands (parsed, some run); python: examples (run); text: the package map (checked).
+    assert {lang for lang, _, _ in blocks} == {'bash', 'python', 'text'}
     commands = [c for c, _ in readme_commands()]
     assert any(c.startswith('python train.py --config configs/quickstart.py') for c in commands)
     assert any(c.startswith('python eval.py') and '--model bicubic' in c for c in commands)

@@ -10,14 +10,15 @@
     python -m enlcn_jax.bench profile [--n_resblocks 16] [--n_feats 64] [--batch_size 4]
         [--lr_patch 48] [--dtype float32]
 
-`attention`: `bench_attention` (ENLCA vs exact NLA, time and memory, the paper's Table 5 beside);
-`train`: `bench_train` (steps/s, images/s, GFLOP/s and % of the matmul peak, input-pipeline
-patches/s); `eval`: `bench_eval` (SR megapixels/s); `contrastive`: `bench_contrastive` (the loss
-and its gradient as a train step computes them); `gpu`: `bench_gpu`, the issue's GPU set in one
+`attention`: `bench/attention.py` (ENLCA vs exact NLA, time and memory, the paper's Table 5
+beside); `train`: `bench/train.py` (steps/s, images/s, GFLOP/s and % of the matmul peak,
+input-pipeline patches/s); `eval`: `bench/eval.py` (SR megapixels/s); `contrastive`:
+`bench/contrastive.py` (the loss and its gradient as a train step computes them); `gpu`:
+`bench/gpu.py`, the GPU set in one
 run (x2 training in float32 and bfloat16 on 1 and all devices, ENLCA at 100 and 150 px,
 Urban100-sized eval, peak device memory): the three parts' files plus `gpu.json`. On a CPU,
 shrink it: `gpu --config quickstart --batch_size 2 --lr_patch 24 --steps 1 --attention_sizes 16
---eval_size 32x24 --repeats 1 --matmul_n 256`. `profile`: `bench_profile`, where a train step's
+--eval_size 32x24 --repeats 1 --matmul_n 256`. `profile`: `bench/profile.py`, where a train step's
 time goes (convolutions, attention, backward, contrastive, optimizer, the rest).
 """
 
@@ -41,7 +42,8 @@ def dtype_list(choices: tuple[str, ...]):
         names = text.split(',')
         unknown = [name for name in names if name not in choices]
         if unknown:
-            raise argparse.ArgumentTypeError(f'{",".join(unknown)}: choose from {",".join(choices)}')
+            raise argparse.ArgumentTypeError(
+                f'{",".join(unknown)}: choose from {",".join(choices)}')
         return names
     return parse
 
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     contrastive.add_argument('--batch', type=int, default=4)
     contrastive.add_argument('--d', type=int, default=16, help='embedding width')
     contrastive.add_argument('--repeats', type=int, default=10)
-    gpu = sub.add_parser('gpu', help="the issue's GPU set: train, attention, eval, peak memory")
+    gpu = sub.add_parser('gpu', help='the GPU set: train, attention, eval, peak memory')
     gpu.add_argument('--config', default='x2', help='module of configs/ (train and eval)')
     gpu.add_argument('--steps', type=int, default=20, help='timed train steps per phase')
     gpu.add_argument('--attention_sizes', default='100,150', help='square feature-map sides')

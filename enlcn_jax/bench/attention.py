@@ -67,7 +67,8 @@ def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats:
         growth = {'positions ratio': last['positions'] / first['positions'],
                   'enla fwd time ratio': last['fwd ms'] / first['fwd ms'],
                   'enla fwd+bwd time ratio': last['fwd+bwd ms'] / first['fwd+bwd ms']}
-        print(f"ENLA {last['size']} over {first['size']}: {growth['positions ratio']:.1f}x positions, "
+        print(f"ENLA {last['size']} over {first['size']}: "
+              f"{growth['positions ratio']:.1f}x positions, "
               f"{growth['enla fwd time ratio']:.2f}x fwd time, "
               f"{growth['enla fwd+bwd time ratio']:.2f}x fwd+bwd time")
     paper = {f'{side}x{side} {kind}': ms for (side, kind), ms in PAPER_FWD_MS.items()}

@@ -1,5 +1,5 @@
-"""Timing and reporting helpers shared by the benchmarks (`bench_attention`, `bench_train`,
-`bench_eval`, `bench_gpu`): median wall time, XLA's FLOP count of a compiled program, the matmul
+"""Timing and reporting helpers shared by the benchmarks (`bench/attention.py`,
+`bench/train.py`, `bench/eval.py`, `bench/gpu.py`): median wall time, XLA's FLOP count of a compiled program, the matmul
 peak and the peak device memory of the machine, a markdown table plus a JSON file. XLA's memory
 estimate of a compiled program is `memory.compiled_bytes`."""
 
@@ -111,12 +111,8 @@ def write_results(name: str, rows: list[dict], columns: list[str], out_dir: str 
                   extra: dict | None = None) -> dict:
     """Prints `rows` as a markdown table and writes them, with `extra` and the machine, to
     `<out>/<name>.json`. Returns the report written less the machine: `{**extra, 'rows'}`."""
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-    for row in rows:
-        cells = [row.get(c) for c in columns]
-        lines.append('| ' + ' | '.join('-' if c is None else f'{c:.4g}' if isinstance(c, float)
-                                       else str(c) for c in cells) + ' |')
-    print('\n'.join(lines))
+    cell = lambda c: '-' if c is None else f'{c:.4g}' if isinstance(c, float) else str(c)
+    print(files.markdown_table(columns, [[cell(row.get(c)) for c in columns] for row in rows]))
     report = {**(extra or {}), 'rows': rows}
     write_report(name, report, out_dir)
     return report

@@ -54,7 +54,7 @@ def eval_throughput_bench(sizes: Sequence[tuple[int, int]] = ((256, 256), (512, 
     """Times the SR forward at each LR size and dtype; writes `<out_dir>/eval_throughput.json`.
 
     Args:
-      sizes: LR `(width, height)`s (`bench_lib.parse_size`).
+      sizes: LR `(width, height)`s (`common.parse_size`).
       config: module of `configs/` whose `model` is timed.
       dtypes: the model's compute precisions ('float32', 'bfloat16', 'float16'); one set of
         float32 parameters serves them all.

@@ -1,12 +1,12 @@
-"""The issue's GPU benchmark set in one command: one combined JSON plus each part's table.
+"""The GPU benchmark set in one command: one combined JSON plus each part's table.
 
   * train: the x2 ENLCN (configs/x2.py: 32 blocks x 256 features, 5 ENLCA modules), images/s at
     batch 16 of 48x48 LR patches, float32 and bfloat16, on one and on all local devices, both
-    phases (L1 only, L1 + contrastive), with GFLOP/s and % of the matmul peak (`bench_train`);
+    phases (L1 only, L1 + contrastive), with GFLOP/s and % of the matmul peak (`bench/train.py`);
   * attention: ENLCA (and exact NLA) forward and forward+backward at 100x100 and 150x150 beside
-    the paper's Table 5 (0.9 / 1.6 ms for ENLCA on a 2080Ti) (`bench_attention`);
+    the paper's Table 5 (0.9 / 1.6 ms for ENLCA on a 2080Ti) (`bench/attention.py`);
   * eval: SR megapixels/s of the same model on an Urban100-sized image, 512x384 LR -> 1024x768,
-    float32 and bfloat16 (`bench_eval`);
+    float32 and bfloat16 (`bench/eval.py`);
   * peak device memory: the train and eval rows' `peak MiB` and the whole run's `peak MiB`
     (GPUs; None on CPU, where XLA's estimates, the `MiB` columns, remain).
 

@@ -1,6 +1,6 @@
 """Where a training step's time goes: the step cut into parts, each compiled and timed alone.
 
-For one model and batch (default: the issue-12 step, ENLCN 16 blocks x 64 features, x2, batch
+For one model and batch (default: ENLCN 16 blocks x 64 features, x2, batch
 4, 48x48 LR patches, contrastive loss on), these programs are compiled and timed on one fixed
 batch (median of `repeats`), and their FLOPs read from XLA's cost analysis:
 
@@ -64,7 +64,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
       batch_size: LR patches per step; lr_patch: their side.
       dtype: `model.dtype`.
       repeats: timed runs of each program after one warm-up run.
-      matmul_n: side of the matmul that measures the peak (`bench_lib.matmul_peak_gflops`).
+      matmul_n: side of the matmul that measures the peak (`common.matmul_peak_gflops`).
     Returns:
       The report written (less the machine): `rows`, one per part (`part`, `ms`, `% of step`,
       `GFLOP`, `GFLOP/s`, `% of matmul peak`), the timed programs first, then the split;
@@ -147,7 +147,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
 
 def _train_step_time(config, state: recipe.TrainState, batch: dict, repeats: int) -> dict:
     """`{'ms', 'GFLOP'}` of the jit-compiled train step on one device, run back to back
-    (`bench_train.steps_per_second`, after one warm-up step)."""
+    (`bench/train.py`'s `steps_per_second`, after one warm-up step)."""
     mesh = recipe.create_mesh(jax.devices()[:1])
     sharded = recipe.shard_batch(batch, mesh)
     state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))

@@ -12,7 +12,7 @@ photos plus `recipe.shard_batch`, in patches/s.
 
 FLOP rate: `GFLOP/step` is XLA's cost analysis of the compiled step (per device, times the
 devices) and `GFLOP/s` that over the measured step time; `% of matmul peak` compares it with
-`bench_lib.matmul_peak_gflops` in the row's dtype (measured here, on one device) times the
+`common.matmul_peak_gflops` in the row's dtype (measured here, on one device) times the
 devices. XLA counts a `lax.cond` at its costliest branch, so the step compiled for timing gives
 the L1 + contrastive count; the L1-only count comes from the step compiled once more with a
 contrastive loss that costs nothing (`l1_only_flops`; that compilation is not timed).

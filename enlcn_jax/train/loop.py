@@ -79,10 +79,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             _require_dir('data.val_lr_dir', data.val_lr_dir, "LR images, or '' to make them")
     if data.tfds_data_dir and 'tfds' in (data.source, data.val_source):
         _require_dir('data.tfds_data_dir', data.tfds_data_dir, 'the prepared TFDS data_dir')
-    for key in ('data.lr_patch', 'data.batch_size', 'data.num_workers', 'train.epochs',
-                'train.steps_per_epoch', 'train.log_every', 'train.checkpoint_every_steps',
-                'train.keep_checkpoints', 'train.eval_every_epochs', 'train.eval_bucket',
-                'train.redraw.steps'):
+    # The input pipeline's and the validation upscaler's own checks, naming the config keys.
+    input_pipeline.check_counts('config.data.', lr_patch=data.lr_patch,
+                                batch_size=data.batch_size, num_workers=data.num_workers)
+    try:
+        inference.ModelUpscaler.check_options(train.eval_bucket, None, 0)
+    except ValueError as e:
+        raise ValueError(f'config.train.eval_{e}') from None
+    for key in ('train.epochs', 'train.steps_per_epoch', 'train.log_every',
+                'train.checkpoint_every_steps', 'train.keep_checkpoints',
+                'train.eval_every_epochs', 'train.redraw.steps'):
         section, *rest = key.split('.')
         value = functools.reduce(getattr, rest, config[section])
         if value < 1:

@@ -482,6 +482,9 @@ def test_bad_swappable_functions_are_config_errors_the_cli_reports(overrides, me
     ({'train.contrastive.weight': -1.0}, 'contrastive.weight must be >= 0'),
     ({'model.scale': 5}, 'scale must be 3 or a power of 2'),
     ({'model.num_random_features': 0}, 'model.num_random_features must be >= 1, got 0'),
+    ({'data.lr_patch': 0}, 'config.data.lr_patch must be >= 1, got 0'),
+    ({'train.eval_bucket': 0}, 'config.train.eval_bucket must be >= 1, got 0'),
+    ({'train.keep_checkpoints': 0}, 'config.train.keep_checkpoints must be >= 1, got 0'),
 ])
 def test_validate_config(overrides, message):
     config = tiny_config()

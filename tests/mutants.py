@@ -557,7 +557,7 @@ def run_tests(tests: tuple[str, ...], root: Path, env: dict) -> tuple[int, list[
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
-         '-W', 'ignore', *test_paths(tests, root)],
+         '-n', '0', '-W', 'ignore', *test_paths(tests, root)],
         cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     failed = re.findall(r'^(?:FAILED|ERROR) (\S+)', result.stdout, re.MULTILINE)
     return result.returncode, failed, time.perf_counter() - start

@@ -419,7 +419,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('full_disk_as_orbax_traceback', 'wait_until_saved',
            '        manager.wait_until_finished()\n    except (OSError, ValueError) as e:',
            '        manager.wait_until_finished()\n    except OSError as e:',
-           (WORKDIR + 'test_a_full_disk_stops_training_with_one_error_and_keeps_the_checkpoints',)),
+           (WORKDIR + 'test_a_checkpoint_write_failing_in_the_background_is_one_write_error',)),
     Mutant('append_not_cut_back', 'append_line',
            'os.ftruncate(fd, size)', 'pass',
            ('test_files.py::test_an_append_failing_half_way_is_cut_back',)),

@@ -421,6 +421,19 @@ def test_a_full_disk_stops_training_with_one_error_and_keeps_the_checkpoints(tmp
                    (workdir / 'metrics.jsonl').read_text().splitlines())
 
 
+def test_a_checkpoint_write_failing_in_the_background_is_one_write_error(tmp_path):
+    """Orbax writes arrays after `save` returns; a full disk found then surfaces when the save is
+    waited for (tensorstore raises a ValueError) and must be the same one-line WriteError."""
+    with tmpfs(tmp_path / 'disk', '300K') as disk:
+        manager = checkpoints.latest_manager(disk / 'run')
+        noise = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
+        items = {checkpoints.VARIABLES: {'w': noise},
+                 checkpoints.TRAIN: {'step': np.int32(1)}}
+        checkpoints.save_checkpoint(manager, 1, items)
+        with pytest.raises(files.WriteError, match=f'cannot write {disk}/run.*no space left'):
+            checkpoints.wait_until_saved(manager)
+
+
 def test_data_that_cannot_be_trained_on_is_a_one_line_error(tmp_path):
     folder = tmp_path / 'truncated'
     write_images(folder, 2)

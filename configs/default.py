@@ -25,9 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.n_resblocks = 32           # EDSR residual blocks
     config.model.n_feats = 256              # channels C
     config.model.res_scale = 0.1            # residual scaling of blocks and ENLCA outputs
-    # Swappable math: a registered name, or MODULE:NAME for a function of your own (README).
+    # Swappable math: a registered name, or MODULE:NAME for a function of your own, either with
+    # keyword options in parentheses: 'softmax_kernel(eps=0.0)' (README).
     config.model.attention = 'enla'         # 'enla' (linear ENLCA), 'exact' (softmax NLA), 'none' (EDSR)
     config.model.attention_every = 8        # an ENLCA first, then one after every 8th block
+    # The attention module: 'enlca', or MODULE:NAME for a Flax module with ENLCA's fields and call.
+    config.model.block = 'enlca'
     config.model.reduction = 4              # attention embedding C / 4 = 64
     config.model.num_random_features = 128  # m
     config.model.amplification = 6.0       # k: Q and K scaled to norm sqrt(k)
@@ -75,7 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.contrastive = ml_collections.ConfigDict()
     config.train.contrastive.weight = 1e-3  # L = L1 + weight * mean over ENLCA modules of L_cl
     config.train.contrastive.start_epoch = 100  # L1 only before this epoch (paper: 150)
-    config.train.contrastive.variant = 'code'   # 'code' or 'paper' (see losses.py)
+    # Swappable like the model's functions: 'code' (the released loss), 'paper' (Eq. 10), or
+    # MODULE:NAME for a function loss(q [N, d], k [N, d], **options) -> scalar of your own; options
+    # in parentheses, e.g. 'code(relevant=10, irrelevant=(40, 55))' (see nn/losses.py).
+    config.train.contrastive.loss = 'code'
+    # The loss's margin option; None: its own default (code and paper: 1.0).
+    config.train.contrastive.margin = config_dict.placeholder(float)
     config.train.contrastive.block_size = 1024  # query rows scored at once (memory O(block N))
     config.train.redraw = ml_collections.ConfigDict()
     # Random features: 'epoch' (new draw at every epoch start, paper), 'steps' (every

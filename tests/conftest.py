@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import subprocess
 import sys
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -136,11 +140,11 @@ def unit_embeddings(key, shape, amplification=6.0):
     return s * unit(jax.random.normal(kq, shape)), s * unit(jax.random.normal(kk, shape))
 
 
-def batched_contrastive_loss(q, k, *args, **kwargs):
-    """`losses.contrastive_loss` (one image) batched as its docstring says: the mean over
-    `jax.vmap` of `[B, N, d]` inputs."""
+def batched_contrastive_loss(q, k, loss='code', **options):
+    """The contrastive loss `loss` (a spec of `train.contrastive.loss`; one image) with `options`,
+    batched as training batches it: the mean over `jax.vmap` of `[B, N, d]` inputs."""
     from enlcn_jax.nn import losses  # pylint: disable=import-outside-toplevel
-    per_image = jax.vmap(lambda q, k: losses.contrastive_loss(q, k, *args, **kwargs))
+    per_image = jax.vmap(functools.partial(losses.get_contrastive_loss(loss), **options))
     return jnp.mean(per_image(q, k))
 
 
@@ -148,6 +152,9 @@ def batched_contrastive_loss(q, k, *args, **kwargs):
 
 # The tiny network of the model-level tests: a flat model config (`models.from_config`), 3 ENLCA
 # modules with 4-dimensional embeddings.
+# The example contrastive loss with an option, as the README's command gives it.
+INFO_NCE = 'examples.contrastive_losses:info_nce(temperature=0.2)'
+
 TINY_MODEL = dict(scale=2, n_resblocks=2, n_feats=16, attention_every=1, num_random_features=16)
 
 # Overrides of configs/quickstart.py shared by the in-process and the subprocess runs.
@@ -174,6 +181,17 @@ def cli_overrides(**overrides) -> list[str]:
     flat = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
     return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'
             for k, v in flat.items()]
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """`path`'s config with `--config.KEY=VALUE` overrides applied by ml_collections, as train.py
+    does (`lock_config=True`: an unknown key raises), in a fresh FlagValues."""
+    argv = ['train.py', '--config', str(REPO / path), *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
 
 
 @pytest.fixture(scope='module')

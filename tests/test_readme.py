@@ -36,9 +36,8 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
-from conftest import REPO, TEST_DATA
+from conftest import INFO_NCE, REPO, TEST_DATA, load_config
 
 README = REPO / 'README.md'
 DEFAULT_CONFIG = 'configs/default.py'
@@ -98,17 +97,6 @@ def section_config(section: str) -> str:
         if where == section and '--config' in args:
             return args[args.index('--config') + 1]
     return DEFAULT_CONFIG
-
-
-def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """`path`'s config with `--config.KEY=VALUE` overrides applied by ml_collections, as train.py
-    does (`lock_config=True`: an unknown key raises), in a fresh FlagValues."""
-    argv = ['readme', '--config', str(REPO / path), *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-    return values.config
 
 
 def absl_flags(script: Path) -> flags.FlagValues:
@@ -296,35 +284,37 @@ def test_kernel_example_is_the_file_the_commands_use():
     assert kernel_example() == (REPO / 'examples' / 'my_kernels.py').read_text()
 
 
-def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
-    """The README's train command with `--config.model.feature_map=MODULE:NAME` (a few steps of a
-    small model), then its eval.py command on that workdir, on tests/fixtures's Set5, then its
-    approximation study. In this process: the train command's config as train.py parses it,
-    trained by `loop.run_training`; eval.py's own flags parsed and run by `runner.run`; the study
-    through visualize's `main`."""
+SMALL_TRAINING = ['--config.model.n_resblocks=2', '--config.model.n_feats=16',
+                  '--config.model.num_random_features=16', '--config.data.lr_patch=12',
+                  '--config.data.batch_size=2', '--config.train.epochs=1',
+                  '--config.train.steps_per_epoch=4', '--config.train.log_every=1',
+                  '--config.train.contrastive.start_epoch=0', '--config.data.val_source=none']
+
+
+def train_and_evaluate_section(marker: str, tmp_path) -> tuple[list[str], Path, list[dict], dict]:
+    """The README's train command whose text contains `marker` (a few steps of a small model,
+    `SMALL_TRAINING`), then its section's eval.py command on that workdir, on tests/fixtures's
+    Set5. In this process: the train command's config as train.py parses it, trained by
+    `loop.run_training`; eval.py's own flags parsed and run by `runner.run`.
+
+    Returns:
+      (the section's commands, the workdir, its metrics.jsonl records, eval's Set5 summary row).
+    """
     import eval as eval_cli  # pylint: disable=import-outside-toplevel
-    from enlcn_jax import visualize  # pylint: disable=import-outside-toplevel
     from enlcn_jax.evaluation import runner  # pylint: disable=import-outside-toplevel
     from enlcn_jax.train import loop  # pylint: disable=import-outside-toplevel
-    section = next(s for c, s in readme_commands() if 'my_kernels:' in c)
+    train = next(c for c, _ in readme_commands()
+                 if marker in c and c.startswith('python train.py'))
+    section = next(s for c, s in readme_commands() if c == train)
     commands = [c for c, where in readme_commands() if where == section]
-    train, evaluate, study = (next(c for c in commands if c.startswith(f'python {start}'))
-                              for start in ('train.py', 'eval.py', '-m enlcn_jax.visualize'))
-    workdir = tmp_path / 'relu_squared'
+    evaluate = next(c for c in commands[commands.index(train):] if c.startswith('python eval.py'))
+    workdir = tmp_path / 'workdir'
     train_args = argv_of(train)[1]
     overrides = [a for a in train_args if a.startswith('--config.')]
-    small = ['--config.model.n_resblocks=2', '--config.model.n_feats=16',
-             '--config.model.num_random_features=16', '--config.data.lr_patch=12',
-             '--config.data.batch_size=2', '--config.train.epochs=1',
-             '--config.train.steps_per_epoch=4', '--config.train.log_every=1',
-             '--config.train.contrastive.start_epoch=0', '--config.data.val_source=none']
-    config = load_config(train_args[train_args.index('--config') + 1], overrides + small)
+    config = load_config(train_args[train_args.index('--config') + 1], overrides + SMALL_TRAINING)
     assert loop.run_training(config, workdir) is None
-    assert json.loads((workdir / 'model_config.json').read_text())['feature_map'] == \
-        'examples.my_kernels:relu_squared'
-    losses = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-    assert len(losses) == 4 and all(np.isfinite(r['train/loss']) for r in losses)
-    assert any(r['train/contrastive'] > 0 for r in losses)  # the loss saw the map's embeddings
+    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert len(records) == 4 and all(np.isfinite(r['train/loss']) for r in records)
 
     eval_args = argv_of(evaluate)[1]
     eval_args[eval_args.index('--checkpoint') + 1] = str(workdir)
@@ -332,9 +322,21 @@ def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
     values(['eval.py', *eval_args, '--data_dir', str(TEST_DATA / 'benchmark'),
             '--output', str(tmp_path / 'r.json')])
     runner.run(eval_cli.options_from_flags(values))
-    summary = json.loads((tmp_path / 'r.json').read_text())['summary']
-    assert summary[0]['dataset'] == 'Set5' and summary[0]['images'] == 5
-    assert 5 < summary[0]['psnr'] < 60
+    summary = json.loads((tmp_path / 'r.json').read_text())['summary'][0]
+    assert summary['dataset'] == 'Set5' and summary['images'] == 5
+    assert 5 < summary['psnr'] < 60
+    return commands, workdir, records, summary
+
+
+def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
+    """The README's commands with `--config.model.feature_map=MODULE:NAME`: train, eval and the
+    approximation study (through visualize's `main`)."""
+    from enlcn_jax import visualize  # pylint: disable=import-outside-toplevel
+    commands, workdir, records, _ = train_and_evaluate_section('my_kernels:', tmp_path)
+    assert json.loads((workdir / 'model_config.json').read_text())['feature_map'] == \
+        'examples.my_kernels:relu_squared'
+    assert any(r['train/contrastive'] > 0 for r in records)  # the loss saw the map's embeddings
+    study = next(c for c in commands if c.startswith('python -m enlcn_jax.visualize'))
 
     # The approximation study on that workdir's embeddings, the file's map beside the shipped.
     visualize.main([*argv_of(study)[1], '--checkpoint', str(workdir), '--max_side', '16',
@@ -344,6 +346,31 @@ def test_kernel_commands_train_the_file_s_map_and_eval_loads_it(tmp_path):
     assert {r['feature_map'] for r in rows} == {'softmax_kernel', 'relu',
                                                 'examples.my_kernels:relu_squared'}
     assert all(np.isfinite(r['output_rel_error']) for r in rows)
+
+
+def test_the_loss_command_is_the_one_the_researcher_functions_test_trains():
+    """The README's `--config.train.contrastive.loss=...` commands: the train command is the
+    config `test_researcher_functions.py` trains, records and evaluates (with a smaller budget),
+    and the eval command reads that workdir."""
+    train = next(c for c, _ in readme_commands() if 'contrastive.loss=' in c)
+    args = argv_of(train)[1]
+    assert args[args.index('--config') + 1] == 'configs/quickstart.py'
+    assert f'--config.train.contrastive.loss={INFO_NCE}' in args
+    workdir = args[args.index('--workdir') + 1]
+    assert any(c == f'python eval.py --dataset Set5 --checkpoint {workdir}'
+               for c, _ in readme_commands())
+
+
+@pytest.mark.parametrize('marker, key, recorded', [
+    ('window_attention', 'attention', 'examples.window_attention:window_attention(window=8)'),
+    ('temperature_block', 'block', 'examples.temperature_block:LearnedAmplificationENLCA'),
+])
+def test_example_commands_train_and_evaluate_through_eval_py(tmp_path, marker, key, recorded):
+    """A layout-aware attention with an option, and a whole block of one's own, from the README's
+    commands: the workdir records the spec as written and eval.py loads it again."""
+    _, workdir, records, _ = train_and_evaluate_section(marker, tmp_path)
+    assert json.loads((workdir / 'model_config.json').read_text())[key] == recorded
+    assert any(r['train/contrastive'] > 0 for r in records)
 
 
 @pytest.mark.slow

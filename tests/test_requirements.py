@@ -22,7 +22,7 @@ def imported_top_level_modules() -> set[str]:
                     names |= {alias.name.split('.')[0] for alias in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names.add(node.module.split('.')[0])
-    local = {'enlcn_jax', 'configs', 'tests', 'conftest', 'mutants', 'research_kernels'}
+    local = {'enlcn_jax', 'configs', 'tests', 'conftest', 'mutants', 'research_kernels', 'examples'}
     local |= {p.stem for p in (REPO / 'tests').glob('*.py')} | {p.stem for p in REPO.glob('*.py')}
     return names - set(sys.stdlib_module_names) - local - OPTIONAL
 

@@ -4,7 +4,7 @@
     python -m enlcn_jax.bench train [--configs quickstart,x2] [--steps 20,1]
         [--dtypes float32,bfloat16] [--devices 1,all]
     python -m enlcn_jax.bench eval [--config x2] [--sizes 256,512x384] [--dtypes float32,bfloat16]
-    python -m enlcn_jax.bench contrastive [--sizes 48] [--batch 4] [--repeats 10]
+    python -m enlcn_jax.bench contrastive [--sizes 48] [--batch 4] [--repeats 10] [--loss code]
     python -m enlcn_jax.bench gpu [--config x2] [--batch_size 16] [--lr_patch 48] [--steps 20]
         [--attention_sizes 100,150] [--eval_size 512x384] [--repeats 5] [--matmul_n 2048]
     python -m enlcn_jax.bench profile [--n_resblocks 16] [--n_feats 64] [--batch_size 4]
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     contrastive.add_argument('--batch', type=int, default=4)
     contrastive.add_argument('--d', type=int, default=16, help='embedding width')
     contrastive.add_argument('--repeats', type=int, default=10)
+    contrastive.add_argument('--loss', default='code', help="a train.contrastive.loss spec: "
+                             "'code', 'paper', MODULE:NAME, options in parentheses")
     gpu = sub.add_parser('gpu', help='the GPU set: train, attention, eval, peak memory')
     gpu.add_argument('--config', default='x2', help='module of configs/ (train and eval)')
     gpu.add_argument('--steps', type=int, default=20, help='timed train steps per phase')
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                                          args.repeats)
     elif args.command == 'contrastive':
         bench_contrastive.contrastive_bench(ints(args.sizes), args.batch, args.d, args.repeats,
-                                            out_dir=args.out)
+                                            args.loss, out_dir=args.out)
     elif args.command == 'profile':
         bench_profile.train_step_profile(args.n_resblocks, args.n_feats, args.batch_size,
                                          args.lr_patch, args.dtype, args.repeats, args.matmul_n,

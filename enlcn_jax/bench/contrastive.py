@@ -7,8 +7,6 @@ over repeats of the jit-compiled function.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -17,25 +15,27 @@ from enlcn_jax.bench.common import median_time, write_results
 
 
 def contrastive_bench(sides=(48,), batch: int = 4, d: int = 16, repeats: int = 10,
-                      variant: str = 'code', out_dir: str = 'bench_results') -> dict:
-    """Times `mean(vmap(contrastive_loss))` and its gradient for `[batch, side^2, d]` inputs.
+                      loss: str = 'code', out_dir: str = 'bench_results') -> dict:
+    """Times `mean(vmap(loss))` and its gradient for `[batch, side^2, d]` inputs, `loss` a spec
+    of `train.contrastive.loss` (`losses.get_contrastive_loss`).
 
     Returns:
       The report written to `<out_dir>/contrastive.json` (less the machine): `rows` (one per
-      side), `variant` and `repeats`.
+      side), `loss` and `repeats`.
     """
+    per_image = jax.vmap(losses.get_contrastive_loss(loss))
+    mean_loss = lambda q, k: jnp.mean(per_image(q, k))
     rows = []
     for side in sides:
         keys = jax.random.split(jax.random.key(0), 2)
         unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
         q, k = (jnp.sqrt(6.0) * unit(jax.random.normal(key, (batch, side * side, d)))
                 for key in keys)
-        per_image = jax.vmap(functools.partial(losses.contrastive_loss, variant=variant))
-        loss = lambda q, k: jnp.mean(per_image(q, k))
         row = {'size': f'{side}x{side}', 'positions': side * side, 'batch': batch, 'd': d}
-        for label, fn in (('fwd', loss), ('fwd+bwd', jax.value_and_grad(loss, (0, 1)))):
+        for label, fn in (('fwd', mean_loss),
+                          ('fwd+bwd', jax.value_and_grad(mean_loss, (0, 1)))):
             compiled = jax.jit(fn).lower(q, k).compile()
             row[f'{label} ms'] = 1e3 * median_time(compiled, (q, k), repeats)
         rows.append(row)
     return write_results('contrastive', rows, ['size', 'batch', 'd', 'fwd ms', 'fwd+bwd ms'],
-                         out_dir, {'variant': variant, 'repeats': repeats})
+                         out_dir, {'loss': loss, 'repeats': repeats})

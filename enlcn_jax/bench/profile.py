@@ -81,7 +81,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
     state = recipe.create_train_state(config, model, jax.random.key(0))
     dataset = sources.load_skimage_photos(('astronaut',), config.model.scale)
     batch = input_pipeline.PatchLoader(dataset, batch_size, lr_patch, num_workers=1).batch(0)
-    lr_images = jnp.asarray(batch['lr'], jnp.float32) / 255.0
+    lr_images, _ = recipe.batch_images(batch)
     weight = recipe.create_contrastive_weight_fn(config)(state.step)
     contrastive = functools.partial(recipe.contrastive_term, config=config)
 

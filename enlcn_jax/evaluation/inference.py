@@ -32,7 +32,7 @@ from enlcn_jax.data import transforms
 
 from enlcn_jax.evaluation import memory, metrics
 
-from enlcn_jax.nn import models
+from enlcn_jax.nn import models, registry
 
 from enlcn_jax.storage import checkpoints
 from enlcn_jax.data.imresize import imresize
@@ -93,6 +93,7 @@ class ModelUpscaler:
         (`with_variables` gives an upscaler of another state of the same model that shares the
         forwards compiled so far; training validation uses it).
       bucket: LR height and width are padded up to a multiple of this (1: no padding, exact).
+        A model whose attention takes no mask (`models.ENLCN.masks_padding`) is not padded.
       tile: LR tile side, or None for whole images.
       tile_overlap: LR pixels shared by neighbouring tiles, `0 <= tile_overlap < tile`.
       self_ensemble: average the outputs of the 8 dihedral transforms of the input.
@@ -116,6 +117,11 @@ class ModelUpscaler:
         self.scale = model.scale
         self.precision = model.dtype
         self.variables = jax.device_put(variables)
+        if bucket > 1 and not model.masks_padding():
+            logging.info('model.attention=%s takes no mask: images are evaluated unpadded '
+                         '(bucket 1; exact numbers, one compilation per image size)',
+                         registry.describe(model.enlca.attention))
+            bucket = 1
         self.bucket = bucket
         self.tile = tile
         self.tile_overlap = tile_overlap

@@ -6,9 +6,17 @@ or `MODULE:NAME` for a researcher's own, see `registry`):
     attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map,
                  mask=None) -> [B, N, c]
 
-`mask [B, N, 1]` (1 on real positions, 0 on padding; it broadcasts against `k` and `v`, as the
-model's `mask [B, H, W, 1]` does against images) is passed only when evaluation pads an image;
-padded positions are left out as keys. A function without it works everywhere else.
+The model passes two keywords only to a function that takes them:
+
+* `mask [B, N, 1]` (1 on real positions, 0 on padding; it broadcasts against `k` and `v`, as the
+  model's `mask [B, H, W, 1]` does against images), when evaluation pads an image: padded
+  positions must be left out as keys. Evaluation does not pad for a model whose attention takes
+  no mask (`models.ENLCN.masks_padding`).
+* `spatial_shape=(H, W)`: the image layout of the N = H W positions (row-major), for attention
+  that knows it (local windows, axial attention; `examples/window_attention.py`).
+
+Options of a function are keyword arguments set in the spec (`'enla(query_block=512)'`).
+`check_attention` runs a function as the model does before any model uses it.
 
 `enla` never forms an N x N matrix: it costs O(N m (d + c)) time and O(N m + m c) memory (the
 forward holds the key features `[N, m]` and one block of query features at a time).
@@ -77,7 +85,7 @@ def enla(q: Array, k: Array, v: Array, projection: Array,
     Returns:
       `[B, N, c]`.
     """
-    if features.accepts(feature_map, 'is_query'):
+    if registry.accepts(feature_map, 'is_query'):
         query_map = functools.partial(feature_map, is_query=True)
         k_features = feature_map(k, projection, is_query=False)
     else:
@@ -172,21 +180,55 @@ def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = Non
 
 
 def check_attention(fn: AttentionFn) -> None:
-    """Raises unless `fn(q, k [1, 6, 4], v [1, 6, 3], F [8, 4], softmax_kernel)` is finite `[1, 6, 3]`."""
+    """Raises unless `fn` behaves as the ENLCA module runs it, under `jit`, on
+    `features.check_inputs` (|q|^2 = |k|^2 up to k = 6) with the softmax-kernel map:
+
+    * `fn(q, k [2, 12, 4], v [2, 12, 3], F [8, 4], phi)` is finite `[2, 12, 3]`, with
+      `spatial_shape=(3, 4)` if `fn` takes it;
+    * if `fn` takes `mask`: the images padded to 4 x 6 with `mask [2, 24, 1]` give the unpadded
+      output at the real positions (evaluation pads images and relies on it).
+    """
     with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
         _check_attention_values(fn)
 
 
 def _check_attention_values(fn: AttentionFn) -> None:
-    q = jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float32).reshape(1, 6, 4)
-    v = jnp.linspace(0.0, 1.0, 18, dtype=jnp.float32).reshape(1, 6, 3)
-    projection = jnp.linspace(-1.0, 1.0, 32, dtype=jnp.float32).reshape(8, 4)
-    out = jnp.asarray(fn(q, q[:, ::-1], v, projection, features.softmax_kernel_features))
-    if out.shape != (1, 6, 3):
-        raise ValueError(f'attention(q [1, 6, 4], k [1, 6, 4], v [1, 6, 3], F, phi) has shape '
-                         f'{list(out.shape)}, expected [1, 6, 3]')
+    (h, w), (padded_h, padded_w) = (3, 4), (4, 6)
+    q, projection = features.check_inputs(n=h * w, d=4)
+    k = q[:, ::-1]
+    v = jnp.linspace(-1.0, 1.0, q.shape[0] * h * w * 3, dtype=jnp.float32).reshape(-1, h * w, 3)
+
+    def run(q, k, v, spatial_shape, **mask):
+        spatial = {'spatial_shape': spatial_shape} if registry.accepts(fn, 'spatial_shape') else {}
+        call = lambda q, k, v, projection, **mask: fn(
+            q, k, v, projection, features.softmax_kernel_features, **mask, **spatial)
+        return jnp.asarray(jax.jit(call)(q, k, v, projection, **mask))
+
+    out = run(q, k, v, (h, w))
+    if out.shape != v.shape:
+        raise ValueError(f'attention(q [2, 12, 4], k [2, 12, 4], v [2, 12, 3], F, phi) has shape '
+                         f'{list(out.shape)}, expected [2, 12, 3]')
     if not bool(jnp.all(jnp.isfinite(out))):
-        raise ValueError('attention output must be finite')
+        raise ValueError('attention output is not finite at |q|^2 = |k|^2 <= '
+                         f'{features.CHECK_AMPLIFICATION:g} (the model runs at k)')
+    if not registry.accepts(fn, 'mask'):
+        return
+
+    def pad(x, fill):  # [B, h w, c] -> [B, padded_h padded_w, c], `fill` at the new positions
+        x = x.reshape(x.shape[0], h, w, -1)
+        x = jnp.pad(x - fill, ((0, 0), (0, padded_h - h), (0, padded_w - w), (0, 0))) + fill
+        return x.reshape(x.shape[0], padded_h * padded_w, -1)
+
+    mask = pad(jnp.ones_like(v[..., :1]), 0.0)
+    padded = run(pad(q, q[:, :1, None]), pad(k, q[:, :1, None]), pad(v, 10.0), (padded_h, padded_w),
+                 mask=mask)
+    real = padded.reshape(-1, padded_h, padded_w, 3)[:, :h, :w].reshape(out.shape)
+    difference = float(jnp.max(jnp.abs(real - out)))
+    if not difference <= 1e-4 * float(jnp.max(jnp.abs(out))):
+        raise ValueError(f'with mask, the output on an image padded from {h}x{w} to '
+                         f'{padded_h}x{padded_w} differs from the unpadded output by '
+                         f'{difference:.3g}: positions where mask is 0 must be left out as keys '
+                         '(evaluation pads images); or take no mask, and evaluation does not pad')
 
 
 ATTENTIONS: registry.Registry[AttentionFn] = registry.Registry(
@@ -195,12 +237,13 @@ ATTENTIONS.register('enla', enla)
 ATTENTIONS.register('exact', exact_attention)
 
 
-def get_attention(spec: str) -> AttentionFn:
-    """The attention function `spec` selects (a name or `MODULE:NAME`; 'none' is the model's
-    setting for no ENLCA modules, not an attention function)."""
+def get_attention(spec: registry.Spec) -> AttentionFn:
+    """The attention function `spec` selects (a name or `MODULE:NAME`, with options, or a
+    callable; 'none' is the model's setting for no ENLCA modules, not an attention function)."""
     return ATTENTIONS.get(spec)
 
 
 def register_attention(name: str, fn: AttentionFn, *, replace: bool = False) -> AttentionFn:
-    """Makes `fn(q, k, v, projection, feature_map)` selectable as `model.attention=name`."""
+    """Makes `fn(q, k, v, projection, feature_map[, mask][, spatial_shape])` selectable as
+    `model.attention=name`."""
     return ATTENTIONS.register(name, fn, replace=replace)

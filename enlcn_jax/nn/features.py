@@ -6,21 +6,22 @@ each in a `registry.Registry`, selected by name or as `MODULE:NAME` in the confi
 * **Projection samplers** `sampler(key, m, d) -> F [m, d]` (`model.projection`): the random
   matrix whose rows are the random features. `orthogonal` (the released code's default: QR blocks
   of d x d, rows rescaled by chi-distributed norms) and `iid` Gaussian rows.
-* **Feature maps** `phi(x [..., d], F [m, d]) -> [..., m]` (`model.feature_map`), non-negative,
-  such that `phi(q) . phi(k)` estimates a kernel `K(q, k)`. `softmax_kernel` is the positive
+* **Feature maps** `phi(x [..., d], F [m, d]) -> [..., m']` (`model.feature_map`), non-negative,
+  such that `phi(q) . phi(k)` estimates a kernel `K(q, k)` (m' is usually m; a hyperbolic
+  FAVOR+ map gives 2m). `softmax_kernel` is the positive
   random-feature map of ENLA, an estimator of `exp(q . k)`; `softmax_kernel_stable` the same up to
   factors that cancel in ENLA's ratio, safe from overflow and underflow at large k or in low
   precision; `relu` is Performer's ReLU map. A map's options are its own keyword arguments with
-  defaults (the additive constant `eps` of the softmax-kernel map: the released 1e-4);
-  `model.kernel_eps` sets `eps` of a map that has one. A map may also take a keyword
-  `is_query: bool`, which ENLA then passes (queries and keys may be treated differently). ENLA
-  maps queries a block of rows at a time: a map must treat query rows independently.
+  defaults, set in the spec (`'softmax_kernel(eps=0.0)'`; the additive constant `eps` of the
+  softmax-kernel map is the released 1e-4); `model.kernel_eps` is a shorthand for the `eps`
+  option. A map may also take a keyword `is_query: bool`, which ENLA then passes (queries and
+  keys may be treated differently). ENLA maps queries a block of rows at a time: a map must
+  treat query rows independently. `check_feature_map` runs a map as ENLA does.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Callable
 
 import jax
@@ -110,21 +111,76 @@ def relu_features(x: Array, projection: Array, eps: float = 1e-3) -> Array:
     return (jax.nn.relu(jnp.einsum('...d,md->...m', x, projection)) + eps) * (m ** -0.5)
 
 
+# The amplification the checks run maps and attention at: |q|^2 = |k|^2 = k, the model's default.
+CHECK_AMPLIFICATION = 6.0
+
+
+def check_inputs(n: int = 12, d: int = 4, batch: int = 2) -> tuple[Array, Array]:
+    """Inputs the checks run functions on, as the model makes them: `x [batch, n, d]` with
+    squared norms spread over (0, CHECK_AMPLIFICATION] (the last row of each image at exactly k),
+    and an orthogonal Gaussian projection `[2 d, d]`."""
+    key_x, key_f = jax.random.split(jax.random.key(0))
+    directions = jax.random.normal(key_x, (batch, n, d), jnp.float32)
+    directions /= jnp.linalg.norm(directions, axis=-1, keepdims=True)
+    norms = jnp.sqrt(jnp.linspace(0.05, 1.0, n) * CHECK_AMPLIFICATION)
+    return directions * norms[:, None], orthogonal_gaussian_projection(key_f, 2 * d, d)
+
+
 def check_feature_map(fn: FeatureMap) -> None:
-    """Raises unless `fn(x [2, 3, 4], F [5, 4])` gives finite, non-negative `[2, 3, 5]`."""
+    """Raises unless `fn` behaves as ENLA runs it, on `check_inputs` (|x|^2 up to k = 6):
+
+    * `fn(x [B, N, d], F [m, d]) -> [B, N, m']` (any width m' >= 1: ENLA only needs
+      `phi(q) . phi(k)`), finite and non-negative, for keys (`is_query=False`, the whole
+      `[B, N, d]` at once) and for queries (`is_query=True`, `[rows, d]` of one image), when `fn`
+      takes `is_query` (both values are passed, as under `jit`);
+    * query rows are mapped independently: mapping the rows in blocks (as ENLA does) gives the
+      whole array's features;
+    * images are mapped independently: one image's key features do not depend on the others'.
+    """
     with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
         _check_feature_map_values(fn)
 
 
 def _check_feature_map_values(fn: FeatureMap) -> None:
-    x = jnp.linspace(-0.5, 0.5, 24, dtype=jnp.float32).reshape(2, 3, 4)
-    projection = jnp.linspace(-1.0, 1.0, 20, dtype=jnp.float32).reshape(5, 4)
-    out = jnp.asarray(fn(x, projection))
-    if out.shape != (2, 3, 5):
-        raise ValueError(f'phi(x [2, 3, 4], F [5, 4]) has shape {list(out.shape)}, expected '
-                         '[2, 3, 5] (phi(x [..., d], F [m, d]) -> [..., m])')
-    if not bool(jnp.all(jnp.isfinite(out)) & jnp.all(out >= 0)):
-        raise ValueError('phi(x, F) must be finite and non-negative')
+    x, projection = check_inputs()
+    if registry.accepts(fn, 'is_query'):
+        key_map = functools.partial(fn, is_query=False)
+        query_map = functools.partial(fn, is_query=True)
+    else:
+        key_map = query_map = fn
+    keys = jnp.asarray(key_map(x, projection))
+    if keys.ndim != 3 or keys.shape[:2] != x.shape[:2] or keys.shape[-1] < 1:
+        raise ValueError(f'phi(x [2, 12, 4], F [8, 4]) has shape {list(keys.shape)}, expected '
+                         "[2, 12, m'] (phi(x [..., d], F [m, d]) -> [..., m'])")
+    queries = jnp.asarray(query_map(x[0], projection))
+    if queries.shape != keys.shape[1:]:
+        raise ValueError(f'phi(x [12, 4], F, is_query=True) has shape {list(queries.shape)}, '
+                         f'the keys\' features {list(keys.shape[1:])}: queries and keys need the '
+                         'same feature width')
+    for name, out, inputs in (('keys', keys, x), ('queries', queries, x[0])):
+        if not bool(jnp.all(jnp.isfinite(out))):
+            raise ValueError(f'phi(x, F) of the {name} is not finite at |x|^2 <= '
+                             f'{CHECK_AMPLIFICATION:g} (the model runs at |x|^2 = k)')
+        if not bool(jnp.all(out >= 0)):
+            squared_norms = jnp.sum(inputs * inputs, -1)
+            first = float(jnp.min(jnp.where(jnp.min(out, -1) < 0, squared_norms, jnp.inf)))
+            raise ValueError(f'phi(x, F) of the {name} is negative at |x|^2 = {first:.2g} (the '
+                             f'model runs at |x|^2 = k, {CHECK_AMPLIFICATION:g} by default): ENLA '
+                             'needs non-negative features')
+    blocked = jnp.concatenate([query_map(rows, projection) for rows in jnp.split(x[0], [5, 7])])
+    if not _close(blocked, queries):
+        raise ValueError('phi(x, F, is_query=True) of a block of query rows differs from the '
+                         'same rows mapped with the others: ENLA maps queries a block at a time, '
+                         'so query rows must be mapped independently (statistics over rows are '
+                         'allowed for keys only)')
+    if not _close(jnp.asarray(key_map(x[1:], projection)), keys[1:]):
+        raise ValueError('phi(x, F) of one image\'s keys depends on the other images of the '
+                         'batch: images must be mapped independently')
+
+
+def _close(a: Array, b: Array) -> bool:
+    """Equal up to float32 rounding, relative to the largest magnitude."""
+    return bool(jnp.max(jnp.abs(a - b)) <= 1e-5 * (jnp.max(jnp.abs(b)) + 1e-30))
 
 
 def check_projection(fn: ProjectionSampler) -> None:
@@ -151,29 +207,21 @@ PROJECTIONS.register('orthogonal', orthogonal_gaussian_projection)
 PROJECTIONS.register('iid', iid_gaussian_projection)
 
 
-def get_feature_map(spec: str, eps: float | None = None) -> FeatureMap:
-    """The feature map `spec` selects (a name or `MODULE:NAME`), its `eps` option set if given.
+def get_feature_map(spec: registry.Spec, eps: float | None = None) -> FeatureMap:
+    """The feature map `spec` selects (a name or `MODULE:NAME`, with options, or a callable), its
+    `eps` option set to `eps` if given (`model.kernel_eps`, a shorthand for `NAME(eps=...)`).
 
     Raises:
-      ValueError: an unknown or invalid map, or `eps` for a map without an `eps` argument.
+      ValueError: an unknown or invalid map; `eps` for a map without an `eps` option, or for a
+        spec that sets `eps` itself.
     """
-    feature_map = FEATURE_MAPS.get(spec)
-    if eps is None:
-        return feature_map
-    if not accepts(feature_map, 'eps'):
-        raise ValueError(f'model.kernel_eps={eps} sets the eps option of a feature map, and '
-                         f'{spec!r} has none: leave model.kernel_eps unset (None)')
-    return functools.partial(feature_map, eps=eps)
+    return registry.with_option(FEATURE_MAPS.get(spec), 'eps', eps, spec=spec,
+                                key=FEATURE_MAPS.key, shorthand='model.kernel_eps')
 
 
-def accepts(feature_map: FeatureMap, option: str) -> bool:
-    """Whether `feature_map` takes the keyword `option` (`eps`, `is_query`: see the module
-    docstring)."""
-    return option in inspect.signature(feature_map).parameters
-
-
-def get_projection(spec: str) -> ProjectionSampler:
-    """The projection sampler `spec` selects (a name or `MODULE:NAME`)."""
+def get_projection(spec: registry.Spec) -> ProjectionSampler:
+    """The projection sampler `spec` selects (a name or `MODULE:NAME`, with options, or a
+    callable)."""
     return PROJECTIONS.get(spec)
 
 

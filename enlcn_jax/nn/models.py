@@ -4,7 +4,7 @@ Variables of an initialised ENLCN:
   * `params`: every convolution, named after the PyTorch modules (`head`, `body_<i>`,
     `tail_upsample`, `tail_conv`) so `convert.py` maps the authors' state_dict one to one.
   * `random_features`: one `projection [m, d]` per ENLCA module. Not trained: drawn from the
-    `random_features` rng at init and redrawn with `redraw(variables, key)`.
+    `random_features` rng at init and redrawn with `model.redraw(variables, key)`.
 
 The network takes images in [0, 1] and returns images in [0, 1] (unclipped); `rgb_range`
 reproduces PyTorch EDSR's internal scale, so weights trained with `rgb_range=255` import as is.
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from enlcn_jax.nn import attention as attention_lib
-from enlcn_jax.nn import features, precision
+from enlcn_jax.nn import features, precision, registry
 
 Array = jax.Array
 Embeddings = tuple[Array, Array]
@@ -134,15 +134,17 @@ class ENLCAConfig:
       kernel_eps: the feature map's `eps` option (None: the map's own default, the released
         1e-4 for the softmax kernel; the paper's 0.0).
 
-    `from_config` resolves the names (checking each function once on a small input), so a bad
-    choice fails before anything is compiled.
+    The three functions are specs (`registry`): a name or `MODULE:NAME`, with options
+    (`'softmax_kernel(eps=0.0)'`), or in code the function itself. `from_config` resolves them
+    (checking each function once, as the model runs it), so a bad choice fails before anything
+    is compiled.
     """
-    attention: str = 'enla'
+    attention: registry.Spec = 'enla'
     reduction: int = 4
     num_random_features: int = 128
     amplification: float = 6.0
-    feature_map: str = 'softmax_kernel'
-    projection: str = 'orthogonal'
+    feature_map: registry.Spec = 'softmax_kernel'
+    projection: registry.Spec = 'orthogonal'
     norm_eps: float = 5e-5
     kernel_eps: float | None = None
 
@@ -161,6 +163,35 @@ class ENLCAConfig:
 
     def projection_fn(self) -> features.ProjectionSampler:
         return features.get_projection(self.projection)
+
+    def attend(self, q: Array, k: Array, v: Array, projection: Array, *,
+               spatial_shape: tuple[int, int], mask: Array | None = None) -> Array:
+        """The configured attention with the configured feature map, as the ENLCA module runs it.
+
+        Args:
+          q, k: `[B, N, d]` normalised, amplified queries and keys; v: `[B, N, c]`.
+          projection: `[m, d]` random features.
+          spatial_shape: `(H, W)`, N = H W positions in row-major order; passed to an attention
+            function that takes `spatial_shape`.
+          mask: optional `[B, N, 1]`, 1 on real positions; passed to a function that takes
+            `mask` (a model whose attention takes none is not given padded images:
+            `ENLCN.masks_padding`).
+        Returns:
+          `[B, N, c]`.
+        Raises:
+          ValueError: a mask for an attention function that takes none.
+        """
+        fn = self.attention_fn()
+        keywords = {}
+        if registry.accepts(fn, 'spatial_shape'):
+            keywords['spatial_shape'] = tuple(spatial_shape)
+        if mask is not None:
+            if not registry.accepts(fn, 'mask'):
+                raise ValueError(f'model.attention={registry.describe(self.attention)!r} '
+                                 'takes no mask: evaluate this model without padding '
+                                 '(bucket 1)')
+            keywords['mask'] = mask
+        return fn(q, k, v, projection, self.feature_map_fn(), **keywords)
 
 
 class ENLCA(nn.Module):
@@ -204,16 +235,45 @@ class ENLCA(nn.Module):
         if projection.value.shape[-1] != d:
             raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
                              f'the embedding has {d}')
-        masks = {} if mask is None else {'mask': mask.reshape(b, h * w, 1)}
-        y = cfg.attention_fn()(q, k, v, projection.value, cfg.feature_map_fn(), **masks)
+        y = cfg.attend(q, k, v, projection.value, spatial_shape=(h, w),
+                       mask=None if mask is None else mask.reshape(b, h * w, 1))
         y = _masked(y.reshape(b, h, w, c).astype(x.dtype), mask)
         return y * self.res_scale + x, (q, k)
+
+
+def check_block(block: type[nn.Module]) -> None:
+    """Raises unless `block(config, res_scale, dtype)` is a Flax module called as ENLCA is:
+    `(x [B, H, W, C], mask [B, H, W, 1] | None) -> (y [B, H, W, C], (q, k [B, H W, d']))`,
+    with and without a mask, its variables made from the `params` and `random_features` rngs."""
+    x = jnp.linspace(-1.0, 1.0, 2 * 3 * 4 * 8, dtype=jnp.float32).reshape(2, 3, 4, 8)
+    mask = jnp.ones((2, 3, 4, 1), jnp.float32)
+    module = block(ENLCAConfig(num_random_features=4), 0.1, jnp.float32)
+    rngs = {'params': jax.random.key(0), RANDOM_FEATURES: jax.random.key(1)}
+    for masks in ((), (mask,)):
+        out = jax.eval_shape(lambda x, *masks: module.init_with_output(rngs, x, *masks)[0],
+                             x, *masks)
+        try:
+            y, (q, k) = out
+        except (TypeError, ValueError) as e:
+            raise ValueError('a block returns (y, (q, k))') from e
+        if y.shape != x.shape or q.shape[:2] != (2, 12) or k.shape != q.shape:
+            raise ValueError(f'block(x [2, 3, 4, 8]) gave y {list(y.shape)}, q {list(q.shape)}, '
+                             f'k {list(k.shape)}; expected y [2, 3, 4, 8] and q, k [2, 12, d]')
+
+
+# The attention blocks a network can be built with (`model.block`): Flax modules with ENLCA's
+# fields (`config`, `res_scale`, `dtype`) and call signature (`check_block`).
+BLOCKS: registry.Registry[type[nn.Module]] = registry.Registry(
+    'attention block', 'model.block', check_block)
+BLOCKS.register('enlca', ENLCA)
 
 
 class ENLCN(nn.Module):
     """EDSR backbone with ENLCA modules: one first, then one after every `attention_every` blocks.
 
-    Every ENLCA module is built from `enlca`; with `enlca=None` this is plain EDSR. Input
+    Every attention module is a `block` (`'enlca'`, or a Flax module of a researcher's with
+    ENLCA's fields and call signature, `MODULE:NAME`: see `BLOCKS`) built from `enlca`; with
+    `enlca=None` this is plain EDSR. Input
     `[B, H, W, 3]` in [0, 1]; output `[B, H s, W s, 3]` in [0, 1] (unclipped), plus the (q, k)
     of every ENLCA module in body order when `return_embeddings=True`.
 
@@ -242,6 +302,7 @@ class ENLCN(nn.Module):
     rgb_mean: Sequence[float] = DIV2K_RGB_MEAN
     rgb_std: Sequence[float] = (1.0, 1.0, 1.0)
     dtype: str = 'float32'
+    block: registry.Spec = 'enlca'
 
     def __post_init__(self):
         upsampling_factors(self.scale)
@@ -253,6 +314,26 @@ class ENLCN(nn.Module):
             raise ValueError(f'model.n_feats={self.n_feats} / model.reduction='
                              f'{self.enlca.reduction} leaves no attention embedding')
         super().__post_init__()
+
+    def masks_padding(self) -> bool:
+        """Whether a padded input with `mask` gives the unpadded output (else evaluation must
+        not pad): always for EDSR; for attention modules, when the attention function takes a
+        `mask`."""
+        return self.enlca is None or registry.accepts(self.enlca.attention_fn(), 'mask')
+
+    def redraw(self, variables: dict, key: Array) -> dict:
+        """Returns `variables` with every attention module's random features redrawn from `key`
+        by the model's projection sampler (`enlca.projection`).
+
+        Pure: the same key gives the same matrices. Module i (in flattening order) draws from
+        `fold_in(key, i)`; shapes are kept.
+        """
+        if RANDOM_FEATURES not in variables or self.enlca is None:
+            return variables
+        sampler = self.enlca.projection_fn()
+        leaves, treedef = jax.tree_util.tree_flatten(variables[RANDOM_FEATURES])
+        new = [sampler(jax.random.fold_in(key, i), *leaf.shape) for i, leaf in enumerate(leaves)]
+        return {**variables, RANDOM_FEATURES: jax.tree_util.tree_unflatten(treedef, new)}
 
     def body_layout(self) -> list[str]:
         """Kind of each body module in order: 'enlca' or 'resblock' (the closing conv excluded)."""
@@ -279,8 +360,8 @@ class ENLCN(nn.Module):
         res = x
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
-                res, qk = ENLCA(self.enlca, self.res_scale, dtype, name=f'body_{i}')(
-                    res, mask)
+                res, qk = BLOCKS.get(self.block)(self.enlca, self.res_scale, dtype,
+                                                 name=f'body_{i}')(res, mask)
                 embeddings.append(qk)
             else:
                 res = ResBlock(self.res_scale, dtype, name=f'body_{i}')(res, mask)
@@ -324,7 +405,28 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     for resolve in (enlca_config.attention_fn, enlca_config.feature_map_fn,
                     enlca_config.projection_fn):
         resolve()  # an unknown name or a function failing its check raises here
+    BLOCKS.get(config.get('block', 'enlca'))
     return ENLCN(enlca=enlca_config, **config)
+
+
+SPEC_KEYS = ('attention', 'feature_map', 'projection', 'block')
+
+
+def recordable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat model config as `model_config.json` records it: functions given in code become the
+    `MODULE:NAME(...)` specs that import them again (`registry.spec_string`).
+
+    Raises:
+      ValueError: a function that cannot be recorded by name, naming its key.
+    """
+    recorded = dict(config)
+    for key in SPEC_KEYS:
+        if key in recorded and recorded[key] is not None:
+            try:
+                recorded[key] = registry.spec_string(recorded[key])
+            except ValueError as e:
+                raise ValueError(f'model.{key}: {e}') from e
+    return recorded
 
 
 def init_variables(model: ENLCN, key: Array, lr_size: tuple[int, int] = (16, 16)) -> dict:
@@ -332,20 +434,6 @@ def init_variables(model: ENLCN, key: Array, lr_size: tuple[int, int] = (16, 16)
     params_key, features_key = jax.random.split(key)
     dummy = jnp.zeros((1, *lr_size, 3), jnp.float32)
     return dict(model.init({'params': params_key, RANDOM_FEATURES: features_key}, dummy))
-
-
-def redraw(variables: dict, key: Array, projection: str = 'orthogonal') -> dict:
-    """Returns `variables` with every ENLCA's random features redrawn from `key`.
-
-    Pure: the same key gives the same matrices. Module i (in flattening order) draws from
-    `fold_in(key, i)`; shapes are kept.
-    """
-    if RANDOM_FEATURES not in variables:
-        return variables
-    sampler = features.get_projection(projection)
-    leaves, treedef = jax.tree_util.tree_flatten(variables[RANDOM_FEATURES])
-    new = [sampler(jax.random.fold_in(key, i), *leaf.shape) for i, leaf in enumerate(leaves)]
-    return {**variables, RANDOM_FEATURES: jax.tree_util.tree_unflatten(treedef, new)}
 
 
 def count_params(params) -> int:

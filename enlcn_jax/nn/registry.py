@@ -1,25 +1,99 @@
-"""Named, swappable functions: selectable in a config by name, or as `MODULE:NAME`.
+"""Named, swappable functions: selectable in a config by name, with options, or as `MODULE:NAME`.
 
-The model's three kinds of swappable math each have one `Registry` (`features.FEATURE_MAPS`,
-`features.PROJECTIONS`, `attention.ATTENTIONS`). A config value is either
+The model's kinds of swappable math each have one `Registry` (`features.FEATURE_MAPS`,
+`features.PROJECTIONS`, `attention.ATTENTIONS`, `models.BLOCKS`, `losses.CONTRASTIVE_LOSSES`).
+A config value (a *spec*) is
 
-* a registered name (`'enla'`, `'softmax_kernel'`, ...; old names stay accepted as aliases), or
+* a registered name (`'enla'`, `'softmax_kernel'`, ...; old names stay accepted as aliases),
 * `MODULE:NAME`: attribute `NAME` of the importable module `MODULE`, e.g. `my_kernels:relu2`
-  for a function `relu2` in `my_kernels.py` in the working directory or on `PYTHONPATH`.
+  for a function `relu2` in `my_kernels.py` in the working directory or on `PYTHONPATH`
+  (`research.kernels:relu2` for `research/kernels.py`),
+* either of those with keyword options, as big_vision's `registry.lookup('name(kw=1)')`:
+  `'softmax_kernel(eps=0.0)'`, `'my_kernels:favor_plus(rho=0.5, stabilize=True)'`. The options
+  are Python literals bound as keyword arguments (`functools.partial`); an option the function
+  does not take is an error naming the options it has.
 
-A training workdir records the value in `model_config.json`, so evaluation resolves it again.
-Every function is checked once on a small input (`check`) before a model uses it, so a wrong
-signature is a one-line error naming the config key, not a traceback from inside `jit`.
+In code, the function itself (or a `functools.partial` of it) may stand for a spec. A training
+workdir records the spec as written in `model_config.json` (`spec_string` turns a function
+into the `MODULE:NAME(...)` that imports it again), so evaluation resolves it again.
+Every function is checked once (`check`), running it the way the model will, before a model
+uses it: a wrong signature or a function that misbehaves where the model runs it is a one-line
+error naming the config key, not a traceback from inside `jit` or a silently wrong number.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import inspect
 import os
 import sys
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 Fn = TypeVar('Fn', bound=Callable)
+Spec = str | Callable
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Splits `'target(kw=1, other="a")'` into `('target', {'kw': 1, 'other': 'a'})`.
+
+    The target is a name or `MODULE:NAME`; the options are keyword arguments whose values are
+    Python literals (numbers, strings, booleans, None, tuples, lists, dicts).
+
+    Raises:
+      ValueError: unbalanced parentheses, positional options, or a value that is not a literal.
+    """
+    spec = spec.strip()
+    if '(' not in spec:
+        if ')' in spec:
+            raise ValueError(f'unbalanced parentheses in {spec!r}')
+        return spec, {}
+    target, _, rest = spec.partition('(')
+    try:
+        call = ast.parse(f'f({rest}', mode='eval').body
+    except SyntaxError as e:
+        raise ValueError(f'cannot read the options of {spec!r}: expected '
+                         'NAME(option=value, ...)') from e
+    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+        raise ValueError(f'options of {spec!r} must be keyword arguments: '
+                         'NAME(option=value, ...)')
+    options = {}
+    for keyword in call.keywords:
+        try:
+            options[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError as e:
+            raise ValueError(f'option {keyword.arg} of {spec!r} is not a Python literal '
+                             f'({ast.unparse(keyword.value)})') from e
+    return target.strip(), options
+
+
+def spec_string(spec: Spec) -> str:
+    """The config string of a spec: a string as is; a function (or a `functools.partial` of one
+    with keyword options) as the `MODULE:NAME(...)` that imports it again.
+
+    Raises:
+      ValueError: a function that cannot be imported back by name (a lambda, a nested function,
+        a partial with positional arguments): register it, or put it in a module.
+    """
+    if isinstance(spec, str):
+        return spec
+    fn, options = spec, {}
+    if isinstance(spec, functools.partial):
+        if spec.args:
+            raise ValueError(f'cannot record {spec!r} by name: a partial with positional '
+                             'arguments (give the options as keywords)')
+        fn, options = spec.func, spec.keywords
+    module, name = getattr(fn, '__module__', None), getattr(fn, '__qualname__', '')
+    try:
+        importable = getattr(sys.modules[module], name) is fn
+    except (KeyError, AttributeError):
+        importable = False
+    if not importable:
+        raise ValueError(f'cannot record {fn!r} by name: it is not a module-level attribute; '
+                         'register it, or define it in a module and pass "MODULE:NAME"')
+    arguments = ', '.join(f'{key}={value!r}' for key, value in options.items())
+    return f'{module}:{name}' + (f'({arguments})' if options else '')
 
 
 class Registry(Generic[Fn]):
@@ -38,7 +112,8 @@ class Registry(Generic[Fn]):
         self.kind, self.key, self._check = kind, key, check
         self._fns: dict[str, Fn] = {}
         self._aliases = dict(aliases or {})
-        self._checked: dict[str, Fn] = {}
+        # spec (a string, or a callable's id) -> (the spec, the checked function).
+        self._checked: dict[str | int, tuple[Spec, Fn]] = {}
 
     def names(self) -> list[str]:
         """Registered names (aliases excluded), sorted."""
@@ -48,39 +123,68 @@ class Registry(Generic[Fn]):
         """Makes `fn` selectable as `name`; an existing name or alias needs `replace=True`."""
         if not callable(fn):
             raise TypeError(f'register {self.kind} {name!r}: {fn!r} is not callable')
-        if ':' in name:
-            raise ValueError(f"register {self.kind} {name!r}: ':' is reserved for MODULE:NAME")
+        if any(c in name for c in ':()'):
+            raise ValueError(f"register {self.kind} {name!r}: ':' and parentheses are reserved "
+                             'for MODULE:NAME(options)')
         taken = name in self._fns or name in self._aliases
         if taken and not replace:
             raise ValueError(f'{self.kind} {name!r} is already registered; pass replace=True '
                              'to replace it, or choose another name')
         self._aliases.pop(name, None)
         self._fns[name] = fn
-        self._checked.pop(name, None)
+        self._checked.clear()
         return fn
 
     def unregister(self, name: str) -> None:
         """Removes a registered name (for tests and interactive sessions)."""
         self._fns.pop(name, None)
-        self._checked.pop(name, None)
+        self._checked.clear()
 
-    def get(self, spec: str) -> Fn:
-        """The function `spec` selects (a name, an alias or `MODULE:NAME`), checked once.
+    def get(self, spec: Spec) -> Fn:
+        """The function `spec` selects (see the module docstring), options bound, checked once.
 
+        Args:
+          spec: a name or alias, `MODULE:NAME`, either with `(option=value, ...)`, or a callable
+            (used as is).
         Raises:
-          ValueError: unknown name, unimportable module, missing attribute, or a function that
-            fails `check`; the message names the config key and the value.
+          ValueError: unknown name, unimportable module, missing attribute, an option the
+            function does not take, or a function that fails `check`; the message names the
+            config key and the value.
         """
-        if spec in self._checked:
-            return self._checked[spec]
-        fn = self._import(spec) if ':' in spec else self._lookup(spec)
+        cache_key = spec if isinstance(spec, str) else id(spec)
+        if cache_key in self._checked and (isinstance(spec, str)
+                                           or self._checked[cache_key][0] is spec):
+            return self._checked[cache_key][1]
+        if isinstance(spec, str):
+            fn = self._resolve(spec)
+        elif callable(spec):
+            fn = spec
+        else:
+            raise ValueError(f'{self.key}={spec!r}: expected a name, MODULE:NAME or a callable')
         try:
             self._check(fn)
         except Exception as e:  # pylint: disable=broad-except  # any failure is a bad function
-            raise ValueError(f'{self.key}={spec!r}: not a valid {self.kind}: '
-                             f'{type(e).__name__}: {e}') from e
-        self._checked[spec] = fn
+            first_line = (str(e).strip().splitlines() or [''])[0]
+            raise ValueError(f'{self.key}={describe(spec)!r}: not a valid {self.kind}: '
+                             f'{type(e).__name__}: {first_line}') from e
+        self._checked[cache_key] = (spec, fn)
         return fn
+
+    def _resolve(self, spec: str) -> Fn:
+        try:
+            target, options = parse_spec(spec)
+        except ValueError as e:
+            raise ValueError(f'{self.key}={spec!r}: {e}') from e
+        fn = self._import(target, spec) if ':' in target else self._lookup(target)
+        if not options:
+            return fn
+        try:
+            inspect.signature(fn).bind_partial(**options)
+        except TypeError as e:
+            raise ValueError(f'{self.key}={spec!r}: {target} takes no option(s) '
+                             f'{sorted(set(options) - set(option_names(fn)))}; its options: '
+                             f'{option_names(fn)}') from e
+        return functools.partial(fn, **options)
 
     def _lookup(self, name: str) -> Fn:
         name = self._aliases.get(name, name)
@@ -89,16 +193,17 @@ class Registry(Generic[Fn]):
                              'or MODULE:NAME for a function NAME in an importable module MODULE')
         return self._fns[name]
 
-    def _import(self, spec: str) -> Fn:
-        module_name, _, attr = spec.partition(':')
+    def _import(self, target: str, spec: str) -> Fn:
+        module_name, _, attr = target.partition(':')
         if not module_name or not attr:
             raise ValueError(f'{self.key}={spec!r}: expected MODULE:NAME')
         try:
             module = _import_module(module_name)
         except Exception as e:  # pylint: disable=broad-except  # ImportError, or its own error
             raise ValueError(f'{self.key}={spec!r}: cannot import module {module_name!r} '
-                             f'({type(e).__name__}: {e}); put {module_name}.py in the working '
-                             'directory or on PYTHONPATH') from e
+                             f'({type(e).__name__}: {e}); put '
+                             f'{module_name.replace(".", "/")}.py in the working directory or on '
+                             'PYTHONPATH') from e
         if not hasattr(module, attr):
             raise ValueError(f'{self.key}={spec!r}: module {module_name!r} '
                              f'({getattr(module, "__file__", "?")}) has no attribute {attr!r}')
@@ -106,6 +211,58 @@ class Registry(Generic[Fn]):
         if not callable(fn):
             raise ValueError(f'{self.key}={spec!r}: {module_name}.{attr} is not callable')
         return fn
+
+
+def with_option(fn: Callable, option: str, value: Any, *, spec: Spec, key: str,
+                shorthand: str) -> Callable:
+    """`fn` with `option=value` bound, for a config key that is a shorthand for one option
+    (`model.kernel_eps` for `eps`, `train.contrastive.margin` for `margin`); `value` None: `fn`.
+
+    Args:
+      fn: the resolved function of `spec`, the value of config key `key`.
+      shorthand: the shorthand's config key, for messages.
+    Raises:
+      ValueError: `fn` has no such option, or `spec` sets it too.
+    """
+    if value is None:
+        return fn
+    if option in getattr(fn, 'keywords', {}):
+        raise ValueError(f'{shorthand}={value} and {key}={describe(spec)!r} both set {option}: '
+                         f'leave {shorthand} unset (None)')
+    if option not in option_names(fn):
+        raise ValueError(f'{shorthand}={value} sets the {option} option, and {key}='
+                         f'{describe(spec)!r} has none: leave {shorthand} unset (None)')
+    return functools.partial(fn, **{option: value})
+
+
+def option_names(fn: Callable) -> list[str]:
+    """The keyword arguments `fn` can take (its parameters with defaults, or keyword-only)."""
+    parameters = inspect.signature(fn).parameters.values()
+    return [p.name for p in parameters
+            if p.default is not p.empty or p.kind is p.KEYWORD_ONLY]
+
+
+def accepts(fn: Callable, keyword: str) -> bool:
+    """Whether `fn` takes the keyword argument `keyword` (by name or through `**kwargs`).
+
+    The model passes some keywords only to functions that take them: `is_query` to feature maps,
+    `mask` and `spatial_shape` to attention functions.
+    """
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature: give it nothing extra
+        return False
+    if keyword in parameters:
+        return parameters[keyword].kind is not inspect.Parameter.POSITIONAL_ONLY
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def describe(spec: Spec) -> str:
+    """A spec for messages and logs: a string as is, a function by its name."""
+    if isinstance(spec, str):
+        return spec
+    fn = spec.func if isinstance(spec, functools.partial) else spec
+    return getattr(fn, '__qualname__', None) or repr(spec)
 
 
 def _import_module(name: str):

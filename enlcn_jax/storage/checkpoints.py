@@ -83,8 +83,13 @@ def _manager(directory: Path, item_handlers: dict,
 
 
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:
-    """Writes `model_config` and `variables` to `directory` (created; must not hold a model yet)."""
+    """Writes `model_config` and `variables` to `directory` (created; must not hold a model yet).
+
+    Functions given in code in `model_config` are recorded by the spec that imports them again
+    (`models.recordable_config`; ValueError for one that cannot be).
+    """
     directory = Path(directory).absolute()
+    model_config = models.recordable_config(model_config)
     if (directory / VARIABLES).exists():
         raise FileExistsError(f'{directory / VARIABLES} already exists; choose another --out')
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from enlcn_jax.data import input_pipeline
 from enlcn_jax.data import sources as data_lib
 from enlcn_jax.evaluation import evaluator, inference
-from enlcn_jax.nn import losses, models, precision
+from enlcn_jax.nn import models, precision
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import metric_writer, recipe
 from enlcn_jax.train import workdir as workdir_lib
@@ -55,9 +56,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Cheap checks of a config before anything is loaded or compiled.
 
     Raises:
-      ValueError: an unknown choice, a feature map / projection / attention that cannot be
-        imported or fails its check, a non-positive count, a patch too small for the contrastive
-        loss, a batch that does not split over the devices, ...
+      ValueError: an unknown choice, a feature map / projection / attention / contrastive loss
+        (when it is used) that cannot be imported or fails its check, a non-positive count, a
+        patch too small for the contrastive loss, a batch that does not split over the devices,
+        ...
       data_lib.DatasetNotFoundError: a dataset folder that does not exist.
     """
     model, data, train = config.model, config.data, config.train
@@ -114,8 +116,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'config.train.lr_decay_epochs must be increasing, got '
                          f'{train.lr_decay_epochs}')
     if model.attention != 'none' and train.contrastive.weight > 0:
-        # Raises for an unknown variant or fewer LR patch positions than its rank windows need.
-        losses.rank_windows(train.contrastive.variant, data.lr_patch ** 2)
+        _check_contrastive_loss(config)
+
+
+def _check_contrastive_loss(config: ml_collections.ConfigDict) -> None:
+    """Resolves the configured contrastive loss (`recipe.contrastive_loss_fn`) and traces it on
+    one LR patch's embeddings, `q, k [lr_patch^2, n_feats / reduction]` (`jax.eval_shape`).
+
+    Raises:
+      ValueError: a loss that cannot be resolved, or that refuses the patch (the registered
+        losses need as many positions as their rank windows reach), naming the config keys.
+    """
+    loss = recipe.contrastive_loss_fn(config)
+    patch = config.data.lr_patch
+    embedding = jax.ShapeDtypeStruct((patch ** 2, config.model.n_feats // config.model.reduction),
+                                     jnp.float32)
+    try:
+        jax.eval_shape(loss, embedding, embedding)
+    except ValueError as e:
+        raise ValueError(f'config.train.contrastive.loss={config.train.contrastive.loss!r} on '
+                         f'config.data.lr_patch={patch} ({patch ** 2} positions per image): '
+                         f'{e}') from e
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> tuple[data_lib.SRDataset,
@@ -243,7 +264,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         images changed.
     Raises:
       FloatingPointError: a non-finite loss, gradient or parameter; the message names the step
-        and the last checkpoint, which was saved before it and is left as it was.
+        and the last checkpoint, which was saved before it and is left as it was, and for a
+        loss, the configured function that turns non-finite on that checkpoint and the step's
+        batch, if one does (`recipe.explain_non_finite`).
       workdir.WorkdirError: another process trains this workdir, or it holds another run.
       checkpoints.CheckpointError: the latest checkpoint is damaged or holds another model.
       DataError, data_lib.DatasetNotFoundError: a dataset that cannot be used.
@@ -425,16 +448,18 @@ class MetricLogging(PeriodicAction):
       progress: the progress bar, which shows the loss, the learning rate and the speed.
       learning_rate_fn: the schedule shown.
       saving: names the last checkpoint when training stops.
+      explain: `step -> sentence` saying what made the loss of `step` (as logged) non-finite,
+        added to the error that stops training.
       flush_before: actions that need the metrics before them checked.
     """
 
     def __init__(self, every_steps: int, last_step: int, history: metric_writer.StepMetrics,
                  logger: metric_writer.MetricLogger, progress: tqdm.tqdm,
                  learning_rate_fn: optax.Schedule, saving: Checkpointing,
-                 flush_before: tuple[PeriodicAction, ...] = ()):
+                 explain: Callable[[int], str], flush_before: tuple[PeriodicAction, ...] = ()):
         super().__init__(every_steps, last_step)
         self.history, self.logger, self.progress = history, logger, progress
-        self.learning_rate_fn, self.saving = learning_rate_fn, saving
+        self.learning_rate_fn, self.saving, self.explain = learning_rate_fn, saving, explain
         self.flush_before = flush_before
 
     def due(self, step: int, stopping: bool) -> bool:
@@ -446,7 +471,8 @@ class MetricLogging(PeriodicAction):
         try:
             scalars = self.history.flush(step)
         except metric_writer.NonFiniteMetrics as e:
-            raise self.saving.diverged(f'{e}: training stopped') from e
+            error = self.saving.diverged(f'{e}: training stopped')  # waits for the save
+            raise FloatingPointError(f'{error} {self.explain(e.step)}') from e
         if scalars is None:
             return
         self.logger.write(step, scalars)
@@ -469,6 +495,31 @@ def _restart_best_tracking(workdir: Path, record: dict | None, val_fingerprint: 
     logging.warning('the validation images changed (%d -> %d images): best/ was chosen on the '
                     'old ones and is moved to %s; best/ starts again on these', old['images'],
                     val_fingerprint['images'], aside)
+
+
+def _explain_non_finite_loss(config: ml_collections.ConfigDict, model: models.ENLCN,
+                             saving: Checkpointing, loader: input_pipeline.PatchLoader,
+                             step: int) -> str:
+    """`recipe.explain_non_finite` on the last finite state (the last checkpoint's, or the
+    initial state if none was saved) and the batch of `step` (as logged: its loss was not
+    finite), as a sentence for the error that stops training."""
+    # As training starts from it (on a device: the checkpoint's arrays have its dtypes).
+    state = jax.device_put(recipe.create_train_state(config, model,
+                                                     jax.random.PRNGKey(config.train.seed)))
+    try:
+        restored = checkpoints.restore_latest(saving.latest, state.checkpoint_items())
+        if restored is not None:
+            state = state.from_checkpoint_items(restored)
+        elif (index := recipe.redraw_index(0, config)) is not None:  # as the first step has them
+            state = state.replace(random_features=recipe.draw_random_features(
+                model, state.random_features, state.rng, index))
+        explanation = recipe.explain_non_finite(config, state, loader.batch(step - 1), step - 1)
+    except Exception as e:  # pylint: disable=broad-except  # never hide the error it explains
+        return f'(Running the configured functions again failed: {type(e).__name__}: {e}.)'
+    where = (f'the checkpoint of step {int(state.step)}' if restored is not None
+             else 'the initial state')
+    return (f'Run again on the last finite state ({where}) with the batch of step {step}: '
+            f'{explanation}')
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_main: bool,
@@ -524,8 +575,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
                                 total_steps, val_ds, upscaler, saving, logger, history)
     after_metrics = (saving,) if validation is None else (saving, validation)
     # The metrics are checked and logged first: a save or a validation follows checked steps.
+    explain = functools.partial(_explain_non_finite_loss, config, model, saving, loader)
     actions = (MetricLogging(train_cfg.log_every, total_steps, history, logger, progress,
-                             recipe.create_learning_rate_fn(config), saving,
+                             recipe.create_learning_rate_fn(config), saving, explain,
                              flush_before=after_metrics), *after_metrics)
     batches = input_pipeline.prefetch_to_device(loader, 2, lambda b: recipe.shard_batch(b, mesh))
     stop_requested = _defer_ctrl_c()

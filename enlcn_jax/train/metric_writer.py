@@ -24,7 +24,12 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 class NonFiniteMetrics(FloatingPointError):
-    """A step's loss or gradient norm was not finite; the message names the step."""
+    """A step's loss or gradient norm was not finite; the message names the step, `step` holds
+    it (the number of steps done after it, as metrics are logged)."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 class StepMetrics:
@@ -65,7 +70,8 @@ class StepMetrics:
         for i, scalars in enumerate(history):
             if not (math.isfinite(scalars['loss']) and math.isfinite(scalars['grad_norm'])):
                 raise NonFiniteMetrics(f'non-finite loss {scalars["loss"]} (gradient norm '
-                                       f'{scalars["grad_norm"]}) at step {first + i}')
+                                       f'{scalars["grad_norm"]}) at step {first + i}',
+                                       first + i)
         now = time.perf_counter()
         steps_per_s = (step - self._clock[0]) / (now - self._clock[1])
         self._clock = (step, now)

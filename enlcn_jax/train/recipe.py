@@ -38,7 +38,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from enlcn_jax.nn import losses, models
+from enlcn_jax.nn import losses, models, registry
 from enlcn_jax.storage import checkpoints
 
 Array = jax.Array
@@ -138,25 +138,46 @@ def redraw_index(step: int, config: ml_collections.ConfigDict) -> int | None:
     return step // period if step % period == 0 else None
 
 
-def draw_random_features(random_features: Any, rng: Array, index: Array,
-                         projection: str) -> Any:
-    """Draw `index` of every module's features: `models.redraw` with `fold_in(rng, index)`."""
-    variables = models.redraw({models.RANDOM_FEATURES: random_features},
-                              jax.random.fold_in(rng, index), projection)
+def draw_random_features(model: models.ENLCN, random_features: Any, rng: Array,
+                         index: Array) -> Any:
+    """Draw `index` of every module's features: `model.redraw` with `fold_in(rng, index)`."""
+    variables = model.redraw({models.RANDOM_FEATURES: random_features},
+                             jax.random.fold_in(rng, index))
     return variables[models.RANDOM_FEATURES]
+
+
+def contrastive_loss_fn(config: ml_collections.ConfigDict) -> losses.ContrastiveLoss:
+    """The per-image contrastive loss of `config.train.contrastive`, `loss(q [N, d], k [N, d])
+    -> scalar`: the spec `loss` resolved with the `margin` shorthand
+    (`losses.get_contrastive_loss`), given `block_size` if it takes one and its spec does not
+    set it.
+
+    Raises:
+      ValueError: an unknown or invalid loss, or a margin it cannot take, naming the key.
+    """
+    contrastive = config.train.contrastive
+    loss = losses.get_contrastive_loss(contrastive.loss, contrastive.margin)
+    if (registry.accepts(loss, 'block_size')
+            and 'block_size' not in getattr(loss, 'keywords', {})):
+        return functools.partial(loss, block_size=contrastive.block_size)
+    return loss
 
 
 def contrastive_term(embeddings: list[tuple[Array, Array]],
                      config: ml_collections.ConfigDict) -> Array:
     """Mean over ENLCA modules and images of the contrastive loss of `(q, k)`, each `[B, N, d]`.
 
-    `losses.contrastive_loss` is per image, batched with `vmap`: the batch axis stays a parallel
-    axis that the compiler can split over devices.
+    The loss (`contrastive_loss_fn`) is per image, batched with `vmap`: the batch axis stays a
+    parallel axis that the compiler can split over devices.
     """
-    contrastive = config.train.contrastive
-    per_image = jax.vmap(functools.partial(losses.contrastive_loss, variant=contrastive.variant,
-                                           block_size=contrastive.block_size))
+    per_image = jax.vmap(contrastive_loss_fn(config))
     return jnp.mean(jnp.stack([jnp.mean(per_image(q, k)) for q, k in embeddings]))
+
+
+def batch_images(batch: dict[str, Array]) -> tuple[Array, Array]:
+    """`(lr, hr)` float32 images in [0, 1] of a batch `{'lr': uint8 [B, p, p, 3], 'hr': uint8
+    [B, p s, p s, 3]}`."""
+    return tuple(jnp.asarray(batch[name], jnp.float32) / 255.0 for name in ('lr', 'hr'))
 
 
 def loss_fn(params: Any, state: TrainState, batch: dict[str, Array], weight: Array,
@@ -172,8 +193,7 @@ def loss_fn(params: Any, state: TrainState, batch: dict[str, Array], weight: Arr
     Returns:
       `(loss, (l1, contrastive))`, float32 scalars (`contrastive` is 0 while `weight` is 0).
     """
-    lr_images = batch['lr'].astype(jnp.float32) / 255.0
-    hr_images = batch['hr'].astype(jnp.float32) / 255.0
+    lr_images, hr_images = batch_images(batch)
     variables = {'params': params, models.RANDOM_FEATURES: state.random_features}
     sr, embeddings = state.apply_fn(variables, lr_images, return_embeddings=True)
     l1 = losses.l1_loss(sr, hr_images)
@@ -210,6 +230,106 @@ def train_step(state: TrainState, batch: dict[str, Array], *,
     return new_state, metrics
 
 
+def explain_non_finite(config: ml_collections.ConfigDict, state: TrainState,
+                       batch: dict[str, Array], step: int) -> str:
+    """Which configured function first gives a non-finite value or gradient on `state` and
+    `batch`, as a sentence: what to look at when a training loss turns non-finite.
+
+    Runs the network on `batch` as `loss_fn` does, then, module by module in body order, the
+    configured pieces on the module's own embeddings as the network runs them: the attention
+    (`ENLCAConfig.attend`; where it is not finite, the feature map on the queries, a row block
+    per image, and on the keys, with `is_query` for a map that takes it, to tell which of the two
+    it is), then the contrastive loss of `(q, k)` (`contrastive_loss_fn`) if its weight at `step`
+    is > 0. A gradient is the one of the sum of a piece's outputs with respect to its inputs.
+
+    Args:
+      config: the run's config.
+      state: a state with finite parameters, e.g. the last checkpoint's.
+      batch: `{'lr': uint8 [B, p, p, 3], 'hr': uint8 [B, p s, p s, 3]}`.
+      step: the 0-based step `batch` is for (whether the contrastive loss runs).
+    Returns:
+      e.g. `"module body_0: model.feature_map='research:phi' gives non-finite features for the
+      keys."`; where no configured function is to blame, a sentence saying what is non-finite
+      (the network's activations or output, or nothing) and suggesting a lower `train.lr`.
+    """
+    model = create_model(config)
+    lr_images, _ = batch_images(batch)
+    forward = functools.partial(model.apply, return_embeddings=True, mutable=['intermediates'])
+    (sr, embeddings), sown = jax.jit(forward)(state.variables, lr_images)
+    names = [f'body_{i}' for i, kind in enumerate(model.body_layout()) if kind == 'enlca']
+    with_contrastive = bool(create_contrastive_weight_fn(config)(step) > 0)
+    per_image_loss = jax.vmap(contrastive_loss_fn(config)) if with_contrastive else None
+    for name, (q, k) in zip(names, embeddings):
+        # The module's raw theta | delta | value, [B, N, 2 d + c], as `ENLCA` sows them (a
+        # block of a researcher's own may not: its attention is then not run here).
+        raw = sown['intermediates'].get(name, {}).get('embeddings', (None,))[0]
+        if not _finite((q, k, raw)):
+            return (f'the embeddings of module {name} are non-finite before any configured '
+                    'function runs on them: the network\'s parameters diverged; try a lower '
+                    'train.lr.')
+        if raw is not None:
+            projection = state.random_features[name]['projection']
+            attend = functools.partial(model.enlca.attend, projection=projection,
+                                       spatial_shape=lr_images.shape[1:3])
+            what = _non_finite(attend, q, k, raw[..., 2 * q.shape[-1]:])
+            if what:
+                return (f'module {name}: '
+                        f'{_blame_attention(config, model, q, k, projection, what)}.')
+        if with_contrastive:
+            what = _non_finite(lambda q, k: jnp.mean(per_image_loss(q, k)), q, k)
+            if what:
+                return (f'module {name}: train.contrastive.loss='
+                        f'{config.train.contrastive.loss!r} gives a non-finite {what}.')
+    if not _finite(sr):
+        return ('the network\'s output is non-finite although every configured function gives '
+                'finite values and gradients: its parameters diverged; try a lower train.lr.')
+    return ('nothing is non-finite: every configured function gives finite values and '
+            'gradients, and the network a finite output, so the step\'s own update diverged; '
+            'try a lower train.lr.')
+
+
+def _blame_attention(config: ml_collections.ConfigDict, model: models.ENLCN, q: Array, k: Array,
+                     projection: Array, what: str) -> str:
+    """Why a module's attention has a non-finite `what` (`_non_finite`): the feature map's
+    features of the queries or of the keys, if either is not finite, else the attention function
+    itself."""
+    feature_map = model.enlca.feature_map_fn()
+    takes_is_query = registry.accepts(feature_map, 'is_query')
+
+    def features(x: Array, is_query: bool) -> Array:
+        """As ENLA maps them: the queries a row block per image, the keys `[B, N, d]` at once."""
+        keywords = {'is_query': is_query} if takes_is_query else {}
+        phi = lambda rows: feature_map(rows, projection, **keywords)
+        return jax.vmap(phi)(x) if is_query else phi(x)
+
+    for label, x, is_query in (('queries', q, True), ('keys', k, False)):
+        found = _non_finite(functools.partial(features, is_query=is_query), x)
+        if found:
+            shown = 'features' if found == 'value' else 'gradients of its features'
+            return (f'model.feature_map={config.model.feature_map!r} gives non-finite {shown} '
+                    f'for the {label}')
+    return (f'model.attention={config.model.attention!r} gives a non-finite '
+            f'{"output" if what == "value" else "gradient"} from the finite features of '
+            f'model.feature_map={config.model.feature_map!r}')
+
+
+def _non_finite(fn: Callable[..., Array], *args: Array) -> str | None:
+    """`'value'` if `fn(*args)` is not all finite, else `'gradient'` if the gradient of the sum of
+    its outputs with respect to `args` is not, else None."""
+    def value_and_gradient(*args):
+        out, vjp = jax.vjp(fn, *args)
+        return out, vjp(jnp.ones_like(out))
+
+    out, gradient = jax.jit(value_and_gradient)(*args)
+    if not _finite(out):
+        return 'value'
+    return None if _finite(gradient) else 'gradient'
+
+
+def _finite(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
 def create_mesh(devices: list | None = None) -> Mesh:
     """One-axis mesh ('data') over `devices` (default: all devices of all processes)."""
     return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
@@ -236,7 +356,7 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
 def compile_redraw(config: ml_collections.ConfigDict,
                    mesh: Mesh) -> Callable[[TrainState, int], TrainState]:
     """`(state, index) -> state` with draw `index` of the random features, replicated on `mesh`."""
-    draw = jax.jit(functools.partial(draw_random_features, projection=config.model.projection),
+    draw = jax.jit(functools.partial(draw_random_features, create_model(config)),
                    out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     def redraw(state: TrainState, index: int) -> TrainState:

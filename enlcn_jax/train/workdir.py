@@ -31,7 +31,8 @@ what its `variables` and `train` items hold.
   is written, naming the differing keys; the keys in `SAFE_TO_CHANGE` (more epochs, logging and
   checkpoint cadence, validation, the compute precision) may change, and `allow_changes` accepts
   the rest deliberately. A checkpoint with no record at all (and no `config.json`) is resumed
-  only with `allow_changes`.
+  only with `allow_changes`. A config recorded by an older version is read with today's keys
+  (`RENAMED_KEYS`, `ADDED_KEYS`): its workdir resumes.
 * `check_data`: the same for the training images, by their fingerprint
   (`loop.dataset_fingerprint`).
 * `record_config`: writes `config.json` and `model_config.json` atomically.
@@ -59,6 +60,11 @@ SAFE_TO_CHANGE = (
     'train.eval_every_epochs', 'train.eval_bucket', 'data.num_workers', 'data.cache_dir',
     'data.tfds_data_dir', 'data.val_source', 'data.val_hr_dir', 'data.val_lr_dir',
     'data.val_photos', 'data.val_limit', 'distributed', 'ablation', 'model.dtype')
+# How a config recorded by an older version reads today, so that its workdir resumes: keys
+# renamed since (old -> new), and keys added since, with the value that does what the older
+# runs did.
+RENAMED_KEYS = {'train.contrastive.variant': 'train.contrastive.loss'}
+ADDED_KEYS = {'train.contrastive.margin': None, 'model.block': 'enlca'}
 
 
 class WorkdirError(RuntimeError):
@@ -79,8 +85,11 @@ def _is_safe(key: str) -> bool:
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
-    """`'key: old -> new'` for every differing key that is not in `SAFE_TO_CHANGE`."""
-    old_flat, new_flat = _flatten(old), _flatten(json.loads(json.dumps(new)))
+    """`'key: old -> new'` for every differing key that is not in `SAFE_TO_CHANGE`, the recorded
+    config `old` read with today's keys (`RENAMED_KEYS`, `ADDED_KEYS`)."""
+    old_flat = {**ADDED_KEYS, **{RENAMED_KEYS.get(key, key): value
+                                 for key, value in _flatten(old).items()}}
+    new_flat = _flatten(json.loads(json.dumps(new)))
     missing = object()
     changes = []
     for key in sorted(set(old_flat) | set(new_flat)):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import unit
-from enlcn_jax.nn import attention, features, models
+from enlcn_jax.nn import attention, features, models, registry
 
 
 def normalized_qkv(key, b, n, d, c, amplification=6.0):
@@ -49,7 +49,7 @@ def test_linear_attention_with_identity_features_is_normalised_kernel_attention(
 
 def whole_array_enla(q, k, v, projection, feature_map, mask):
     """ENLA as Eq. 6 writes it: every query and key feature at once, autodiff gradients."""
-    if features.accepts(feature_map, 'is_query'):
+    if registry.accepts(feature_map, 'is_query'):
         qf, kf = feature_map(q, projection, is_query=True), feature_map(k, projection, is_query=False)
     else:
         qf, kf = feature_map(q, projection), feature_map(k, projection)

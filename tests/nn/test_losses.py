@@ -79,11 +79,11 @@ def test_closed_form_value_with_two_score_levels():
         expected, rel=1e-6)
 
 
-@pytest.mark.parametrize('variant', ['code', 'paper'])
-def test_runs_at_96x96_with_gradients(variant):
+@pytest.mark.parametrize('loss', ['code', 'paper'])
+def test_runs_at_96x96_with_gradients(loss):
     n = 96 * 96
     q, k = unit_embeddings(jax.random.key(2), (1, n, 16))
-    loss_fn = jax.jit(lambda q, k: batched_contrastive_loss(q, k, variant))
+    loss_fn = jax.jit(lambda q, k: batched_contrastive_loss(q, k, loss))
     loss, (gq, gk) = jax.value_and_grad(loss_fn, argnums=(0, 1))(q, k)
     assert np.isfinite(float(loss))
     assert bool(jnp.all(jnp.isfinite(gq))) and float(jnp.abs(gq).max()) > 0
@@ -126,12 +126,66 @@ def test_gradient_equals_differentiating_through_top_k(active_embeddings):
 
 def test_bad_arguments_are_clear_errors():
     q, k = unit_embeddings(jax.random.key(5), (1, 40, 4))
-    with pytest.raises(ValueError, match='at least 65 positions'):
-        losses.contrastive_loss(q[0], k[0], 'code')
-    with pytest.raises(ValueError, match="unknown contrastive variant 'infonce'"):
-        losses.contrastive_loss(q[0], k[0], 'infonce')
+    with pytest.raises(ValueError, match='needs at least 65 positions per image'):
+        losses.code_contrastive_loss(q[0], k[0])
     with pytest.raises(ValueError, match=r'one image: q, k \[N, d\].*jax.vmap'):
-        losses.contrastive_loss(q, k, 'code')
+        losses.paper_contrastive_loss(q, k)
+
+
+# --- the loss by name, MODULE:NAME and options ------------------------------------------------
+
+def test_the_registered_losses_are_the_code_s_and_the_paper_s():
+    assert losses.CONTRASTIVE_LOSSES.names() == ['code', 'paper']
+    assert losses.get_contrastive_loss('code') is losses.code_contrastive_loss
+    assert losses.get_contrastive_loss('paper') is losses.paper_contrastive_loss
+
+
+def test_options_of_the_spec_set_the_rank_windows(active_embeddings):
+    q, k = active_embeddings  # N = 300
+    ours = batched_contrastive_loss(q, k, 'code(relevant=10, irrelevant=(40, 55))')
+    rows = full_sort_row_losses(np.float64(q), np.float64(k), (0, 10), (40, 55), 1.0, 1e-6)
+    np.testing.assert_allclose(float(ours), float(np.mean(np.maximum(rows, 0))), rtol=1e-5)
+    assert abs(float(ours) - code_reference(q, k)[0]) > 1e-2  # not the default windows
+    ours = batched_contrastive_loss(q, k, 'paper(n1=0.05, n2=0.2)')  # 15 keys; ranks [60, 75)
+    rows = full_sort_row_losses(np.float64(q), np.float64(k), (0, 15), (60, 75), 1.0, 0.0)
+    np.testing.assert_allclose(float(ours), float(np.mean(rows)), rtol=1e-5)
+
+
+@pytest.mark.parametrize('spec, margin, message', [
+    ('infonce', None, "train.contrastive.loss='infonce': unknown contrastive loss; known: "
+                      "['code', 'paper']"),
+    ('code(temperature=0.1)', None, "train.contrastive.loss='code(temperature=0.1)': code takes "
+                                    "no option(s) ['temperature']; its options: ['margin', "
+                                    "'relevant', 'irrelevant', 'block_size']"),
+    ('no_such_module:info_nce', None, "train.contrastive.loss='no_such_module:info_nce': cannot "
+                                      "import module 'no_such_module'"),
+    ('code(relevant=2000)', None, "train.contrastive.loss='code(relevant=2000)': not a valid "
+                                  'contrastive loss: ValueError: the loss needs at least 2000 '
+                                  'positions per image'),
+    ('code(margin=3.0)', 2.0, "train.contrastive.margin=2.0 and train.contrastive.loss="
+                              "'code(margin=3.0)' both set margin"),
+    ('examples.contrastive_losses:info_nce', 2.0,
+     "train.contrastive.margin=2.0 sets the margin option, and train.contrastive.loss="
+     "'examples.contrastive_losses:info_nce' has none"),
+])
+def test_bad_specs_are_one_line_errors_naming_the_key(spec, margin, message):
+    with pytest.raises(ValueError) as info:
+        losses.get_contrastive_loss(spec, margin)
+    assert message in str(info.value) and '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('loss, message', [
+    (lambda q, k: jnp.sum(q * k, axis=-1), 'gives (1024,) float32, expected a float scalar'),
+    (lambda q, k: jnp.mean(jnp.log(q @ k.T)), 'loss(q, k) is nan at |q|^2 = |k|^2 = 6'),
+    (lambda q, k: jnp.mean(jnp.sqrt(jnp.maximum(q @ k.T, 0.0))),
+     'the gradient of loss(q, k) with respect to q is not finite'),
+])
+def test_a_loss_is_checked_as_training_runs_it(loss, message):
+    """One image's `q, k [N, d]` at |q|^2 = |k|^2 = 6, under jit: a float scalar, finite, with a
+    finite gradient."""
+    with pytest.raises(ValueError, match='not a valid contrastive loss') as info:
+        losses.get_contrastive_loss(loss)
+    assert message in str(info.value)
 
 
 def test_l1_loss():

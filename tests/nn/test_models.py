@@ -73,9 +73,9 @@ def test_random_features_are_a_separate_collection_and_redraw_is_pure():
     assert set(variables) == {'params', models.RANDOM_FEATURES}
     assert not any('projection' in jax.tree_util.keystr(p)
                    for p, _ in jax.tree_util.tree_flatten_with_path(variables['params'])[0])
-    a = models.redraw(variables, jax.random.key(7))
-    b = models.redraw(variables, jax.random.key(7))
-    c = models.redraw(variables, jax.random.key(8))
+    a = model.redraw(variables, jax.random.key(7))
+    b = model.redraw(variables, jax.random.key(7))
+    c = model.redraw(variables, jax.random.key(8))
     fa, fb, fc, f0 = (jax.tree_util.tree_leaves(v[models.RANDOM_FEATURES]) for v in (a, b, c, variables))
     assert len(fa) == 3 and all(x.shape == (16, 4) for x in fa)
     assert all(np.array_equal(x, y) for x, y in zip(fa, fb))

@@ -33,7 +33,7 @@ def enla_again(q, k, v, projection, feature_map):
 
 
 def wrong_shape(x, projection):
-    return x
+    return jnp.sum(x, -1)
 
 
 def too_many_arguments(x, projection, scale):
@@ -83,8 +83,8 @@ def test_module_name_from_the_working_directory_runs_like_its_builtin_twin(resea
     ('research_kernels:missing', "module 'research_kernels' .*research_kernels.py.* has no "
                                  "attribute 'missing'"),
     ('research_kernels:NOT_A_FUNCTION', 'research_kernels.NOT_A_FUNCTION is not callable'),
-    ('research_kernels:wrong_shape', r'not a valid feature map: .*shape \[2, 3, 4\], expected '
-                                     r'\[2, 3, 5\]'),
+    ('research_kernels:wrong_shape', r"not a valid feature map: .*shape \[2, 12\], expected "
+                                     r"\[2, 12, m'\]"),
     ('research_kernels:too_many_arguments', "not a valid feature map: TypeError.*scale"),
     ('research_kernels', 'unknown feature map'),
     (':phi', 'expected MODULE:NAME'),
@@ -135,7 +135,8 @@ def test_kernel_eps_belongs_to_maps_that_have_it():
     np.testing.assert_allclose(relu(x, projection), [[5e-4, 0.2505, 0.5005, 5e-4]], rtol=1e-6)
     relu0 = features.get_feature_map('relu', eps=0.0)
     np.testing.assert_allclose(relu0(x, projection), [[0.0, 0.25, 0.5, 0.0]], atol=1e-7)
-    with pytest.raises(ValueError, match=r"model.kernel_eps=0.0 .* 'examples.my_kernels:relu_"
+    with pytest.raises(ValueError, match=r"model.kernel_eps=0.0 sets the eps option, and "
+                                         r"model.feature_map='examples.my_kernels:relu_"
                                          r"squared' has none"):
         features.get_feature_map('examples.my_kernels:relu_squared', eps=0.0)
 

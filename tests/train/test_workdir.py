@@ -258,6 +258,23 @@ def test_an_unreadable_config_json_is_checked_against_the_checkpoint_record(trai
         loop.train_and_evaluate(short_config(train__seed=1), workdir)
 
 
+def test_a_run_recorded_with_the_contrastive_variant_key_resumes(trained, tmp_path):
+    """A workdir recorded when the contrastive loss was `train.contrastive.variant` (and had no
+    margin key) reads as `loss` of the same value: it resumes, and another loss is refused."""
+    workdir = copy_of(trained, tmp_path)
+    # The readable copy and the checkpoint's own record (orbax's JSON item).
+    for path in (workdir / workdir_lib.CONFIG_FILE,
+                 workdir / 'checkpoints' / '3' / checkpoints.RECORD / 'metadata'):
+        recorded = json.loads(path.read_text())
+        contrastive = recorded.get('config', recorded)['train']['contrastive']
+        contrastive['variant'] = contrastive.pop('loss')
+        del contrastive['margin']
+        path.write_text(json.dumps(recorded))
+    with pytest.raises(workdir_lib.WorkdirError, match="train.contrastive.loss: 'code' -> 'paper'"):
+        loop.train_and_evaluate(short_config(train__contrastive__loss='paper'), workdir)
+    assert int(loop.train_and_evaluate(short_config(train__epochs=2), workdir).step) == 6
+
+
 def test_every_key_outside_the_safe_list_is_a_refused_change():
     """Each leaf of the full config, changed alone: refused unless `SAFE_TO_CHANGE` names it."""
     config = default_config().to_dict()

@@ -2,20 +2,32 @@
 
     python -m enlcn_jax.visualize maps --image IMG --pixel X,Y [--checkpoint DIR] [--module 0]
     python -m enlcn_jax.visualize variance [--image IMG] [--checkpoint DIR] [--draws 64]
+        [--feature_map softmax_kernel,relu] [--projection iid,orthogonal]
 
 `maps` (the paper's Figures 1 and 7): for one query position of one ENLCA module, the attention
 weights over all positions, as heat maps over the image, under
   * NLA: exact softmax of the module's raw embeddings `theta(x) . delta(x)`,
   * ENLA: random-feature weights on L2-normalised embeddings (no amplification, k = 1),
   * softmax k: the exact kernel that ENLA + k estimates, `softmax(k cos(q, k))`,
-  * ENLCA: the module as it runs, amplified by k, with its recorded random features.
-`variance` (Figure 6 and the approximation side of Table 4): relative error and variance of the
-random-feature estimate of `exp(q . k)`, and the relative error of the attention output, against
-the amplification k and the number of features m, for iid and orthogonal features, on embeddings
-taken from a real image; Eq. 7 is drawn over the measured variances. For large k the estimate
-is so heavy-tailed (log-normal with variance |q + k|^2, up to 4k) that the sample variance over
-`--draws` draws falls orders of magnitude below Eq. 7: the measured points then show what a
-training run actually sees, and the attention-output error is the practical measure.
+  * ENLCA (<attention>): the module as it runs, named after its attention function (`enla`,
+    `exact` or a researcher's): that function with the module's feature map on its amplified q, k
+    and recorded random features (`ENLCAConfig.attend`).
+`variance` (Figure 6 and the approximation side of Table 4), per feature map and projection
+sampler, on embeddings taken from a real image:
+  * whether `phi(q) . phi(k)` under the sampler's projections is an unbiased estimate of
+    `exp(q . k)`, decided empirically (`is_unbiased_estimate`; `softmax_kernel` with iid rows is,
+    `softmax_kernel_stable` and `relu` are not), and its mean ratio to `exp(q . k)`;
+  * for the maps that are: the relative error and variance of that estimate against the
+    amplification k and the number of features m, with Eq. 7 drawn over the measured variances
+    (for the others these columns are null and not drawn: they estimate another kernel);
+  * for every map: the relative error of ENLA's attention output against exact softmax attention
+    (ENLA's ratio cancels a map's scale, so this column compares all maps). It is measured on a
+    random subset of query rows (1024 by default), each against the exact attention of that row
+    over all keys, and averaged over the first 16 draws.
+For large k the estimate is so heavy-tailed (log-normal with variance |q + k|^2, up to 4k) that
+the sample variance over `--draws` draws falls orders of magnitude below Eq. 7: the measured
+points then show what a training run actually sees, and the attention-output error is the
+practical measure.
 Both write PNG + JSON.
 Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used.
 """
@@ -26,6 +38,7 @@ import argparse
 import functools
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -40,7 +53,31 @@ from enlcn_jax.nn import attention, features, models
 from enlcn_jax.storage import files
 
 Array = jax.Array
-MAP_KINDS = ('NLA', 'ENLA', 'softmax k', 'ENLCA')
+IMAGE_EXPECTED = 'expected an RGB image [H, W, 3], uint8 (0..255) or float in [0, 1]'
+
+
+def model_input(image: np.ndarray) -> np.ndarray:
+    """The network's input for an RGB image: float32 `[H, W, 3]` in [0, 1].
+
+    Args:
+      image: `[H, W, 3]`, uint8 (divided by 255) or float with values in [0, 1] (used as is).
+    Raises:
+      ValueError: another shape or dtype, or a float image with values outside [0, 1] (one line
+        naming the expected input).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise ValueError(f'image of shape {list(image.shape)}: {IMAGE_EXPECTED}')
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f'image of dtype {image.dtype}: {IMAGE_EXPECTED}')
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f'{image.dtype} image with NaN or infinite values: {IMAGE_EXPECTED}')
+    if image.min() < 0 or image.max() > 1:
+        raise ValueError(f'{image.dtype} image with values from {image.min():g} to '
+                         f'{image.max():g}: {IMAGE_EXPECTED}')
+    return image.astype(np.float32)
 
 
 def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
@@ -48,20 +85,23 @@ def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
     """Raw embeddings of one ENLCA module for one image.
 
     Args:
-      image: uint8 `[H, W, 3]` LR input.
+      image: `[H, W, 3]` LR input, uint8 or float in [0, 1] (`model_input`).
       module: index among the ENLCA modules (0 = the first).
     Returns:
       `(theta [N, d], delta [N, d], value [N, c], name)`: the outputs of conv_match1, conv_match2
       and conv_assembly at the N = H W positions, and the module's name (`body_<i>`).
     """
+    x = jnp.asarray(model_input(image))[None]
     names = [f'body_{i}' for i, kind in enumerate(model.body_layout()) if kind == 'enlca']
     if not names:
         raise ValueError("the model has no ENLCA module (attention='none')")
     if not 0 <= module < len(names):
         raise ValueError(f'--module {module} out of range: the model has {len(names)} ENLCA modules')
-    x = jnp.asarray(image, jnp.float32)[None] / 255.0
-    _, state = jax.jit(functools.partial(model.apply, mutable=['intermediates']))(variables, x)
-    embedded = state['intermediates'][names[module]]['embeddings'][0][0]  # [N, 2 d + c]
+    def embeddings(variables: dict, x: Array) -> Array:  # [N, 2 d + c]; XLA drops the rest
+        _, state = model.apply(variables, x, mutable=['intermediates'])
+        return state['intermediates'][names[module]]['embeddings'][0][0]
+
+    embedded = jax.jit(embeddings)(variables, x)
     d = (embedded.shape[-1] - model.n_feats) // 2
     return embedded[:, :d], embedded[:, d:2 * d], embedded[:, 2 * d:], names[module]
 
@@ -84,48 +124,116 @@ def attention_row(q: Array, k: Array, kind: str, projection: Array | None = None
     raise ValueError(f"unknown attention row kind {kind!r}; known: 'exact', 'random_features'")
 
 
+def configured_attention_row(config: models.ENLCAConfig, q: Array, k: Array, projection: Array,
+                             i: int, spatial_shape: tuple[int, int]) -> Array:
+    """Weights of query `i` over all keys under the configured attention, run as the ENLCA module
+    runs it (`ENLCAConfig.attend`, no mask).
+
+    They are the gradient of output `[i, 0]` with respect to a one-channel value `v [N, 1]` (one
+    backward pass): exactly the weights of any attention function linear in v (the registered
+    ones; their rows sum to one).
+
+    Args:
+      q, k: `[N, d]` the module's normalised, amplified queries and keys.
+      projection: `[m, d]` the module's random features.
+      i: the query's position, row-major in `spatial_shape` = (H, W), N = H W.
+    Returns:
+      `[N]` weights.
+    """
+    def output_i(v: Array) -> Array:
+        out = config.attend(q[None], k[None], v[None], projection, spatial_shape=spatial_shape)
+        return out[0, i, 0]
+
+    return jax.jit(jax.grad(output_i))(jnp.zeros((q.shape[0], 1), q.dtype))[:, 0]
+
+
+def spec_label(spec: str | object) -> str:
+    """How a function spec (`ENLCAConfig.attention`, a feature map, ...) is named in titles and
+    tables: a string as written, a function (or a `functools.partial` of one) by its name."""
+    if isinstance(spec, str):
+        return spec
+    fn = getattr(spec, 'func', spec)
+    return getattr(fn, '__qualname__', None) or repr(spec)
+
+
+def enlca_map_name(config: models.ENLCAConfig) -> str:
+    """The key and panel title of the module's own map in `query_attention_maps`:
+    `ENLCA (<attention>)`, e.g. `ENLCA (enla)`, `ENLCA (exact)`, `ENLCA (my_attn:local)`."""
+    return f'ENLCA ({spec_label(config.attention)})'
+
+
 def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray,
                          pixel: tuple[int, int], module: int = 0) -> dict[str, np.ndarray]:
-    """Attention maps `[H, W]` (one per entry of `MAP_KINDS`) for the query at `pixel` = (x, y)."""
-    h, w = image.shape[:2]
+    """Attention maps `[H, W]` for the query at `pixel` = (x, y) of an image `[H, W, 3]`, uint8 or
+    float in [0, 1] (`model_input`): 'NLA', 'ENLA', 'softmax k' and `enlca_map_name`, in that
+    order (see the module docstring)."""
+    h, w = model_input(image).shape[:2]
     x, y = pixel
     if not (0 <= x < w and 0 <= y < h):
         raise ValueError(f'--pixel {x},{y} is outside the {w}x{h} image')
     theta, delta, _, name = module_embeddings(model, variables, image, module)
     projection = variables[models.RANDOM_FEATURES][name]['projection']
-    feature_map = model.enlca.feature_map_fn()
+    config = model.enlca
     i = y * w + x
-    unit = lambda e: models.l2_normalize(e, model.enlca.norm_eps)
-    amp = jnp.sqrt(jnp.float32(model.enlca.amplification))
+    unit = lambda e: models.l2_normalize(e, config.norm_eps)
+    amp = jnp.sqrt(jnp.float32(config.amplification))
     q1, k1 = unit(theta), unit(delta)
     rows = {
         'NLA': attention_row(theta[i], delta, 'exact'),
-        'ENLA': attention_row(q1[i], k1, 'random_features', projection, feature_map),
+        'ENLA': attention_row(q1[i], k1, 'random_features', projection, config.feature_map_fn()),
         'softmax k': attention_row(amp * q1[i], amp * k1, 'exact'),
-        'ENLCA': attention_row(amp * q1[i], amp * k1, 'random_features', projection, feature_map),
+        enlca_map_name(config): configured_attention_row(config, amp * q1, amp * k1, projection,
+                                                         i, (h, w)),
     }
     return {kind: np.asarray(row).reshape(h, w) for kind, row in rows.items()}
 
 
-def study_feature_map(spec: str) -> features.FeatureMap:
-    """The feature map `spec` selects (a name or `MODULE:NAME`) with its additive constant, if
-    it has an `eps` option, at 0: the study measures the random-feature estimate itself."""
-    has_eps = features.accepts(features.get_feature_map(spec), 'eps')
-    return features.get_feature_map(spec, eps=0.0 if has_eps else None)
+def study_feature_map(spec: str | features.FeatureMap) -> features.FeatureMap:
+    """The feature map `spec` selects (a name or `MODULE:NAME`, with options, or a function) with
+    its additive constant `eps` at 0 where it has one the spec leaves unset: the study measures
+    the random-feature estimate itself.
+
+    Raises:
+      ValueError: an unknown or invalid map.
+    """
+    try:
+        return features.get_feature_map(spec, eps=0.0)
+    except ValueError:  # no eps option, the spec sets it, or a bad spec (raised again below)
+        return features.get_feature_map(spec)
 
 
-def kernel_estimates(q: Array, k: Array, sampler: features.ProjectionSampler, m: int,
-                     draws: int, key: Array, phi: features.FeatureMap | None = None) -> Array:
-    """`draws` independent estimates `phi(q) . phi(k)`, each with a new `[m, d]` projection;
-    `phi` defaults to the softmax kernel with eps 0, an estimate of `exp(q . k)`.
-    `[P, d] -> [draws, P]`."""
-    phi = phi or study_feature_map('softmax_kernel')
+def split_specs(text: str) -> list[str]:
+    """A comma-separated list of specs, split at the commas outside parentheses:
+    `'relu,my:favor(rho=0.5, s=1)'` -> `['relu', 'my:favor(rho=0.5, s=1)']`."""
+    specs, depth, start = [], 0, 0
+    for at, char in enumerate(text + ','):
+        depth += {'(': 1, ')': -1}.get(char, 0)
+        if char == ',' and depth == 0:
+            specs.append(text[start:at].strip())
+            start = at + 1
+    return [spec for spec in specs if spec]
 
-    def one(key):
-        projection = sampler(key, m, q.shape[-1])
-        return jnp.sum(phi(q, projection) * phi(k, projection), -1)
 
-    return jax.lax.map(one, jax.random.split(key, draws))
+@functools.partial(jax.jit, static_argnames=('phi',))
+def kernel_estimates(q: Array, k: Array, projections: Array, phi: features.FeatureMap) -> Array:
+    """`phi(q) . phi(k)` under each of D projections, `phi` called as `phi(x, F)`:
+    `q, k [P, d]`, `projections [D, m, d]` -> `[D, P]`."""
+    return jax.lax.map(lambda f: jnp.sum(phi(q, f) * phi(k, f), -1), projections)
+
+
+# XLA options for the programs that run once on small inputs (the untrained model's
+# initialisation, the projection draws, the unbiasedness test): compiling them without the
+# backend's optimisations (as `jax_disable_most_optimizations` does) takes a fraction of the time,
+# and they still run in milliseconds.
+RUN_ONCE_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+@functools.partial(jax.jit, static_argnames=('sampler', 'draws', 'm', 'd'),
+                   compiler_options=RUN_ONCE_COMPILE)
+def draw_projections(key: Array, *, sampler: features.ProjectionSampler, draws: int, m: int,
+                     d: int) -> Array:
+    """`draws` independent projections `sampler(key_i, m, d)`: `[draws, m, d]`."""
+    return jax.lax.map(lambda key: sampler(key, m, d), jax.random.split(key, draws))
 
 
 def eq7_variance(q: Array, k: Array, m: int) -> Array:
@@ -133,78 +241,181 @@ def eq7_variance(q: Array, k: Array, m: int) -> Array:
     return jnp.exp(2 * jnp.sum(q * k, -1)) * (jnp.exp(jnp.sum((q + k) ** 2, -1)) - 1) / m
 
 
+# `is_unbiased_estimate` tests a map at these amplifications (|q|^2 = |k|^2 = k): the estimate's
+# log-variance, at most |q + k|^2 <= 4 k, is small enough there for a mean over draws to be
+# reliable, and two scales catch a bias that depends on the norms.
+UNBIASEDNESS_KS = (0.25, 1.0)
+# A map is unbiased when its mean ratio to exp(q.k) is within this many standard errors of 1, plus
+# a negligible relative bias (float32 sums; the released eps of 1e-4 at these amplifications).
+UNBIASEDNESS_Z = 4.0
+NEGLIGIBLE_BIAS = 1e-3
+
+
+def is_unbiased_estimate(q: Array, k: Array, projections: Array,
+                         phi: features.FeatureMap) -> bool:
+    """Whether `phi(q) . phi(k)` is an unbiased estimate of `exp(q . k)`, decided empirically.
+
+    At every amplification of `UNBIASEDNESS_KS` (the pairs scaled to |q|^2 = |k|^2 = k): per
+    draw, the mean over the pairs of `phi(q).phi(k) / exp(q.k)`; the map is unbiased when the
+    mean of these over the draws is within `UNBIASEDNESS_Z` standard errors (their standard
+    deviation / sqrt(D)) plus `NEGLIGIBLE_BIAS` of 1 at both. A sampler whose rows are not
+    marginally standard Gaussian makes even the softmax kernel's estimate biased.
+
+    Args:
+      q, k: `[P, d]` unit-norm query and key embeddings of P pairs.
+      projections: `[D, m, d]` independent draws of a projection sampler, D >= 2.
+    """
+    for per_draw in np.asarray(_mean_ratios(q, k, projections, phi), np.float64):
+        standard_error = per_draw.std(ddof=1) / math.sqrt(per_draw.size)
+        if not abs(per_draw.mean() - 1) <= UNBIASEDNESS_Z * standard_error + NEGLIGIBLE_BIAS:
+            return False
+    return True
+
+
+@functools.partial(jax.jit, static_argnames=('phi',), compiler_options=RUN_ONCE_COMPILE)
+def _mean_ratios(q: Array, k: Array, projections: Array, phi: features.FeatureMap) -> Array:
+    """Per amplification of `UNBIASEDNESS_KS` and per draw, the mean over the pairs of
+    `phi(q).phi(k) / exp(q.k)` on the pairs scaled to it: `q, k [P, d]` (unit norm),
+    `projections [D, m, d]` -> `[len(UNBIASEDNESS_KS), D]`."""
+    ratios = [kernel_estimates(math.sqrt(amp) * q, math.sqrt(amp) * k, projections, phi)
+              / jnp.exp(amp * jnp.sum(q * k, -1)) for amp in UNBIASEDNESS_KS]
+    return jnp.mean(jnp.stack(ratios), -1)
+
+
+# The columns of `approximation_study`'s rows about the estimate of exp(q.k): None where the map
+# does not estimate it.
+KERNEL_COLUMNS = ('kernel_rel_rmse', 'kernel_rel_var', 'eq7_rel_var')
 # The measured columns of `approximation_study`'s rows, in order.
-STUDY_COLUMNS = ('kernel_rel_rmse', 'kernel_rel_var', 'eq7_rel_var', 'output_rel_error')
+STUDY_COLUMNS = ('mean_ratio', *KERNEL_COLUMNS, 'output_rel_error')
+# Draws the attention-output error is averaged over (the first of each row's draws).
+OUTPUT_DRAWS = 16
 
 
 def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws: int = 64,
                         pairs: int = 256, seed: int = 0,
-                        feature_maps: Sequence[str] = ('softmax_kernel',), *,
-                        norm_eps: float) -> list[dict]:
+                        feature_maps: Sequence[str | features.FeatureMap] = ('softmax_kernel',),
+                        projections: Sequence[str | features.ProjectionSampler] = (
+                            'iid', 'orthogonal'),
+                        output_rows: int = 1024, *, norm_eps: float) -> list[dict]:
     """Error / variance of the kernel estimate and of ENLA's output, per (k, m, map, projection).
 
-    Every feature map (a name or `MODULE:NAME`, its `eps` at 0) is measured on the same
-    embeddings, pairs and projections, so a researcher's kernel compares directly with ours.
+    Every feature map (a spec or a function, its `eps` at 0: `study_feature_map`) and every
+    projection sampler (a spec or a function) is measured on the same embeddings, pairs, query
+    rows and random keys, so a researcher's kernel or sampler compares directly with ours. Each
+    (sampler, m) draws its `draws` projections once; every k uses them.
 
     Args:
       theta, delta: `[N, d]` raw query / key embeddings; value: `[N, c]`.
       ks: amplifications; ms: numbers of random features.
-      feature_maps: the maps to compare.
+      draws: projections per (sampler, m), at least 2.
+      pairs: (query, key) pairs the kernel estimate is measured on.
+      feature_maps, projections: the maps and samplers to compare.
+      output_rows: query rows the attention-output error is measured on (all when N is fewer).
       norm_eps: the clamp of the embeddings' norms, the module's `ENLCAConfig.norm_eps`.
     Returns:
-      rows with `k`, `m`, `feature_map`, `projection`, `kernel_rel_rmse` (of `phi(q).phi(k)`
-      against `exp(q.k)`), `kernel_rel_var` (measured `Var / exp(q.k)^2`, averaged over pairs),
-      `eq7_rel_var` (the softmax kernel's iid variance from Eq. 7) and `output_rel_error`
-      (`|ENLA - softmax attention| / |softmax attention|`, mean over draws).
+      rows with `k`, `m`, `feature_map`, `projection`; `unbiased` (whether the map's
+      `phi(q).phi(k)` estimates `exp(q.k)` without bias under the sampler: `is_unbiased_estimate`
+      on the pairs at the largest m) and `mean_ratio` (of `phi(q).phi(k)` to `exp(q.k)`, mean over
+      draws and pairs; below 1 for an unbiased map at large k, the heavy tail); where unbiased,
+      `kernel_rel_rmse` (of `phi(q).phi(k)` against `exp(q.k)`), `kernel_rel_var` (measured
+      `Var / exp(q.k)^2`, averaged over pairs) and `eq7_rel_var` (the softmax kernel's iid
+      variance from Eq. 7), else None for these three; and `output_rel_error`
+      (`|ENLA - softmax attention| / |softmax attention|` over the output rows, mean over the
+      first `OUTPUT_DRAWS` draws).
     """
+    if draws < 2:
+        raise ValueError(f'draws must be >= 2 (a standard error needs two), got {draws}')
     maps = {spec: study_feature_map(spec) for spec in feature_maps}
+    samplers = {spec: features.get_projection(spec) for spec in projections}
+    n, d = theta.shape
+    pick = np.random.default_rng(seed)
+    qi, kj = pick.integers(0, n, (2, pairs))
+    query_rows = pick.permutation(n)[:output_rows]
     key = jax.random.key(seed)
-    n = theta.shape[0]
-    pick_q, pick_k, key = jax.random.split(key, 3)
-    qi = jax.random.randint(pick_q, (pairs,), 0, n)
-    kj = jax.random.randint(pick_k, (pairs,), 0, n)
-    unit = lambda e: models.l2_normalize(e, norm_eps)
-    rows = []
+    drawn = {(name, m): draw_projections(jax.random.fold_in(key, m), sampler=sampler, draws=draws,
+                                         m=int(m), d=d)
+             for (name, sampler), m in itertools.product(samplers.items(), ms)}
+    unit_q, unit_k, _ = _amplified(theta, delta, value, query_rows, jnp.float32(1.0),
+                                  norm_eps=norm_eps)
+    pair_q, pair_k = unit_q[qi], unit_k[kj]
+    unbiased = {(spec, name): is_unbiased_estimate(pair_q, pair_k, drawn[(name, max(ms))], phi)
+                for (spec, phi), name in itertools.product(maps.items(), samplers)}
+    results = []
     for amp in ks:
-        s = jnp.sqrt(jnp.float32(amp))
-        q, k = s * unit(theta), s * unit(delta)
-        exact_attention = attention.exact_attention(q[None], k[None], value[None])
-        for m, (spec, phi), name in itertools.product(ms, maps.items(), ('iid', 'orthogonal')):
-            keys = jax.random.split(jax.random.fold_in(key, m))
-            errors = _approximation_errors(q, k, value, exact_attention, qi, kj, keys,
-                                           sampler=features.get_projection(name), phi=phi,
-                                           m=int(m), draws=draws)
-            rows.append({'k': float(amp), 'm': int(m), 'feature_map': spec, 'projection': name,
-                         **{column: float(errors[column]) for column in STUDY_COLUMNS}})
-    return rows
+        q, k, exact_rows = _amplified(theta, delta, value, query_rows, jnp.float32(amp),
+                                      norm_eps=norm_eps)
+        for m, (spec, phi), name in itertools.product(ms, maps.items(), samplers):
+            errors = _approximation_errors(q, k, value, qi, kj, query_rows, exact_rows,
+                                           drawn[(name, m)], phi=phi)
+            row = {'k': float(amp), 'm': int(m), 'feature_map': spec_label(spec),
+                   'projection': spec_label(name),
+                   'unbiased': unbiased[(spec, name)],
+                   **{column: float(errors[column]) for column in STUDY_COLUMNS}}
+            if not row['unbiased']:
+                row.update(dict.fromkeys(KERNEL_COLUMNS))
+            results.append(row)
+    return results
 
 
-@functools.partial(jax.jit, static_argnames=('sampler', 'phi', 'm', 'draws'))
-def _approximation_errors(q: Array, k: Array, value: Array, exact_attention: Array, qi: Array,
-                          kj: Array, keys: Array, *, sampler: features.ProjectionSampler,
-                          phi: features.FeatureMap, m: int, draws: int) -> dict[str, Array]:
-    """The `STUDY_COLUMNS` of one `approximation_study` row, compiled once per (sampler, map,
-    m, draws) and shared by every amplification.
+@functools.partial(jax.jit, static_argnames=('norm_eps',))
+def _amplified(theta: Array, delta: Array, value: Array, query_rows: Array,
+               amplification: Array, *, norm_eps: float) -> tuple[Array, Array, Array]:
+    """`(q, k [N, d], exact_rows [R, c])`: the raw embeddings `theta, delta [N, d]` normalised
+    (norms clamped at `norm_eps`) and scaled to |q|^2 = |k|^2 = k, and the softmax attention
+    output at `query_rows [R]` (against every key)."""
+    s = jnp.sqrt(amplification)
+    q, k = (s * models.l2_normalize(e, norm_eps) for e in (theta, delta))
+    return q, k, attention.exact_attention(q[query_rows][None], k[None], value[None])[0]
+
+
+@functools.partial(jax.jit, static_argnames=('phi',))
+def _approximation_errors(q: Array, k: Array, value: Array, qi: Array, kj: Array,
+                          query_rows: Array, exact_rows: Array, projections: Array, *,
+                          phi: features.FeatureMap) -> dict[str, Array]:
+    """The `STUDY_COLUMNS` of one `approximation_study` row, compiled once per (map, m) and
+    shared by every sampler and amplification.
+
+    Row r of ENLA's output depends on query r and all keys only, so it is computed for the
+    output rows alone, against every key.
 
     Args:
-      q, k: `[N, d]` amplified unit embeddings; value: `[N, c]`; exact_attention: `[1, N, c]`,
-        softmax attention of them.
+      q, k: `[N, d]` amplified unit embeddings; value: `[N, c]`.
       qi, kj: `[P]` indices of the query / key pairs the kernel estimate is measured on.
-      keys: `[2]` keys of the kernel estimates' and the attention outputs' projections.
+      query_rows: `[R]` the rows of the output error; exact_rows: `[R, c]` softmax attention
+        there.
+      projections: `[D, m, d]` the row's draws.
     """
     exact = jnp.exp(jnp.sum(q[qi] * k[kj], -1))
-    est = kernel_estimates(q[qi], k[kj], sampler, m, draws, keys[0], phi)
+    est = kernel_estimates(q[qi], k[kj], projections, phi)  # [D, P]
 
-    def output_error(key):
-        projection = sampler(key, m, q.shape[-1])
-        out = attention.enla(q[None], k[None], value[None], projection, phi)
-        return jnp.linalg.norm(out - exact_attention) / jnp.linalg.norm(exact_attention)
+    def output_error(projection: Array) -> Array:
+        out = attention.enla(q[query_rows][None], k[None], value[None], projection, phi)[0]
+        return jnp.linalg.norm(out - exact_rows) / jnp.linalg.norm(exact_rows)
 
-    out_err = jax.lax.map(output_error, jax.random.split(keys[1], min(draws, 16)))
-    return {'kernel_rel_rmse': jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact),
+    out_err = jax.lax.map(output_error, projections[:OUTPUT_DRAWS])
+    m = projections.shape[1]
+    return {'mean_ratio': jnp.mean(est / exact),
+            'kernel_rel_rmse': jnp.mean(jnp.sqrt(jnp.mean((est - exact) ** 2, 0)) / exact),
             'kernel_rel_var': jnp.mean(jnp.var(est, 0) / exact ** 2),
             'eq7_rel_var': jnp.mean(eq7_variance(q[qi], k[kj], m) / exact ** 2),
             'output_rel_error': jnp.mean(out_err)}
+
+
+def describe_estimates(rows: list[dict]) -> list[str]:
+    """One line per (feature map, projection) of `approximation_study`'s rows: whether its
+    `phi(q).phi(k)` estimates `exp(q.k)`, and if not its mean ratio to it at each k (largest m)."""
+    m_ref = max(r['m'] for r in rows)
+    lines = []
+    for spec, name in dict.fromkeys((r['feature_map'], r['projection']) for r in rows):
+        own = [r for r in rows if (r['feature_map'], r['projection']) == (spec, name)]
+        if own[0]['unbiased']:
+            lines.append(f'{spec}, {name}: estimates exp(q.k): yes')
+            continue
+        ratios = ', '.join(f"{r['mean_ratio']:.3g} at k = {r['k']:g}"
+                           for r in sorted(own, key=lambda r: r['k']) if r['m'] == m_ref)
+        lines.append(f'{spec}, {name}: estimates exp(q.k): no (mean phi(q).phi(k) / exp(q.k) '
+                     f'at m = {m_ref}: {ratios}; kernel columns null)')
+    return lines
 
 
 def plot_maps(image: np.ndarray, maps: dict[str, np.ndarray], pixel: tuple[int, int],
@@ -244,9 +455,10 @@ def save_figure(fig, out: str | Path) -> Path:
 
 
 def plot_study(rows: list[dict], out: str | Path) -> Path:
-    """Three panels: kernel variance vs k (at the largest m) with Eq. 7, vs m (at k = 6 or the
-    nearest), and attention-output error vs k; one colour per feature map, one marker per
-    projection."""
+    """Three panels: kernel variance vs k (at the largest m) with Eq. 7, and vs m (at k = 6 or the
+    nearest), for the (map, projection) pairs whose `phi(q).phi(k)` estimates `exp(q.k)` (the
+    others are listed, not drawn); attention-output error vs k for all. One colour per feature
+    map, one marker per projection."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -255,30 +467,41 @@ def plot_study(rows: list[dict], out: str | Path) -> Path:
     m_ref, k_ref = ms[-1], min(ks, key=lambda k: abs(k - 6))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     feature_maps = list(dict.fromkeys(r['feature_map'] for r in rows))
+    projections = list(dict.fromkeys(r['projection'] for r in rows))
+    not_estimates = []
     for (color, spec), (name, marker) in itertools.product(
-            enumerate(feature_maps), (('iid', 'o'), ('orthogonal', 's'))):
+            enumerate(feature_maps), zip(projections, itertools.cycle('os^Dv<>P'))):
         sel = lambda **kv: sorted((r for r in rows if r['projection'] == name
                                    and r['feature_map'] == spec  # pylint: disable=cell-var-from-loop
                                    and all(r[a] == b for a, b in kv.items())),
                                   key=lambda r: (r['k'], r['m']))
         by_k, by_m = sel(m=m_ref), sel(k=k_ref)
         style = dict(marker=marker, color=f'C{color}', label=f'{spec}, {name}')
+        axes[2].plot([r['k'] for r in by_k], [r['output_rel_error'] for r in by_k], **style)
+        if not by_k[0]['unbiased']:
+            not_estimates.append(f'{spec}, {name}')
+            continue
         axes[0].semilogy([r['k'] for r in by_k], [r['kernel_rel_var'] for r in by_k],
                          linestyle='none', **style)
         axes[1].loglog([r['m'] for r in by_m], [r['kernel_rel_var'] for r in by_m],
                        linestyle='none', **style)
-        axes[2].plot([r['k'] for r in by_k], [r['output_rel_error'] for r in by_k], **style)
-    eq7 = lambda r: r['projection'] == 'iid' and r['feature_map'] == feature_maps[0]
-    eq7_k = sorted((r for r in rows if eq7(r) and r['m'] == m_ref), key=lambda r: r['k'])
-    eq7_m = sorted((r for r in rows if eq7(r) and r['k'] == k_ref), key=lambda r: r['m'])
-    axes[0].semilogy([r['k'] for r in eq7_k], [r['eq7_rel_var'] for r in eq7_k], 'k-', label='Eq. 7')
-    axes[1].loglog([r['m'] for r in eq7_m], [r['eq7_rel_var'] for r in eq7_m], 'k-', label='Eq. 7')
+    eq7 = {(r['k'], r['m']): r['eq7_rel_var'] for r in rows if r['eq7_rel_var'] is not None}
+    eq7_k = sorted((k, v) for (k, m), v in eq7.items() if m == m_ref)
+    eq7_m = sorted((m, v) for (k, m), v in eq7.items() if k == k_ref)
+    if eq7:
+        axes[0].semilogy(*zip(*eq7_k), 'k-', label='Eq. 7')
+        axes[1].loglog(*zip(*eq7_m), 'k-', label='Eq. 7')
+    if not_estimates:
+        for ax in axes[:2]:
+            ax.plot([], [], ' ', label='not estimates of exp(q.k), not drawn:\n' +
+                    '\n'.join(not_estimates))
     axes[0].set(xlabel='amplification k', ylabel='Var / exp(q.k)^2', title=f'kernel estimate, m = {m_ref}')
     axes[1].set(xlabel='random features m', ylabel='Var / exp(q.k)^2', title=f'kernel estimate, k = {k_ref:g}')
     axes[2].set(xlabel='amplification k', ylabel='relative error',
                 title=f'attention output vs exact softmax, m = {m_ref}')
     for ax in axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         ax.grid(alpha=0.3)
     return save_figure(fig, out)
 
@@ -289,7 +512,9 @@ def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
         model, variables, _ = checkpoints.load_model(checkpoint)
         return model, variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
-    return model, models.init_variables(model, jax.random.key(0))
+    init = jax.jit(functools.partial(models.init_variables, model),
+                   compiler_options=RUN_ONCE_COMPILE)
+    return model, init(jax.random.key(0))
 
 
 def _load_image(path: str | None, max_side: int) -> np.ndarray:
@@ -315,15 +540,29 @@ def main(argv: list[str] | None = None) -> None:
                        help='subsample the image so its longer side is at most this')
         p.add_argument('--out', default=f'results/{name}', help='output path without extension')
     sub.choices['maps'].add_argument('--pixel', required=True, help='query position X,Y')
-    sub.choices['variance'].add_argument('--draws', type=int, default=64)
+    sub.choices['variance'].add_argument('--draws', type=int, default=64,
+                                         help='projections per (sampler, m), at least 2')
     sub.choices['variance'].add_argument('--ks', default='1,2,3,4,5,6,7,8,9,10')
     sub.choices['variance'].add_argument('--ms', default='2,4,8,16,32,64,128,256')
     sub.choices['variance'].add_argument(
         '--feature_map', default='softmax_kernel',
-        help='comma-separated feature maps to compare: names or MODULE:NAME (the first is the '
-             'one Eq. 7 is drawn for)')
+        help='comma-separated feature maps to compare: names or MODULE:NAME, with options')
+    sub.choices['variance'].add_argument(
+        '--projection', default='iid,orthogonal',
+        help='comma-separated projection samplers to compare: names or MODULE:NAME, with options')
     args = parser.parse_args(argv)
 
+    if args.command == 'variance':
+        if args.draws < 2:
+            parser.error(f'--draws must be >= 2, got {args.draws}')
+        feature_maps, projections = split_specs(args.feature_map), split_specs(args.projection)
+        for flag, specs, resolve in (('--feature_map', feature_maps, study_feature_map),
+                                     ('--projection', projections, features.get_projection)):
+            try:
+                for spec in specs:
+                    resolve(spec)
+            except ValueError as e:
+                parser.error(f'{flag}: {e}')
     model, variables = _load_model(args.checkpoint)
     image = _load_image(args.image, args.max_side)
     out = Path(args.out)
@@ -336,15 +575,11 @@ def main(argv: list[str] | None = None) -> None:
                    for kind, m in maps.items()}
     else:
         theta, delta, value, _ = module_embeddings(model, variables, image, args.module)
-        try:
-            feature_maps = [spec for spec in args.feature_map.split(',') if spec]
-            for spec in feature_maps:
-                study_feature_map(spec)
-        except ValueError as e:
-            parser.error(f'--feature_map: {e}')
         summary = approximation_study(theta, delta, value, [float(v) for v in args.ks.split(',')],
                                       [int(v) for v in args.ms.split(',')], args.draws,
-                                      feature_maps=feature_maps, norm_eps=model.enlca.norm_eps)
+                                      feature_maps=feature_maps, projections=projections,
+                                      norm_eps=model.enlca.norm_eps)
+        print('\n'.join(describe_estimates(summary)))
         png = plot_study(summary, out.with_suffix('.png'))
     files.write_text(out.with_suffix('.json'), json.dumps(summary, indent=2))
     print(f'wrote {png} and {out.with_suffix(".json")}')

@@ -48,7 +48,7 @@ import numpy as np
 
 from enlcn_jax.data import image_io
 
-from enlcn_jax.nn import attention, features, models
+from enlcn_jax.nn import attention, features, models, registry
 
 from enlcn_jax.storage import files
 
@@ -200,18 +200,6 @@ def study_feature_map(spec: str | features.FeatureMap) -> features.FeatureMap:
         return features.get_feature_map(spec, eps=0.0)
     except ValueError:  # no eps option, the spec sets it, or a bad spec (raised again below)
         return features.get_feature_map(spec)
-
-
-def split_specs(text: str) -> list[str]:
-    """A comma-separated list of specs, split at the commas outside parentheses:
-    `'relu,my:favor(rho=0.5, s=1)'` -> `['relu', 'my:favor(rho=0.5, s=1)']`."""
-    specs, depth, start = [], 0, 0
-    for at, char in enumerate(text + ','):
-        depth += {'(': 1, ')': -1}.get(char, 0)
-        if char == ',' and depth == 0:
-            specs.append(text[start:at].strip())
-            start = at + 1
-    return [spec for spec in specs if spec]
 
 
 @functools.partial(jax.jit, static_argnames=('phi',))
@@ -555,7 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == 'variance':
         if args.draws < 2:
             parser.error(f'--draws must be >= 2, got {args.draws}')
-        feature_maps, projections = split_specs(args.feature_map), split_specs(args.projection)
+        feature_maps, projections = registry.split_specs(args.feature_map), registry.split_specs(args.projection)
         for flag, specs, resolve in (('--feature_map', feature_maps, study_feature_map),
                                      ('--projection', projections, features.get_projection)):
             try:

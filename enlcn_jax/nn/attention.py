@@ -233,8 +233,8 @@ def _check_attention_values(fn: AttentionFn) -> None:
 
 ATTENTIONS: registry.Registry[AttentionFn] = registry.Registry(
     'attention', 'model.attention', check_attention, aliases={'softmax': 'exact'})
-ATTENTIONS.register('enla', enla)
-ATTENTIONS.register('exact', exact_attention)
+ATTENTIONS.register('enla', enla, trusted=True)
+ATTENTIONS.register('exact', exact_attention, trusted=True)
 
 
 def get_attention(spec: registry.Spec) -> AttentionFn:

@@ -197,14 +197,14 @@ def check_projection(fn: ProjectionSampler) -> None:
 FEATURE_MAPS: registry.Registry[FeatureMap] = registry.Registry(
     'feature map', 'model.feature_map', check_feature_map,
     aliases={'softmax': 'softmax_kernel'})
-FEATURE_MAPS.register('softmax_kernel', softmax_kernel_features)
-FEATURE_MAPS.register('softmax_kernel_stable', stable_softmax_kernel_features)
-FEATURE_MAPS.register('relu', relu_features)
+FEATURE_MAPS.register('softmax_kernel', softmax_kernel_features, trusted=True)
+FEATURE_MAPS.register('softmax_kernel_stable', stable_softmax_kernel_features, trusted=True)
+FEATURE_MAPS.register('relu', relu_features, trusted=True)
 
 PROJECTIONS: registry.Registry[ProjectionSampler] = registry.Registry(
     'projection', 'model.projection', check_projection)
-PROJECTIONS.register('orthogonal', orthogonal_gaussian_projection)
-PROJECTIONS.register('iid', iid_gaussian_projection)
+PROJECTIONS.register('orthogonal', orthogonal_gaussian_projection, trusted=True)
+PROJECTIONS.register('iid', iid_gaussian_projection, trusted=True)
 
 
 def get_feature_map(spec: registry.Spec, eps: float | None = None) -> FeatureMap:

@@ -168,8 +168,8 @@ def check_contrastive_loss(fn: ContrastiveLoss) -> None:
 
 CONTRASTIVE_LOSSES: registry.Registry[ContrastiveLoss] = registry.Registry(
     'contrastive loss', 'train.contrastive.loss', check_contrastive_loss)
-CONTRASTIVE_LOSSES.register('code', code_contrastive_loss)
-CONTRASTIVE_LOSSES.register('paper', paper_contrastive_loss)
+CONTRASTIVE_LOSSES.register('code', code_contrastive_loss, trusted=True)
+CONTRASTIVE_LOSSES.register('paper', paper_contrastive_loss, trusted=True)
 
 
 def get_contrastive_loss(spec: registry.Spec, margin: float | None = None) -> ContrastiveLoss:

@@ -265,7 +265,7 @@ def check_block(block: type[nn.Module]) -> None:
 # fields (`config`, `res_scale`, `dtype`) and call signature (`check_block`).
 BLOCKS: registry.Registry[type[nn.Module]] = registry.Registry(
     'attention block', 'model.block', check_block)
-BLOCKS.register('enlca', ENLCA)
+BLOCKS.register('enlca', ENLCA, trusted=True)
 
 
 class ENLCN(nn.Module):

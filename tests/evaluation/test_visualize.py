@@ -309,7 +309,3 @@ def test_a_bad_sampler_or_map_is_a_parser_error_naming_it(flag, value, named, ca
     assert error.startswith(f'python -m enlcn_jax.visualize: error: {flag}: ')
     assert named in error
 
-
-def test_specs_are_split_at_the_commas_outside_options():
-    assert visualize.split_specs('relu, my:favor(rho=0.5, s=1),orthogonal,') == [
-        'relu', 'my:favor(rho=0.5, s=1)', 'orthogonal']

@@ -2,7 +2,9 @@
 whole blocks, wider feature maps, and the checks that refuse what would fail or mislead later."""
 
 import functools
+import json
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,9 +13,9 @@ import pytest
 
 from conftest import TINY_MODEL as TINY, unit
 from enlcn_jax.evaluation import inference
-from enlcn_jax.nn import attention, features, models, registry
+from enlcn_jax.nn import attention, features, losses, models, registry
 
-sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from examples import temperature_block, window_attention  # pylint: disable=wrong-import-position
 
 X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
@@ -34,6 +36,11 @@ def test_parse_spec_reads_literal_keyword_options():
                          ('f(x=1', 'cannot read the options'), ('f)', 'unbalanced')):
         with pytest.raises(ValueError, match=message):
             registry.parse_spec(bad)
+
+
+def test_specs_are_split_at_the_commas_outside_options():
+    assert registry.split_specs('relu, my:favor(rho=0.5, s=1),orthogonal,') == [
+        'relu', 'my:favor(rho=0.5, s=1)', 'orthogonal']
 
 
 def test_an_option_string_is_the_function_with_that_keyword():
@@ -268,7 +275,7 @@ def test_specs_with_options_and_functions_are_recorded_and_load_again(tmp_path):
               'feature_map': favor_hyperbolic}
     model, variables = init(config)
     checkpoints.save_model(tmp_path / 'model', config, variables)
-    recorded = __import__('json').loads((tmp_path / 'model' / 'model_config.json').read_text())
+    recorded = json.loads((tmp_path / 'model' / 'model_config.json').read_text())
     assert recorded['attention'] == 'examples.window_attention:window_attention(window=4)'
     assert recorded['feature_map'] == f'{__name__}:favor_hyperbolic'
     loaded, loaded_variables, _ = checkpoints.load_model(tmp_path / 'model')
@@ -277,3 +284,17 @@ def test_specs_with_options_and_functions_are_recorded_and_load_again(tmp_path):
     upscale.main([str(tmp_path / 'lr.png'), str(tmp_path / 'sr.png'),
                   '--checkpoint', str(tmp_path / 'model')])
     assert image_io.load_image(tmp_path / 'sr.png').shape == (12, 14, 3)
+
+
+@pytest.mark.parametrize('functions, check', [
+    (features.FEATURE_MAPS, features.check_feature_map),
+    (features.PROJECTIONS, features.check_projection),
+    (attention.ATTENTIONS, attention.check_attention),
+    (models.BLOCKS, models.check_block),
+    (losses.CONTRASTIVE_LOSSES, losses.check_contrastive_loss),
+])
+def test_the_package_s_own_functions_pass_the_checks_they_are_trusted_to_pass(functions, check):
+    """The registries skip the check for the package's own functions (`trusted=True`): each
+    passes it."""
+    for name in functions.names():
+        check(functions.get(name))

@@ -196,10 +196,11 @@ def study_feature_map(spec: str | features.FeatureMap) -> features.FeatureMap:
     Raises:
       ValueError: an unknown or invalid map.
     """
-    try:
-        return features.get_feature_map(spec, eps=0.0)
-    except ValueError:  # no eps option, the spec sets it, or a bad spec (raised again below)
-        return features.get_feature_map(spec)
+    feature_map = features.get_feature_map(spec)
+    if ('eps' in registry.option_names(feature_map)
+            and 'eps' not in getattr(feature_map, 'keywords', {})):
+        return functools.partial(feature_map, eps=0.0)
+    return feature_map
 
 
 @functools.partial(jax.jit, static_argnames=('phi',))

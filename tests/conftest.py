@@ -229,7 +229,9 @@ def tmpfs(directory: Path, size: str):
     try:
         yield directory
     finally:
-        subprocess.run(['umount', str(directory)], check=True)
+        # A checkpoint writer's background thread may still hold a file open there: detach the
+        # mount now (`--lazy`); the kernel frees it when the last file is closed.
+        subprocess.run(['umount', '--lazy', str(directory)], check=True)
 
 
 @pytest.fixture

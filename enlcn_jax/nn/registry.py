@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib
 import inspect
 import os
@@ -68,13 +69,14 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return target.strip(), options
 
 
-def split_specs(text: str) -> list[str]:
-    """A comma-separated list of specs, split at the commas outside parentheses:
+def split_specs(text: str, separator: str = ',') -> list[str]:
+    """A list of specs, split at the separators outside parentheses and brackets (empty items
+    dropped):
     `'relu,my:favor(rho=0.5, s=1)'` -> `['relu', 'my:favor(rho=0.5, s=1)']`."""
     specs, depth, start = [], 0, 0
-    for at, char in enumerate(text + ','):
-        depth += {'(': 1, ')': -1}.get(char, 0)
-        if char == ',' and depth == 0:
+    for at, char in enumerate(text + separator):
+        depth += {'(': 1, '[': 1, ')': -1, ']': -1}.get(char, 0)
+        if char == separator and depth == 0:
             specs.append(text[start:at].strip())
             start = at + 1
     return [spec for spec in specs if spec]
@@ -297,3 +299,20 @@ def _import_module(name: str):
             raise
         sys.path.append(cwd)
         return importlib.import_module(name)
+
+
+def source_fingerprint(fn: Callable) -> str:
+    """A fingerprint of the code `fn` runs: the SHA-256 (first 16 hex digits) of the source file
+    that defines it (a partial's function, a class's module), so an edit anywhere in that file,
+    helpers included, changes it. A callable without a source file (a builtin) gives its
+    qualified name instead."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    try:
+        path = inspect.getsourcefile(fn)
+    except TypeError:
+        path = None
+    if path is None or not os.path.exists(path):
+        text = f'{getattr(fn, "__module__", "?")}.{getattr(fn, "__qualname__", repr(fn))}'
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    with open(path, 'rb') as source:
+        return hashlib.sha256(source.read()).hexdigest()[:16]

@@ -8,19 +8,21 @@ import pytest
 
 from configs import ablation_small
 from conftest import benchmark_images
-from enlcn_jax import ablation
+from enlcn_jax.research import ablation, variants
 from enlcn_jax.data import image_io
 
 
 def test_variant_overrides():
     base = ablation_small.get_config()
-    assert ablation.variant_config(base, 'none').model.attention == 'none'
-    enla = ablation.variant_config(base, 'enla')
+    config = lambda name: variants.variant_config(base, name)[0]
+    assert config('none').model.attention == 'none'
+    enla = config('enla')
     assert enla.model.amplification == 1.0 and enla.train.contrastive.weight == 0.0
-    assert ablation.variant_config(base, 'enla_k_cl').train.contrastive.weight == 1e-3
+    assert config('enla_k_cl').train.contrastive.weight == 1e-3
+    assert config('exact').model.amplification == 1.0
     assert base.model.attention == 'enla'  # the base is not modified
-    with pytest.raises(ValueError, match="unknown ablation variant 'lsh'"):
-        ablation.variant_config(base, 'lsh')
+    with pytest.raises(variants.VariantError, match="unknown variant 'lsh'"):
+        variants.check_variant(base, 'lsh')
 
 
 def psnr_cells(table: str) -> dict[str, list[str]]:
@@ -53,7 +55,7 @@ def test_ablation_runs_end_to_end_at_a_tiny_size(tmp_path):
     config.ablation.data_dir = str(tmp_path / 'benchmark')
     config.ablation.tile, config.ablation.tile_overlap = 16, 4     # 24^2 LR test images: 4 tiles
     rows = ablation.run_ablation(config, tmp_path / 'work')
-    assert [r['variant'] for r in rows] == list(ablation.VARIANTS)
+    assert [r['variant'] for r in rows] == list(variants.TABLE2)
     assert all(np.isfinite(r['test PSNR']) and np.isfinite(r['Set5 PSNR']) and r['params'] > 0
                for r in rows)
     table = (tmp_path / 'work' / 'ablation.md').read_text()

@@ -6,7 +6,8 @@
     python -m enlcn_jax.bench eval [--config x2] [--sizes 256,512x384] [--dtypes float32,bfloat16]
     python -m enlcn_jax.bench contrastive [--sizes 48] [--batch 4] [--repeats 10] [--loss code]
     python -m enlcn_jax.bench gpu [--config x2] [--batch_size 16] [--lr_patch 48] [--steps 20]
-        [--attention_sizes 100,150] [--eval_size 512x384] [--repeats 5] [--matmul_n 2048]
+        [--attention_sizes 100,150,300] [--eval_size 512x384] [--repeats 5] [--matmul_n 2048]
+        [--max_gib 32]
     python -m enlcn_jax.bench profile [--n_resblocks 16] [--n_feats 64] [--batch_size 4]
         [--lr_patch 48] [--dtype float32]
 
@@ -15,9 +16,9 @@ beside); `train`: `bench/train.py` (steps/s, images/s, GFLOP/s and % of the matm
 input-pipeline patches/s); `eval`: `bench/eval.py` (SR megapixels/s); `contrastive`:
 `bench/contrastive.py` (the loss and its gradient as a train step computes them); `gpu`:
 `bench/gpu.py`, the GPU set in one
-run (x2 training in float32 and bfloat16 on 1 and all devices, ENLCA at 100 and 150 px,
-Urban100-sized eval, peak device memory): the three parts' files plus `gpu.json`. On a CPU,
-shrink it: `gpu --config quickstart --batch_size 2 --lr_patch 24 --steps 1 --attention_sizes 16
+run (ENLCA and exact NLA at 100, 150 and 300 px, x2 training in float32 and bfloat16 on 1 and
+all devices, Urban100-sized eval, peak device memory): the three parts' files plus `gpu.json`.
+On a CPU, shrink it: `gpu --config quickstart --batch_size 2 --lr_patch 24 --steps 1 --attention_sizes 16
 --eval_size 32x24 --repeats 1 --matmul_n 256`. `profile`: `bench/profile.py`, where a train step's
 time goes (convolutions, attention, backward, contrastive, optimizer, the rest).
 """
@@ -83,9 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     gpu = sub.add_parser('gpu', help='the GPU set: train, attention, eval, peak memory')
     gpu.add_argument('--config', default='x2', help='module of configs/ (train and eval)')
     gpu.add_argument('--steps', type=int, default=20, help='timed train steps per phase')
-    gpu.add_argument('--attention_sizes', default='100,150', help='square feature-map sides')
+    gpu.add_argument('--attention_sizes', default='100,150,300', help='square feature-map sides')
     gpu.add_argument('--eval_size', default='512x384', help='LR size, WIDTHxHEIGHT')
     gpu.add_argument('--repeats', type=int, default=5, help='timed attention and eval runs')
+    gpu.add_argument('--max_gib', type=float, default=32.0,
+                     help='skip attention programs whose XLA memory estimate exceeds this')
     profile = sub.add_parser('profile', help="a train step's time split into its parts")
     profile.add_argument('--n_resblocks', type=int, default=16)
     profile.add_argument('--n_feats', type=int, default=64)
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         bench_gpu.gpu_bench(args.config, args.batch_size, args.lr_patch, args.steps,
                             ints(args.attention_sizes), parse_size(args.eval_size), args.repeats,
-                            args.matmul_n, args.out)
+                            args.matmul_n, args.max_gib, args.out)
 
 
 if __name__ == '__main__':

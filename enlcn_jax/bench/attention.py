@@ -4,6 +4,12 @@ A jit-compiled ENLCA block (64 channels, m = 128), forward and forward+backward,
 square feature-map sizes: median wall time over repeats and XLA's compiled memory estimate
 (arguments + outputs + temporaries). Ratios are measured side by side in one run.
 
+Memory: `fwd MiB` and `fwd+bwd MiB` are XLA's estimates for each compiled program (on a GPU,
+where XLA assigns every buffer at compile time, the device memory the program takes); `peak MiB`
+the devices' `peak_bytes_in_use` (GPUs; None on CPU) read after the row, a process-wide
+high-water mark. The rows run ENLA at every size, then exact NLA at every size, so that each
+row's memory exceeds the earlier rows' and the mark is the row's own peak whenever that holds.
+
 At 100x100 and 150x150 the rows carry the paper's forward times (Table 5: a 2080Ti, 64
 channels, the mean of 1000 runs) in `paper fwd ms (2080Ti)`: ENLCA-m128 0.9 / 1.6 ms, NLA
 42.8 / 107.2 ms.
@@ -15,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from enlcn_jax.nn import models
-from enlcn_jax.bench.common import median_time, mib, write_results
+from enlcn_jax.bench.common import median_time, mib, peak_device_mib, write_results
 from enlcn_jax.evaluation.memory import compiled_bytes
 
 # The paper's Table 5: forward ms on a 2080Ti by (side, attention).
@@ -28,13 +34,14 @@ def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats:
     """Times ENLCA (ENLA) against exact NLA; programs XLA estimates above `max_gib` are not run.
 
     Returns:
-      The report written to `<out_dir>/attention.json` (less the machine): `rows` (one per size
-      and attention), `channels`, `m`, `repeats`, `growth` and `paper fwd ms (2080Ti)`.
+      The report written to `<out_dir>/attention.json` (less the machine): `rows` (one per
+      attention and size, ENLA's first), `channels`, `m`, `repeats`, `growth` and
+      `paper fwd ms (2080Ti)`.
     """
     rows = []
-    for side in sizes:
-        x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
-        for kind in ('enla', 'exact'):
+    for kind in ('enla', 'exact'):
+        for side in sizes:
+            x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
             module = models.ENLCA(models.ENLCAConfig(attention=kind, num_random_features=m))
             variables = module.init({'params': jax.random.key(1),
                                      models.RANDOM_FEATURES: jax.random.key(2)}, x[:, :8, :8])
@@ -50,6 +57,7 @@ def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats:
                     row[f'{label} ms'] = None
                     continue
                 row[f'{label} ms'] = 1e3 * median_time(compiled, (variables, x), repeats)
+            row['peak MiB'] = peak_device_mib()
             rows.append(row)
     by_key = {(r['size'], r['attention']): r for r in rows}
     for row in rows:
@@ -59,7 +67,7 @@ def attention_bench(sizes: list[int], channels: int = 64, m: int = 128, repeats:
                 if row[f'{label} ms'] and enla[f'{label} ms']:
                     enla[f'{label} speedup vs NLA'] = row[f'{label} ms'] / enla[f'{label} ms']
     columns = ['size', 'attention', 'fwd ms', 'paper fwd ms (2080Ti)', 'fwd+bwd ms', 'fwd MiB',
-               'fwd+bwd MiB', 'fwd speedup vs NLA', 'fwd+bwd speedup vs NLA']
+               'fwd+bwd MiB', 'peak MiB', 'fwd speedup vs NLA', 'fwd+bwd speedup vs NLA']
     enla_rows = [r for r in rows if r['attention'] == 'enla']
     growth = {}
     if len(enla_rows) >= 2:

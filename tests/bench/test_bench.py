@@ -76,9 +76,11 @@ def quickstart_conv_gflop(batch: int, lr_patch: int) -> float:
 def test_attention_bench_writes_rows_for_both_attentions_and_the_growth(tmp_path, capsys):
     stdout, report = bench('attention', tmp_path, '--sizes', '8,12', '--channels', '16', '--m',
                            '8', '--repeats', '1', capsys=capsys)
+    # ENLA at every size first: each row's memory above the earlier rows' (see `peak MiB`).
     assert [(r['size'], r['attention']) for r in report['rows']] == [
-        ('8x8', 'enla'), ('8x8', 'exact'), ('12x12', 'enla'), ('12x12', 'exact')]
+        ('8x8', 'enla'), ('12x12', 'enla'), ('8x8', 'exact'), ('12x12', 'exact')]
     assert all(r['fwd ms'] > 0 and r['fwd+bwd ms'] > 0 for r in report['rows'])
+    assert all(r['peak MiB'] is None for r in report['rows'])  # CPU: no memory statistics
     assert report['growth']['positions ratio'] == 144 / 64
     assert '| 12x12 | exact |' in stdout
 
@@ -166,6 +168,8 @@ def test_gpu_bench_writes_every_part_in_one_json_and_each_table(gpu_run):
     assert '| 32x24 | 64x48 | bfloat16 |' in stdout
     # CPU: no device memory statistics, XLA's estimate instead.
     assert report['peak MiB'] is None
+    for row in report['attention']['rows']:
+        assert row['peak MiB'] is None and row['fwd MiB'] > 0 and row['fwd+bwd MiB'] > 0
     for row in train_rows + report['eval']['rows']:
         assert row['peak MiB'] is None and row['MiB'] > 0
 

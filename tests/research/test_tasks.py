@@ -10,6 +10,7 @@ import pytest
 import skimage.data
 
 from enlcn_jax.data import imresize
+from enlcn_jax.evaluation import metrics
 from enlcn_jax.nn import models
 from enlcn_jax.research import tasks
 
@@ -135,6 +136,7 @@ def test_real_repeats_repeat_real_patches_and_hold_their_photos_out():
             for repeats, (name, y, x) in zip(patches, sample.origins):
                 assert name in names and len(repeats) == task.grid ** 2 // task.patches
                 assert np.all(repeats == repeats[:1])  # every repeat of a patch is the same
+                assert metrics.rgb_to_y(repeats[0]).std() >= task.min_std  # textured
                 np.testing.assert_array_equal(repeats[0], photo(name)[y:y + side, x:x + side])
             assert all(not np.array_equal(a[0], b[0]) for i, a in enumerate(patches)
                        for b in patches[i + 1:])

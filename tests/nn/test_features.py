@@ -31,7 +31,7 @@ def unit_pairs(key, n, d, norm):
             norm * unit(jax.random.normal(kk, (n, d))))
 
 
-@pytest.mark.parametrize('name', ['orthogonal', 'iid'])
+@pytest.mark.parametrize('name', ['orthogonal', 'orthogonal_haar', 'iid'])
 def test_same_key_same_matrix_and_shapes(name):
     sampler = features.get_projection(name)
     a = sampler(jax.random.key(3), 100, 16)
@@ -75,6 +75,77 @@ def test_empirical_variance_matches_eq7():
     measured = np.asarray(jnp.var(est, 0))
     eq7 = np.asarray(exact_kernel(q, k) ** 2 * (jnp.exp(jnp.sum((q + k) ** 2, -1)) - 1) / m)
     np.testing.assert_allclose(measured, eq7, rtol=0.10)
+
+
+def test_haar_rows_are_isotropic_and_the_release_rows_lean_on_their_own_axis():
+    """Row j's j-th coordinate over 3000 draws of one d = 8 block: mean 0 within 4 standard errors
+    for `orthogonal_haar`; for the released sampler the first row's is -sqrt(2 / pi) (never
+    positive), and the haar blocks stay orthogonal with chi-square(d) squared row norms."""
+    d, draws = 8, 3000
+    keys = jax.random.split(jax.random.key(7), draws)
+    coordinate = {}
+    for name in ('orthogonal_haar', 'orthogonal'):
+        blocks = jax.vmap(lambda key: features.get_projection(name)(key, d, d))(keys)
+        coordinate[name] = np.asarray(jnp.diagonal(blocks, axis1=1, axis2=2), np.float64)
+    haar = coordinate['orthogonal_haar']
+    assert np.all(np.abs(haar.mean(0)) < 4 * haar.std(0) / np.sqrt(draws)), haar.mean(0)
+    release = coordinate['orthogonal']
+    assert np.all(release[:, 0] <= 0)
+    assert abs(release[:, 0].mean() + np.sqrt(2 / np.pi)) < 0.05, release[:, 0].mean()
+    gram = np.einsum('bij,bkj->bik', blocks, blocks)
+    np.testing.assert_allclose(gram * (1 - np.eye(d)), 0, atol=1e-4)
+    sq = np.einsum('bii->bi', gram).reshape(-1)
+    assert abs(sq.mean() - d) < 4 * np.sqrt(2 * d / sq.size), sq.mean()
+
+
+def test_haar_orthogonal_estimate_of_exp_dot_product_is_unbiased():
+    """E[phi(q).phi(k)] = exp(q.k) with `orthogonal_haar` rows (16 = two blocks of 8): sample
+    mean within 4 standard errors, on pairs along the axes where the released rows lean."""
+    q, k = unit_pairs(jax.random.key(8), 20, 8, norm=1.0)
+    q = q.at[:4].set(jnp.eye(8)[:4]).at[4:8].set(-jnp.eye(8)[:4])
+    k = k.at[:8].set(q[:8])
+    est = estimates(features.haar_orthogonal_projection, jax.random.key(9), q, k, m=16, draws=4000)
+    mean = np.asarray(jnp.mean(est, 0))
+    stderr = np.asarray(jnp.std(est, 0)) / np.sqrt(est.shape[0])
+    z = np.abs(mean - np.asarray(exact_kernel(q, k))) / stderr
+    assert np.all(z < 4), z
+
+
+def hyperbolic_written_out(x, projection):
+    """FAVOR+'s Lemma 1 in NumPy: `exp(-|x|^2 / 2) [exp(F x), exp(-F x)] / sqrt(2 m)`."""
+    x, projection = np.asarray(x, np.float64), np.asarray(projection, np.float64)
+    proj, m = x @ projection.T, projection.shape[0]
+    scale = np.exp(-0.5 * np.sum(x * x, -1, keepdims=True)) / np.sqrt(2 * m)
+    return np.concatenate([np.exp(proj), np.exp(-proj)], -1) * scale
+
+
+def test_favor_hyperbolic_matches_lemma_1_and_estimates_exp_dot_product_without_bias():
+    """The closed form; E[phi(q).phi(k)] = exp(q.k) with iid rows (4 standard errors); the
+    estimate is the same for the released and the haar rows of one key (a row's sign does not
+    matter), and its variance is below `softmax_kernel`'s with the same rows."""
+    x = jax.random.normal(jax.random.key(10), (2, 5, 8)) * 0.8
+    projection = features.iid_gaussian_projection(jax.random.key(11), 32, 8)
+    phi = features.get_feature_map('favor_hyperbolic')
+    np.testing.assert_allclose(phi(x, projection), hyperbolic_written_out(x, projection),
+                               rtol=1e-5, atol=1e-7)
+    q, k = unit_pairs(jax.random.key(12), 20, 8, norm=1.0)
+    draws = jax.random.split(jax.random.key(13), 4000)
+    one = lambda key, sampler, phi: jnp.sum(phi(q, sampler(key, 16, 8)) * phi(k, sampler(key, 16, 8)), -1)
+    est = jax.vmap(lambda key: one(key, features.iid_gaussian_projection, phi))(draws)
+    mean, stderr = np.asarray(jnp.mean(est, 0)), np.asarray(jnp.std(est, 0)) / np.sqrt(4000)
+    assert np.all(np.abs(mean - np.asarray(exact_kernel(q, k))) / stderr < 4)
+    positive = functools.partial(features.softmax_kernel_features, eps=0.0)
+    plain = jax.vmap(lambda key: one(key, features.iid_gaussian_projection, positive))(draws)
+    assert float(jnp.var(est)) < 0.8 * float(jnp.var(plain))
+    release, haar = (one(draws[0], features.get_projection(name), phi)
+                     for name in ('orthogonal', 'orthogonal_haar'))
+    np.testing.assert_allclose(release, haar, rtol=1e-5)
+
+
+def test_elu_plus_one_is_the_elementwise_map_and_ignores_the_projection():
+    x = np.linspace(-3.0, 3.0, 24).reshape(2, 3, 4)
+    out = features.get_feature_map('elu_plus_one')(jnp.asarray(x, jnp.float32), jnp.zeros((7, 4)))
+    np.testing.assert_allclose(out, np.where(x > 0, x + 1, np.exp(x)), rtol=1e-6)
 
 
 def test_orthogonal_features_have_lower_variance_than_iid():

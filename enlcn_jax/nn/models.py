@@ -165,7 +165,8 @@ class ENLCAConfig:
         return features.get_projection(self.projection)
 
     def attend(self, q: Array, k: Array, v: Array, projection: Array, *,
-               spatial_shape: tuple[int, int], mask: Array | None = None) -> Array:
+               spatial_shape: tuple[int, int], mask: Array | None = None,
+               layer: int = 0) -> Array:
         """The configured attention with the configured feature map, as the ENLCA module runs it.
 
         Args:
@@ -176,6 +177,8 @@ class ENLCAConfig:
           mask: optional `[B, N, 1]`, 1 on real positions; passed to a function that takes
             `mask` (a model whose attention takes none is not given padded images:
             `ENLCN.masks_padding`).
+          layer: the ordinal of the attention module among the network's (0 first); passed to a
+            function that takes `layer` (`swin` shifts its windows on odd modules).
         Returns:
           `[B, N, c]`.
         Raises:
@@ -185,6 +188,8 @@ class ENLCAConfig:
         keywords = {}
         if registry.accepts(fn, 'spatial_shape'):
             keywords['spatial_shape'] = tuple(spatial_shape)
+        if registry.accepts(fn, 'layer'):
+            keywords['layer'] = layer
         if mask is not None:
             if not registry.accepts(fn, 'mask'):
                 raise ValueError(f'model.attention={registry.describe(self.attention)!r} '
@@ -201,10 +206,13 @@ class ENLCA(nn.Module):
     (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the attention output
     is added back as `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]` each,
     which is what the contrastive loss needs. Hyper-parameters: `config` (see `ENLCAConfig`).
+    `layer` is the module's ordinal among the network's attention modules, which ENLCN sets for a
+    block with a `layer` field and `ENLCAConfig.attend` passes on.
     """
     config: ENLCAConfig = ENLCAConfig()
     res_scale: float = 0.1
     dtype: Any = jnp.float32
+    layer: int = 0
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> tuple[Array, Embeddings]:
@@ -236,7 +244,7 @@ class ENLCA(nn.Module):
             raise ValueError(f'ENLCA: random features have {projection.value.shape[-1]} columns, '
                              f'the embedding has {d}')
         y = cfg.attend(q, k, v, projection.value, spatial_shape=(h, w),
-                       mask=None if mask is None else mask.reshape(b, h * w, 1))
+                       mask=None if mask is None else mask.reshape(b, h * w, 1), layer=self.layer)
         y = _masked(y.reshape(b, h, w, c).astype(x.dtype), mask)
         return y * self.res_scale + x, (q, k)
 
@@ -361,7 +369,8 @@ class ENLCN(nn.Module):
         for i, kind in enumerate(self.body_layout()):
             if kind == 'enlca':
                 res, qk = BLOCKS.get(self.block)(self.enlca, self.res_scale, dtype,
-                                                 name=f'body_{i}')(res, mask)
+                                                 name=f'body_{i}',
+                                                 **_ordinal(self.block, len(embeddings)))(res, mask)
                 embeddings.append(qk)
             else:
                 res = ResBlock(self.res_scale, dtype, name=f'body_{i}')(res, mask)
@@ -372,6 +381,12 @@ class ENLCN(nn.Module):
         # PyTorch EDSR's add_mean: a 1x1 conv, weight eye(3) / std, bias rgb_range * mean / std.
         sr = (y + mean) / std / self.rgb_range
         return (sr, embeddings) if return_embeddings else sr
+
+
+def _ordinal(block: registry.Spec, ordinal: int) -> dict[str, int]:
+    """`{'layer': ordinal}` for a block class with a `layer` field (ENLCA), else nothing."""
+    fields = {f.name for f in dataclasses.fields(BLOCKS.get(block))}
+    return {'layer': ordinal} if 'layer' in fields else {}
 
 
 def EDSR(**kwargs) -> ENLCN:  # pylint: disable=invalid-name

@@ -17,9 +17,11 @@ inputs, the way `bench/attention.py` measures ENLCA against exact NLA:
   program has a `while` loop).
 
 On CPU, XLA hands some fusions to a library (YNNPACK: `kCustom` fusions in the compiled HLO)
-whose intermediates are outside XLA's buffer assignment: there the estimate leaves them out
-(exact NLA at 64x64 is estimated below its own [4096, 4096] score matrix). On a GPU the
-estimate is the device memory the program takes.
+whose intermediates are outside XLA's buffer assignment, so the timed program's estimate leaves
+them out (exact NLA at 64x64: 5 MiB, below its own 64 MiB [4096, 4096] score matrix). There the
+estimate is taken from the same program compiled with those fusions off (`CPU_ESTIMATE_OPTIONS`:
+130 MiB), as the report's `memory estimate` says; on a GPU it is the device memory the timed
+program takes.
 
 The module's parameter count (`params`) does not depend on the size. Costs are the module's
 alone: the rest of the network (EDSR's convolutions) is the same for every variant.
@@ -36,6 +38,9 @@ from enlcn_jax.bench.common import compiled_flops, median_time, mib
 from enlcn_jax.evaluation.memory import compiled_bytes
 from enlcn_jax.nn import models, precision
 
+# XLA options of the CPU program whose memory is estimated: no library (YNNPACK) fusions, whose
+# intermediates XLA's buffer assignment does not see.
+CPU_ESTIMATE_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': ''}
 # The sides of the feature map at which the module is initialised (its variables do not depend
 # on the size).
 _INIT_SIDE = 8
@@ -55,6 +60,20 @@ def attention_module(model_config: Mapping[str, Any]):
     return block(network.enlca, network.res_scale, precision.lookup(network.dtype).dtype)
 
 
+def _memory_estimate(lowered: jax.stages.Lowered, compiled: jax.stages.Compiled
+                     ) -> tuple[int | None, str]:
+    """XLA's memory estimate of a program in bytes (`memory.compiled_bytes`) and what it
+    counts: on CPU from `lowered` compiled with `CPU_ESTIMATE_OPTIONS` (the timed program's own
+    estimate where this jax has no such option), elsewhere from `compiled`."""
+    if jax.devices()[0].platform == 'cpu':
+        try:
+            return (compiled_bytes(lowered.compile(compiler_options=CPU_ESTIMATE_OPTIONS)),
+                    'XLA buffers of the program compiled without library fusions')
+        except jax.errors.JaxRuntimeError:
+            pass
+    return compiled_bytes(compiled), 'XLA buffers of the timed program'
+
+
 def attention_cost(model_config: Mapping[str, Any], sizes: Sequence[int] = (32, 64, 128),
                    channels: int = 64, repeats: int = 5, max_gib: float = 8.0) -> dict:
     """Measures one attention module of a variant on `[1, side, side, channels]` float32 inputs.
@@ -69,7 +88,7 @@ def attention_cost(model_config: Mapping[str, Any], sizes: Sequence[int] = (32, 
         (`fwd ms` None).
     Returns:
       JSON-serialisable `{'device': jax.devices()[0].device_kind, 'platform', 'channels',
-      'repeats', 'params', 'attention': bool, 'rows': [...]}`, one row per side: `side`,
+      'repeats', 'params', 'attention': bool, 'memory estimate': str, 'rows': [...]}`, one row per side: `side`,
       `positions` (side^2), `fwd ms` (None where not run), `fwd MiB` and `GFLOP` (None where
       the backend gives no estimate), `GFLOP lower bound`. For plain EDSR (`attention='none'`:
       no attention module) `attention` is False, `note` says so and every row is zero cost.
@@ -79,7 +98,7 @@ def attention_cost(model_config: Mapping[str, Any], sizes: Sequence[int] = (32, 
     module = attention_module({**model_config, 'n_feats': channels})
     device = jax.devices()[0]
     report = {'device': device.device_kind, 'platform': device.platform, 'channels': channels,
-              'repeats': repeats, 'attention': module is not None}
+              'repeats': repeats, 'attention': module is not None, 'memory estimate': None}
     if module is None:
         report.update(params=0, note='plain EDSR: no attention module')
         report['rows'] = [{'side': side, 'positions': side * side, 'fwd ms': 0.0,
@@ -94,8 +113,9 @@ def attention_cost(model_config: Mapping[str, Any], sizes: Sequence[int] = (32, 
     rows = []
     for side in sizes:
         x = jax.random.normal(jax.random.key(0), (1, side, side, channels))
-        compiled = forward.lower(variables, x).compile()
-        estimate = compiled_bytes(compiled)
+        lowered = forward.lower(variables, x)
+        compiled = lowered.compile()
+        estimate, report['memory estimate'] = _memory_estimate(lowered, compiled)
         flops = compiled_flops(compiled)
         row = {'side': side, 'positions': side * side, 'fwd MiB': mib(estimate),
                'GFLOP': None if flops is None else flops / 1e9,

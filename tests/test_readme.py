@@ -362,7 +362,7 @@ def test_the_loss_command_is_the_one_the_researcher_functions_test_trains():
 
 
 @pytest.mark.parametrize('marker, key, recorded', [
-    ('window_attention', 'attention', 'examples.window_attention:window_attention(window=8)'),
+    ("attention='window(window=8)'", 'attention', 'window(window=8)'),
     ('temperature_block', 'block', 'examples.temperature_block:LearnedAmplificationENLCA'),
 ])
 def test_example_commands_train_and_evaluate_through_eval_py(tmp_path, marker, key, recorded):

@@ -6,14 +6,17 @@ or `MODULE:NAME` for a researcher's own, see `registry`):
     attention_fn(q [B, N, d], k [B, N, d], v [B, N, c], projection [m, d], feature_map,
                  mask=None) -> [B, N, c]
 
-The model passes two keywords only to a function that takes them:
+The model passes three keywords only to a function that takes them:
 
 * `mask [B, N, 1]` (1 on real positions, 0 on padding; it broadcasts against `k` and `v`, as the
   model's `mask [B, H, W, 1]` does against images), when evaluation pads an image: padded
   positions must be left out as keys. Evaluation does not pad for a model whose attention takes
   no mask (`models.ENLCN.masks_padding`).
 * `spatial_shape=(H, W)`: the image layout of the N = H W positions (row-major), for attention
-  that knows it (local windows, axial attention; `examples/window_attention.py`).
+  that knows it (local windows, axial attention; `local.window`).
+* `layer`: the ordinal of the attention module among the network's attention modules (0 first;
+  `ENLCN` gives each block with a `layer` field its ordinal, `ENLCAConfig.attend` passes it), for
+  attention that differs between modules (`local.swin` shifts its windows on odd modules).
 
 Options of a function are keyword arguments set in the spec (`'enla(query_block=512)'`).
 `check_attention` runs a function as the model does before any model uses it.

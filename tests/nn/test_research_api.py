@@ -13,10 +13,10 @@ import pytest
 
 from conftest import TINY_MODEL as TINY, unit
 from enlcn_jax.evaluation import inference
-from enlcn_jax.nn import attention, features, losses, models, registry
+from enlcn_jax.nn import attention, features, local, losses, models, registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from examples import temperature_block, window_attention  # pylint: disable=wrong-import-position
+from examples import temperature_block  # pylint: disable=wrong-import-position
 
 X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
 
@@ -118,7 +118,7 @@ def test_a_feature_map_of_width_2m_runs_and_estimates_the_softmax_kernel():
 # --- attention that knows the layout, and whole blocks ---------------------------------------
 
 def test_window_attention_gets_the_layout_and_equals_masked_softmax():
-    """The model passes spatial_shape to a function that takes it: the example's window
+    """The model passes spatial_shape to a function that takes it: the built-in window
     attention equals exact softmax attention restricted, by an explicit N x N mask, to keys in
     the query's own 4 x 4 tile (tiles cut by the border at 6 x 7)."""
     h, w = 6, 7
@@ -126,8 +126,7 @@ def test_window_attention_gets_the_layout_and_equals_masked_softmax():
     q, k = (jnp.asarray(unit(rng.normal(size=(2, h * w, 4))) * 6 ** 0.5, jnp.float32)
             for _ in range(2))
     v = jnp.asarray(rng.normal(size=(2, h * w, 3)), jnp.float32)
-    config = models.ENLCAConfig(
-        attention='examples.window_attention:window_attention(window=4)')
+    config = models.ENLCAConfig(attention='window(window=4)')
     out = config.attend(q, k, v, jnp.zeros((8, 4)), spatial_shape=(h, w))
     tile = (np.arange(h)[:, None] // 4 * 10 + np.arange(w)[None, :] // 4).reshape(-1)
     same_tile = tile[:, None] == tile[None, :]
@@ -135,7 +134,7 @@ def test_window_attention_gets_the_layout_and_equals_masked_softmax():
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     expected = (weights / weights.sum(-1, keepdims=True)) @ np.asarray(v)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-    assert registry.accepts(window_attention.window_attention, 'spatial_shape')
+    assert registry.accepts(local.window, 'spatial_shape')
 
 
 def test_a_block_of_ones_own_replaces_enlca_and_pads_exactly():
@@ -268,12 +267,12 @@ def test_specs_with_options_and_functions_are_recorded_and_load_again(tmp_path):
     from enlcn_jax import upscale  # pylint: disable=import-outside-toplevel
     from enlcn_jax.data import image_io  # pylint: disable=import-outside-toplevel
     from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
-    config = {**TINY, 'attention': 'examples.window_attention:window_attention(window=4)',
+    config = {**TINY, 'attention': 'window(window=4)',
               'feature_map': favor_hyperbolic}
     model, variables = init(config)
     checkpoints.save_model(tmp_path / 'model', config, variables)
     recorded = json.loads((tmp_path / 'model' / 'model_config.json').read_text())
-    assert recorded['attention'] == 'examples.window_attention:window_attention(window=4)'
+    assert recorded['attention'] == 'window(window=4)'
     assert recorded['feature_map'] == f'{__name__}:favor_hyperbolic'
     loaded, loaded_variables, _ = checkpoints.load_model(tmp_path / 'model')
     np.testing.assert_array_equal(loaded.apply(loaded_variables, X), model.apply(variables, X))

@@ -126,6 +126,16 @@ def literal(text: str):
         return text
 
 
+def update_locked(config: ml_collections.ConfigDict, updates: dict) -> None:
+    """`config.update_from_flattened_dict(updates)` that adds no key: a key `config` does not
+    have raises KeyError naming it (and the fields that exist)."""
+    config.lock()
+    try:
+        config.update_from_flattened_dict(updates)
+    finally:
+        config.unlock()
+
+
 def variant_config(base: ml_collections.ConfigDict,
                    variant: str) -> tuple[ml_collections.ConfigDict, str]:
     """The config and description of one variant (see the module docstring).
@@ -161,7 +171,7 @@ def variant_config(base: ml_collections.ConfigDict,
                                f'{list(SPEC_KEYS)} (KEY=SPEC), a dotted config key '
                                f'(model.amplification=1.0), or a variant of {list(VARIANTS)}')
     try:
-        config.update_from_flattened_dict(updates)
+        update_locked(config, updates)
     except (KeyError, AttributeError, TypeError) as e:
         raise VariantError(f'variant {variant!r}: {e}') from None
     if not settings:

@@ -4,12 +4,12 @@
 
 The rows are variants as the leaderboard writes them (`variants.variant_config`; by default the
 paper's Table 2, `variants.TABLE2`). Each variant trains in `<workdir>/<variant>` with
-`loop.train_and_evaluate` (same steps, same seed; a finished or interrupted variant resumes), is scored on `config.ablation.datasets`
-with the standard protocol (no padding; whole images, or for every variant alike `ablation.tile`
-x `ablation.tile` LR tiles overlapping by `ablation.tile_overlap` where exact softmax attention
-on whole images is beyond the budget), and the results go to
-`<workdir>/ablation.md` (a Table-2-like markdown table: PSNR per dataset, parameters, train
-time) and `<workdir>/ablation.json`.
+`loop.train_and_evaluate` (same steps, same seed; a finished or interrupted variant resumes), is
+scored on `config.ablation.datasets` with the standard protocol (no padding; whole images, or
+for every variant alike `ablation.tile` x `ablation.tile` LR tiles overlapping by
+`ablation.tile_overlap` where exact softmax attention on whole images is beyond the budget), and
+the results go to `<workdir>/ablation.md` (a Table-2-like markdown table: PSNR per dataset,
+parameters, train time) and `<workdir>/ablation.json`.
 """
 
 from __future__ import annotations

@@ -88,9 +88,9 @@ def attention_cost(model_config: Mapping[str, Any], sizes: Sequence[int] = (32, 
         (`fwd ms` None).
     Returns:
       JSON-serialisable `{'device': jax.devices()[0].device_kind, 'platform', 'channels',
-      'repeats', 'params', 'attention': bool, 'memory estimate': str, 'rows': [...]}`, one row per side: `side`,
-      `positions` (side^2), `fwd ms` (None where not run), `fwd MiB` and `GFLOP` (None where
-      the backend gives no estimate), `GFLOP lower bound`. For plain EDSR (`attention='none'`:
+      'repeats', 'params', 'attention': bool, 'memory estimate': str, 'rows': [...]}`, one row
+      per side: `side`, `positions` (side^2), `fwd ms` (None where not run), `fwd MiB` and
+      `GFLOP` (None where the backend gives no estimate), `GFLOP lower bound`. For plain EDSR (`attention='none'`:
       no attention module) `attention` is False, `note` says so and every row is zero cost.
     Raises:
       ValueError: an invalid model config, naming the key.

@@ -20,11 +20,9 @@ import dataclasses
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import jax
 import ml_collections
 from tqdm import tqdm
 
@@ -38,7 +36,7 @@ from enlcn_jax.train import workdir as workdir_lib
 
 DEFAULT_VARIANTS = tuple(variants.VARIANTS)
 DEFAULT_SEEDS = 3
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 300
 REFERENCE = 'enla_k_cl'
 COST_SIDES = (32, 64, 128)   # square feature maps of COST_CHANNELS channels
 COST_CHANNELS = 64
@@ -209,9 +207,10 @@ def run_leaderboard(workdir: str | Path, variant_list: Sequence[str] = DEFAULT_V
     return report
 
 
-def _current_fingerprints(records: Iterable[dict]) -> dict[tuple, dict | None]:
-    """`(variant, task, steps, sets) -> the code fingerprint the variant has now` (None where
-    it no longer resolves), for the stored runs' variants."""
+def _current_fingerprints(records: Iterable[dict]) -> dict[tuple, tuple | None]:
+    """`(variant, task, steps, sets) -> (the config digest, the code fingerprint)` the variant
+    has now (None where it no longer resolves), for the stored runs' variants: a stored run
+    counts only while both are the same."""
     now = {}
     for record in records:
         identity = record['identity']
@@ -223,7 +222,7 @@ def _current_fingerprints(records: Iterable[dict]) -> dict[tuple, dict | None]:
             task = tasks_lib.get_task(identity['task'])
             config, _ = variants.variant_config(
                 base_config(task, identity['steps'], identity['sets']), identity['variant'])
-            now[key] = code_fingerprint(config)
+            now[key] = (store_lib.digest(config.to_dict()), code_fingerprint(config))
         except Exception:  # pylint: disable=broad-except  # a variant that no longer resolves
             now[key] = None
     return now
@@ -233,8 +232,9 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
     """The leaderboard from every stored run and cost.
 
     Runs are grouped by budget (steps and `--set` values), then by task and task version; in a
-    group, one row per variant with every seed's result. Runs whose variant's code changed
-    since (or that no longer resolve) are left out and listed in `stale`.
+    group, one row per variant with every seed's result. Runs whose variant's code or
+    definition (the config it resolves to) changed since, or that no longer resolve, are left
+    out and listed in `stale`.
 
     Returns:
       `{'groups': [{'steps', 'sets', 'tasks': {task: {'version', 'description', 'current',
@@ -251,7 +251,7 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
         identity, result = record['identity'], record['result']
         sets_key = json.dumps(identity['sets'], sort_keys=True)
         current = now[(identity['variant'], identity['task'], identity['steps'], sets_key)]
-        if current != identity['code']:
+        if current != (identity['config'], identity['code']):
             stale.append({'variant': identity['variant'], 'task': identity['task'],
                           'seed': identity['seed'], 'steps': identity['steps']})
             continue
@@ -453,8 +453,9 @@ def markdown(report: dict) -> str:
                   _cost_table(costs), '']
     if report['stale']:
         variants_stale = sorted({s['variant'] for s in report['stale']})
-        lines += [f"{len(report['stale'])} stored runs of code edited since (or no longer "
-                  'importable) are left out: ' + ', '.join(f'`{v}`' for v in variants_stale)
+        lines += [f"{len(report['stale'])} stored runs whose code or variant definition was "
+                  'edited since (or that no longer import) are left out: '
+                  + ', '.join(f'`{v}`' for v in variants_stale)
                   + '.', '']
     return '\n'.join(lines)
 
@@ -477,9 +478,18 @@ def _cost_table(costs: dict) -> str:
         rows = {row['side']: row for row in cost['rows']}
         cells.append([f'`{variant}`', *[_db(rows.get(s, {}).get('fwd ms')) for s in sides],
                       *[_db(rows.get(s, {}).get('fwd MiB')) for s in sides],
-                      _db(rows.get(sides[-1], {}).get('GFLOP')), f"{cost['params']:,}"])
+                      _gflop(rows.get(sides[-1], {})), f"{cost['params']:,}"])
     device = next(iter(costs.values())).get('device', '?')
-    return files.markdown_table(head, cells) + f'\n\nMeasured on {device}.'
+    return files.markdown_table(head, cells) + (
+        f'\n\nMeasured on {device}: the median forward time of one compiled module on '
+        '`[1, side, side, channels]`, XLA\'s memory estimate of that program and its FLOP count '
+        '(≥: a lower bound, XLA counts a loop body once).')
+
+
+def _gflop(row: dict) -> str:
+    if row.get('GFLOP') is None:
+        return '-'
+    return ('≥' if row.get('GFLOP lower bound') else '') + f"{row['GFLOP']:.3g}"
 
 
 def plot_rows(report: dict) -> tuple[list[dict], list[str]]:
@@ -521,53 +531,3 @@ def write_outputs(report: dict, workdir: str | Path) -> list[Path]:
                                        f'(largest size, {COST_CHANNELS} channels)',
                                        tasks=task_keys))
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(prog='python -m enlcn_jax.leaderboard', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--workdir', required=True,
-                        help='the store of results and leaderboard.md/.json/.png')
-    parser.add_argument('--variants', default=','.join(DEFAULT_VARIANTS),
-                        help='comma-separated: built-in variants (' + ', '.join(DEFAULT_VARIANTS)
-                        + '), KEY=SPEC with KEY one of ' + ', '.join(variants.SPEC_KEYS)
-                        + ', a bare SPEC (attention=SPEC), or several settings joined by ;')
-    parser.add_argument('--tasks', default=','.join(tasks_lib.TASKS),
-                        help='comma-separated tasks: ' + ', '.join(tasks_lib.TASKS))
-    parser.add_argument('--seeds', type=int, default=DEFAULT_SEEDS,
-                        help='runs per variant and task (seeds 0..N-1)')
-    parser.add_argument('--steps', type=int, default=DEFAULT_STEPS, help='train steps per run')
-    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='a config value for every row (repeatable), e.g. train.lr=1e-3')
-    parser.add_argument('--cost_sides', default=','.join(map(str, COST_SIDES)),
-                        help='square feature-map sides at which each attention module is timed')
-    parser.add_argument('--reference', default=REFERENCE,
-                        help='the variant every row is also compared with')
-    args = parser.parse_args(argv)
-    if args.seeds < 1 or args.steps < 1:
-        parser.error(f'--seeds and --steps must be >= 1, got {args.seeds} and {args.steps}')
-    try:
-        cost_sides = [int(side) for side in args.cost_sides.split(',')]
-    except ValueError:
-        cost_sides = []
-    if not cost_sides or min(cost_sides) < 1:
-        parser.error(f'--cost_sides {args.cost_sides!r}: expected positive sides, e.g. 32,64,128')
-    if not jax.config.jax_compilation_cache_dir:
-        # Variants on tasks of one image size compile the same programs: compile each once.
-        jax.config.update('jax_compilation_cache_dir', str(Path(args.workdir) / 'compile_cache'))
-    start = time.perf_counter()
-    try:
-        report = run_leaderboard(args.workdir, registry.split_specs(args.variants),
-                                 registry.split_specs(args.tasks), seeds=args.seeds,
-                                 steps=args.steps, sets=parse_sets(args.set),
-                                 cost_sides=cost_sides, reference=args.reference)
-    except (LeaderboardError, variants.VariantError, workdir_lib.WorkdirError,
-            files.WriteError) as e:
-        sys.exit(f'{parser.prog}: {e}')
-    except KeyboardInterrupt:
-        sys.exit(f'{parser.prog}: interrupted; every finished run is stored in {args.workdir}: '
-                 'the same command continues with the next one')
-    print(markdown(report))
-    print(f'{parser.prog}: {len(report["runs"])} runs stored; wrote leaderboard.md, .json, .png '
-          f'in {args.workdir} ({time.perf_counter() - start:.0f} s)', file=sys.stderr)

@@ -31,21 +31,31 @@ from enlcn_jax.train import recipe
 STEPS_PER_EPOCH = 50  # the random features are redrawn at every epoch start
 
 
+# LR pixels per training batch: 8 images of 16^2, 2 of 32^2.
+BATCH_PIXELS = 8 * 16 * 16
+
+
+def batch_size(task: tasks_lib.Task) -> int:
+    """Images per training batch on `task`: `BATCH_PIXELS` LR pixels (at least one image), so
+    a step costs about the same on every task."""
+    return max(1, BATCH_PIXELS // task.lr_size ** 2)
+
+
 def base_config(task: tasks_lib.Task, steps: int) -> ml_collections.ConfigDict:
     """The training config of every run on `task`: `configs/default.py` with a small ENLCN.
 
     x`task.scale`, 4 residual blocks x 16 features, an attention module first and one after the
     4th block (2 modules, embeddings of 16 / 4 = 4 dimensions, m = 64 random features); `steps`
-    steps of 8 whole images; Adam at 2e-3, halved from the epoch that holds three quarters of
-    the steps; the contrastive loss (where a variant has it) from the epoch that holds half of
-    them; random features redrawn every `STEPS_PER_EPOCH` steps (an epoch).
+    steps of `batch_size(task)` whole images; Adam at 2e-3, halved from the epoch that holds
+    three quarters of the steps; the contrastive loss (where a variant has it) from the epoch
+    that holds half of them; random features redrawn every `STEPS_PER_EPOCH` steps (an epoch).
     """
     half, three_quarters = (int(fraction * steps) // STEPS_PER_EPOCH for fraction in (0.5, 0.75))
     config = default.get_config()
     config.update_from_flattened_dict({
         'model.scale': task.scale, 'model.n_resblocks': 4, 'model.n_feats': 16,
         'model.attention_every': 4, 'model.num_random_features': 64,
-        'data.lr_patch': task.lr_size, 'data.batch_size': 8,
+        'data.lr_patch': task.lr_size, 'data.batch_size': batch_size(task),
         'train.epochs': math.ceil(steps / STEPS_PER_EPOCH),
         'train.steps_per_epoch': STEPS_PER_EPOCH, 'train.lr': 2e-3,
         'train.lr_decay_epochs': (three_quarters,), 'train.contrastive.start_epoch': half,

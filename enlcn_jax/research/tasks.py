@@ -16,10 +16,10 @@ which cells repeat which changes from image to image.
 The tasks (`TASKS`):
 
 * `mosaic`: 16^2 LR, 4 x 4 cells of 4^2 LR pixels, 3 flat colours per image in 5 or 6 cells
-  each at random places. The proxy network (4 residual blocks of two 3x3 convs, head, body and
-  upsampler convs at LR, a 3x3 conv at HR: the outputs of an LR position depend on the LR pixels
-  up to 12 away, a field of 25 pixels) sees most of the image: what a convolution lacks is
-  selection by content, not reach.
+  each at random places. The leaderboard's network (`runs.base_config`: 4 residual blocks of
+  two 3x3 convs, head, body and upsampler convs at LR, a 3x3 conv at HR: the outputs of an LR
+  position depend on the LR pixels up to 12 away, a field of 25 pixels) sees most of the image:
+  what a convolution lacks is selection by content, not reach.
 * `mosaic_far`: 32^2 LR, 8 x 8 cells of 4^2 LR pixels, 16 colours in 4 cells each, the 4 at
   least `spacing` = 4 cells apart (Chebyshev) from one another (`spaced_layout`): the nearest
   pixels of two repeats are 13 LR pixels apart, beyond the field's reach of 12 (only the bicubic
@@ -43,8 +43,7 @@ and in principle pass the oracle by a little.
 
 Every image is deterministic from its generator: `training_batches(task, seed, b)` draws from
 `default_rng([TRAIN_STREAM, seed])`, `held_out_set(task)` from `default_rng(TEST_SET_ENTROPY)`.
-A task's `version` changes whenever the images a seed gives change. `mosaic` gives bit for bit
-the images of the proxy's original mosaic task (the same draws in the same order).
+A task's `version` changes whenever the images a seed gives change.
 
 `held_out_samples` keeps the held-out images' `Sample`s (the oracle and own-cell images with
 them); `held_out_set` is the evaluator's view of them.

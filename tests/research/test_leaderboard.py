@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from enlcn_jax import leaderboard as command
 from enlcn_jax.research import leaderboard, runs, tasks, variants
+from conftest import fill
 from enlcn_jax.train import workdir as workdir_lib
 
 # A small task of the real kind: the trainings below run on it in seconds.
@@ -100,7 +102,7 @@ def test_variants_are_parsed_into_configs():
 def test_a_bad_variant_task_or_option_is_one_line_before_anything_trains(tmp_path, fake, args,
                                                                          named):
     with pytest.raises(SystemExit) as stop:
-        leaderboard.main(['--workdir', str(tmp_path / 'w'), '--tasks', 'tiny', *args])
+        command.main(['--workdir', str(tmp_path / 'w'), '--tasks', 'tiny', *args])
     message = str(stop.value.code)
     assert named in message and '\n' not in message
     assert not (tmp_path / 'w').exists() and not fake.trained
@@ -189,9 +191,27 @@ def test_an_edited_function_no_longer_counts(tmp_path, fake, monkeypatch):
 def test_a_second_leaderboard_on_a_busy_workdir_is_refused(tmp_path, fake):
     with workdir_lib.WorkdirLock(tmp_path):
         with pytest.raises(SystemExit) as stop:
-            leaderboard.main(['--workdir', str(tmp_path), '--tasks', 'tiny', '--variants', 'none'])
+            command.main(['--workdir', str(tmp_path), '--tasks', 'tiny', '--variants', 'none'])
     assert 'pid' in str(stop.value.code) and '\n' not in str(stop.value.code)
     assert not fake.trained
+
+
+def test_a_full_disk_is_one_line_and_the_stored_results_stay(small_disk, fake):
+    board(small_disk, ['none'])
+    stored = {path.name: path.read_text() for path in (small_disk / 'runs').iterdir()}
+    fill(small_disk)
+    with pytest.raises(SystemExit) as stop:
+        command.main(['--workdir', str(small_disk), '--tasks', 'tiny', '--variants', 'none,exact',
+                      '--seeds', '2', '--steps', '3', '--cost_sides', '8'])
+    message = str(stop.value.code)
+    assert '\n' not in message and str(small_disk) in message
+    assert 'No space left on device' in message or 'full' in message
+    assert {path.name: path.read_text() for path in (small_disk / 'runs').iterdir()} == stored
+    (small_disk / 'filler').unlink()
+    done = len(fake.trained)
+    board(small_disk, ['none', 'exact'])           # the same command continues where it stopped
+    assert [(t[0], t[2]) for t in fake.trained[done:]] == [('exact', 0), ('exact', 1)]
+    assert len(list((small_disk / 'runs').iterdir())) == 4
 
 
 def readme_commands() -> list[list[str]]:
@@ -212,7 +232,7 @@ def test_the_readme_s_command_trains_scores_and_writes_the_files(tmp_path, capsy
     args = readme_commands()[1]
     args[args.index('--workdir') + 1] = str(tmp_path)
     args[args.index('--tasks') + 1] = 'tiny'
-    leaderboard.main([*args, '--seeds', '2', '--steps', '2', '--cost_sides', '8,16'])
+    command.main([*args, '--seeds', '2', '--steps', '2', '--cost_sides', '8,16'])
     report = json.loads((tmp_path / 'leaderboard.json').read_text())
     rows = report['groups'][0]['tasks']['tiny v1']['rows']
     assert {r['variant'] for r in rows} == {'none', 'feature_map=examples.my_kernels:relu_squared'}

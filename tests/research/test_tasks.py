@@ -48,11 +48,12 @@ def test_every_task_is_deterministic_from_the_seed_and_holds_its_test_images_out
                    for stream in streams for train in stream)
 
 
-def test_mosaic_is_the_proxy_s_mosaic_drawn_again_independently():
-    """The proxy's mosaic, re-derived: colours, layout, casts drawn in that order; each cell an
+def test_the_mosaic_is_drawn_again_independently():
+    """The mosaic, re-derived: colours, layout, casts drawn in that order; each cell an
     8 x 8 HR block; LR the bicubic downscale of the cast mosaic. Several images in a row, so
-    the generator is consumed as the proxy consumed it."""
-    task, rng, reference = tasks.get_task('mosaic'), np.random.default_rng(3), np.random.default_rng(3)
+    the generator is consumed in that order."""
+    task = tasks.get_task('mosaic')
+    rng, reference = np.random.default_rng(3), np.random.default_rng(3)
     for _ in range(4):
         sample = task.draw(rng)
         colours = reference.uniform(0.25, 0.75, (3, 3))
@@ -111,7 +112,7 @@ def test_the_oracle_beats_bicubic_and_the_own_cell_except_on_the_control(name):
         assert ceilings['oracle'] == ceilings['own cell']
     else:
         assert ceilings['oracle'] > ceilings['own cell'] + 5
-    if name == 'mosaic':  # the proxy's reference points (docs/results.md)
+    if name == 'mosaic':  # the reference points of docs/tasks.md
         assert [round(ceilings[k], 2) for k in ('bicubic', 'own cell', 'oracle')] == \
             [25.84, 25.94, 35.25]
 
@@ -151,8 +152,8 @@ def test_real_repeats_repeat_real_patches_and_hold_their_photos_out():
     assert np.std(np.concatenate([task.draw(rng).casts.ravel() for _ in range(8)])) > 0.04
 
 
-def test_mosaic_far_keeps_every_repeat_out_of_the_proxy_network_s_reach():
-    """The proxy network's receptive field, measured: the HR outputs that change when one LR
+def test_mosaic_far_keeps_every_repeat_out_of_the_network_s_reach():
+    """The leaderboard network's receptive field, measured: the HR outputs that change when one LR
     pixel does. Two repeats of a colour are farther apart than it reaches."""
     model = models.EDSR(scale=2, n_resblocks=4, n_feats=16)
     # Jitted: one compilation each costs less than the eager ops' many.
@@ -172,7 +173,8 @@ def test_mosaic_far_keeps_every_repeat_out_of_the_proxy_network_s_reach():
         for colour in range(task.textures):
             where = np.argwhere(layout == colour)
             assert len(where) == task.grid ** 2 // task.textures
-            apart = np.abs(where[:, None] - where[None]).max(axis=-1)[~np.eye(len(where), dtype=bool)]
+            distances = np.abs(where[:, None] - where[None]).max(axis=-1)
+            apart = distances[~np.eye(len(where), dtype=bool)]
             # The nearest LR pixels of two cells `apart` cells apart are this many pixels apart.
             assert ((apart - 1) * task.cell + 1).min() > reach
             assert apart.min() >= task.spacing

@@ -147,8 +147,10 @@ def cost_identity(config: ml_collections.ConfigDict, sides: Sequence[int]) -> di
     """What a cost measurement depends on: the attention module's model keys, their code, the
     sizes and the device."""
     model = {key: config.model[key] for key in (*models.ENLCA_KEYS, 'block')}
-    return {'model': model, 'code': code_fingerprint(config), 'sides': list(sides),
-            'channels': COST_CHANNELS, 'device': store_lib.ledger()['device']}
+    code = {key: value for key, value in code_fingerprint(config).items()
+            if not key.startswith('train.')}
+    return {'model': model, 'code': code, 'sides': list(sides), 'channels': COST_CHANNELS,
+            'device': store_lib.ledger()['device']}
 
 
 def run_leaderboard(workdir: str | Path, variant_list: Sequence[str] = DEFAULT_VARIANTS,
@@ -269,30 +271,38 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
     for group in groups.values():
         for entry in group['tasks'].values():
             _score_task(entry, reference, group)
-    costs = {}
-    for record in results.records('costs'):
-        variant = _cost_variant(record, records)
-        if variant is not None:
-            costs[variant] = record['result']
+    costs = _costs_by_variant(results, records)
     ordered = sorted(groups.values(), key=lambda g: (-g['steps'], json.dumps(g['sets'])))
     return {'groups': ordered, 'costs': costs, 'stale': stale, 'runs': ledger,
             'reference': reference}
 
 
-def _cost_variant(cost_record: dict, run_records: list[dict]) -> str | None:
-    """The variant a cost record measured (the first stored run with its model keys)."""
-    model = cost_record['identity']['model']
+def _costs_by_variant(results: store_lib.ResultStore, run_records: list[dict]) -> dict[str, dict]:
+    """`variant -> cost` for every stored run's variant whose attention module (its model keys
+    and their code, as it resolves now) has a stored measurement; the newest where several
+    (other sizes, devices) exist. Variants that differ only in training (`enla_k`,
+    `enla_k_cl`) share one module and so one cost."""
+    measured = sorted(results.records('costs'), key=lambda r: r.get('ledger', {}).get('date', ''))
+    costs = {}
     for record in run_records:
+        identity = record['identity']
+        if identity['variant'] in costs:
+            continue
         try:
-            task = tasks_lib.get_task(record['identity']['task'])
             config, _ = variants.variant_config(
-                base_config(task, record['identity']['steps'], record['identity']['sets']),
-                record['identity']['variant'])
+                base_config(tasks_lib.get_task(identity['task']), identity['steps'],
+                            identity['sets']), identity['variant'])
         except Exception:  # pylint: disable=broad-except  # a variant that no longer resolves
             continue
-        if {key: config.model[key] for key in model} == model:
-            return record['identity']['variant']
-    return None
+        if config.model.attention == 'none':
+            continue
+        model = {key: config.model[key] for key in (*models.ENLCA_KEYS, 'block')}
+        code = code_fingerprint(config)
+        for cost in measured:
+            if cost['identity']['model'] == model and all(
+                    code.get(key) == value for key, value in cost['identity']['code'].items()):
+                costs[identity['variant']] = cost['result']
+    return costs
 
 
 def _score_task(entry: dict, reference: str, group: dict) -> None:
@@ -441,13 +451,7 @@ def markdown(report: dict) -> str:
                               else f"{row['params_vs_none']:+.1%}"])
             lines += [files.markdown_table(head, cells), '']
             if entry['task'] == 'control':
-                confounded = [r['variant'] for r in entry['rows']
-                              if r['vs_none'] and r['vs_none']['verdict'] == verdicts.BETTER]
-                lines += [('On the control nothing non-local can help; rows better than `none` '
-                           'here gain by something else (parameters, optimisation), a confound: '
-                           + ', '.join(f'`{v}`' for v in confounded)) if confounded else
-                          'On the control every row ties with or falls below `none`: no '
-                          'confound shows.', '']
+                lines += [control_note(entry['rows']), '']
     if costs:
         lines += [f'## Cost of one attention module ({COST_CHANNELS} channels)', '',
                   _cost_table(costs), '']
@@ -458,6 +462,21 @@ def markdown(report: dict) -> str:
                   + ', '.join(f'`{v}`' for v in variants_stale)
                   + '.', '']
     return '\n'.join(lines)
+
+
+def control_note(rows: list[dict]) -> str:
+    """What the control task says: the rows better than `none` there, which gain by something
+    other than non-local information (the block's parameters, optimisation), and the largest
+    such gain, below which a gain on another task is not evidence of attention."""
+    confounded = [r for r in rows if r['vs_none'] and r['vs_none']['verdict'] == verdicts.BETTER]
+    if not confounded:
+        return 'On the control every row ties with or falls below `none`: no confound shows.'
+    largest = max(r['vs_none']['difference'] for r in confounded)
+    return ('On the control nothing non-local can help, yet these rows beat `none`: '
+            + ', '.join(f'`{r["variant"]}`' for r in confounded) + '. They gain by something '
+            'else (the attention block\'s parameters, optimisation), up to '
+            f'{largest:+.2f} dB: a gain of that size on another task is not evidence of '
+            'attention.')
 
 
 def _gap(row: dict | None, verdict: bool = True) -> str:

@@ -188,6 +188,18 @@ def test_an_edited_function_no_longer_counts(tmp_path, fake, monkeypatch):
     assert 'edited since' in (tmp_path / 'w' / 'leaderboard.md').read_text()
 
 
+def test_a_changed_variant_definition_is_retrained_not_mixed(tmp_path, fake, monkeypatch):
+    board(tmp_path, ['none', 'enla_k'])
+    redefined = variants.Variant({**variants.VARIANTS['enla_k'].overrides,
+                                  'model.num_random_features': 32}, 'ENLA, k = 6, m = 32')
+    monkeypatch.setitem(variants.VARIANTS, 'enla_k', redefined)
+    report = board(tmp_path, ['none', 'enla_k'])
+    assert [(t[0], t[2]) for t in fake.trained[4:]] == [('enla', 0), ('enla', 1)]
+    row = next(r for r in report['groups'][0]['tasks']['tiny v1']['rows']
+               if r['variant'] == 'enla_k')
+    assert len(row['seeds']) == 2 and len(report['stale']) == 2
+
+
 def test_a_second_leaderboard_on_a_busy_workdir_is_refused(tmp_path, fake):
     with workdir_lib.WorkdirLock(tmp_path):
         with pytest.raises(SystemExit) as stop:

@@ -268,7 +268,10 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
         runs_by_variant = group['tasks'].setdefault(task_key, {
             'task': identity['task'], 'version': identity['task_version'], 'runs': {}})['runs']
         runs_by_variant.setdefault(identity['variant'], {})[identity['seed']] = result
+    order = {name: i for i, name in enumerate(tasks_lib.TASKS)}
     for group in groups.values():
+        group['tasks'] = dict(sorted(group['tasks'].items(), key=lambda item: (
+            order.get(item[1]['task'], len(order)), item[0])))
         for entry in group['tasks'].values():
             _score_task(entry, reference, group)
     costs = _costs_by_variant(results, records)
@@ -378,13 +381,15 @@ def _db(value: float | None, signed: bool = False) -> str:
 
 
 def _comparison(result: dict | None) -> str:
-    """`+0.12 [+0.05, +0.19] better`, or `-` without a comparison."""
+    """`+0.12 [+0.05, +0.19] better, 3/3`: the difference, its interval, the verdict and the
+    seeds on which the row was ahead; `-` without a comparison."""
     if result is None:
         return '-'
+    ahead = f"{result['positive']}/{result['seeds']}"
     if result['seeds'] < 2:
-        return f"{result['difference']:+.2f} ({result['verdict']})"
+        return f"{result['difference']:+.2f} ({result['verdict']}), {ahead}"
     return (f"{result['difference']:+.2f} [{result['low']:+.2f}, {result['high']:+.2f}] "
-            f"{result['verdict']}")
+            f"{result['verdict']}, {ahead}")
 
 
 def _largest(cost: dict | None, key: str) -> float | None:
@@ -408,7 +413,8 @@ def markdown(report: dict) -> str:
              'synthetic tasks (`docs/tasks.md`), mean and 95 % interval over seeds. *gap '
              "closed*: the fraction of the gap between `none` (EDSR) and the task's oracle that "
              'a row closes. *vs none* / *vs ' + reference + '*: the paired difference (same '
-             'seeds, same test images) in dB with its 95 % interval, and the verdict. '
+             'seeds, same test images) in dB with its 95 % interval, the verdict, and on how '
+             'many seeds the row was ahead. '
              '(control): a row that cannot select by content. ⚑: more than '
              f'{PARAMS_FLAG:.0%} more parameters than `none`. k: the amplification.', '']
     costs = report['costs']
@@ -420,6 +426,7 @@ def markdown(report: dict) -> str:
         for task_key, entry in group['tasks'].items():
             for row in entry['rows']:
                 summary.setdefault(row['variant'], {'row': row})[task_key] = row
+        summary = dict(sorted(summary.items(), key=lambda item: -_mean_gap(item[1])))
         head = ['variant', 'k', 'params', 'fwd ms (largest size)', *task_keys]
         cells = []
         for variant, by_task in summary.items():
@@ -477,6 +484,14 @@ def control_note(rows: list[dict]) -> str:
             'else (the attention block\'s parameters, optimisation), up to '
             f'{largest:+.2f} dB: a gain of that size on another task is not evidence of '
             'attention.')
+
+
+def _mean_gap(by_task: dict) -> float:
+    """The mean fraction of the gap a variant closes over the tasks that have one (-inf if
+    none), the summary's order."""
+    gaps = [row['gap_closed'] for key, row in by_task.items()
+            if key != 'row' and row['gap_closed'] is not None]
+    return statistics.fmean(gaps) if gaps else float('-inf')
 
 
 def _gap(row: dict | None, verdict: bool = True) -> str:

@@ -52,8 +52,9 @@ def paired(row: dict[int, Sequence[float]], reference: dict[int, Sequence[float]
     Args:
       row, reference: per seed, the PSNR of each test image (the same images in the same order).
     Returns:
-      `{'difference', 'low', 'high', 'seeds', 'verdict'}` in dB, over the seeds both have (the
-      per-seed mean of the image-wise differences), or None when they share no seed.
+      `{'difference', 'low', 'high', 'seeds', 'verdict', 'positive'}` in dB, over the seeds both
+      have (the per-seed mean of the image-wise differences; `positive`: how many of those
+      are above 0), or None when they share no seed.
     Raises:
       ValueError: a seed whose image lists differ in length (not the same test images).
     """
@@ -68,7 +69,8 @@ def paired(row: dict[int, Sequence[float]], reference: dict[int, Sequence[float]
         differences.append(statistics.fmean(a - b for a, b in zip(row[seed], reference[seed])))
     mean, low, high = interval(differences)
     return {'difference': mean, 'low': low, 'high': high, 'seeds': len(seeds),
-            'verdict': verdict(low, high, len(seeds))}
+            'verdict': verdict(low, high, len(seeds)),
+            'positive': sum(difference > 0 for difference in differences)}
 
 
 def gap_closed(psnr: float, none: float, ceiling: float) -> float | None:

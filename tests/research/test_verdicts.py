@@ -56,6 +56,7 @@ def test_a_paired_comparison_is_over_per_seed_image_differences():
     differences = [0.5, 0.5, 0.5]  # seed 3 has no reference: not compared
     assert result['seeds'] == 3 and result['difference'] == pytest.approx(np.mean(differences))
     assert result['verdict'] == verdicts.BETTER and result['low'] == pytest.approx(0.5)
+    assert result['positive'] == 3 and verdicts.paired(reference, row)['positive'] == 0
     # Pairing removes what seeds share: a constant gain is better, whatever the seed spread.
     noisy_reference = {s: [20.0 + 5 * s] * 2 for s in range(3)}
     noisy_row = {s: [20.1 + 5 * s] * 2 for s in range(3)}

@@ -527,8 +527,9 @@ def _gflop(row: dict) -> str:
 
 
 def plot_rows(report: dict) -> tuple[list[dict], list[str]]:
-    """The newest budget's rows for `plots.pareto_plot`: cost = forward ms at the largest size,
-    quality = fraction of the gap closed per task, with its 95 % interval."""
+    """The newest budget's rows for `plots.pareto_plot` and the tasks to draw: cost = forward ms
+    at the largest size, quality = fraction of the gap closed per task, with its 95 % interval;
+    tasks with no gap (the control) are not drawn."""
     if not report['groups']:
         return [], []
     group = report['groups'][0]
@@ -548,7 +549,11 @@ def plot_rows(report: dict) -> tuple[list[dict], list[str]]:
                                               (row['high'] - none['psnr']) / gap)
             else:
                 item['interval'][task_key] = None
-    return list(rows.values()), list(group['tasks'])
+    # A task without a gap (the control: its oracle is no better than one cell's own estimate)
+    # has no quality axis here; its table says what it shows.
+    plotted = [key for key in group['tasks']
+               if any(row['quality'].get(key) is not None for row in rows.values())]
+    return list(rows.values()), plotted
 
 
 def write_outputs(report: dict, workdir: str | Path) -> list[Path]:
@@ -559,9 +564,10 @@ def write_outputs(report: dict, workdir: str | Path) -> list[Path]:
              files.write_text(workdir / 'leaderboard.json',
                               json.dumps(report, indent=1, default=str))]
     rows, task_keys = plot_rows(report)
-    if rows:
+    if rows and task_keys:
         paths.append(plots.pareto_plot(rows, workdir / 'leaderboard.png',
                                        cost_key_label='forward ms of one attention module '
                                        f'(largest size, {COST_CHANNELS} channels)',
-                                       tasks=task_keys))
+                                       tasks=task_keys,
+                                       quality_label="fraction of the gap to the oracle closed"))
     return paths

@@ -49,6 +49,11 @@ flags.DEFINE_integer('tile_overlap', inference.AUTO_TILE_OVERLAP, 'LR pixels of 
                      'tiles')
 flags.DEFINE_enum('dtype', None, list(precision.NAMES), 'compute precision of the network '
                   '(default: the one the checkpoint was trained in, its model.dtype)')
+flags.DEFINE_boolean('trust_code', False, 'import the modules outside enlcn_jax that the '
+                     "checkpoint's MODULE:NAME specs name (importing runs them): only for a "
+                     'checkpoint whose code you trust')
+flags.DEFINE_boolean('allow_changed_code', False, "score the checkpoint's MODULE:NAME functions "
+                     'although their source changed since it was saved (warned)')
 flags.DEFINE_string('save_images', None, 'write SR PNGs to DIR/<dataset>/X<s>/<name>.png')
 flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | SR | HR crop PNG '
                     'beside --output')
@@ -72,6 +77,7 @@ def options_from_flags(values: flags.FlagValues = FLAGS) -> runner.EvalOptions:
         checkpoint=values.checkpoint, which=values.which, model=values.model,
         data_dir=values.data_dir, self_ensemble=values.self_ensemble, bucket=values.bucket,
         tile=values.tile, tile_overlap=values.tile_overlap, dtype=values.dtype,
+        trust_code=values.trust_code, allow_changed_code=values.allow_changed_code,
         save_images=values.save_images, compare=values.compare,
         crop=_ints(values.crop, 'crop') or None, output=values.output)
 

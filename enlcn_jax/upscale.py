@@ -1,7 +1,7 @@
 """Super-resolves one image file with a trained model.
 
     python -m enlcn_jax.upscale in.png out.png --checkpoint DIR [--which best] [--self_ensemble]
-        [--tile 256 --tile_overlap 16] [--bucket 1]
+        [--tile 256 --tile_overlap 16] [--bucket 1] [--trust_code]
 
 Any size and any image PIL reads: grayscale and palette images are converted to RGB and an
 alpha channel is dropped, with a warning (`image_io.load_image`). The output is RGB, `scale`
@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> None:
                              'numbers; 1: no padding)')
     parser.add_argument('--dtype', choices=precision.NAMES, default=None,
                         help='compute precision (default: the one the model was trained in)')
+    parser.add_argument('--trust_code', action='store_true',
+                        help="import the modules outside enlcn_jax that the checkpoint's "
+                             'MODULE:NAME specs name (importing runs them): only for a checkpoint '
+                             'whose code you trust')
+    parser.add_argument('--allow_changed_code', action='store_true',
+                        help="run the checkpoint's MODULE:NAME functions although their source "
+                             'changed since it was saved (warned)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     args = parser.parse_args(argv)
     if Path(args.output).exists() and Path(args.input).exists() and \
@@ -73,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         upscaler = inference.load_upscaler(args.checkpoint, args.which, dtype=args.dtype,
                                           bucket=args.bucket,
                                           tile=args.tile, tile_overlap=args.tile_overlap,
-                                          self_ensemble=args.self_ensemble)
+                                          self_ensemble=args.self_ensemble,
+                                          trust_code=args.trust_code,
+                                          allow_changed_code=args.allow_changed_code)
     except (FileNotFoundError, ValueError) as e:
         parser.error(f'--checkpoint {args.checkpoint}: {e}')
     start = time.perf_counter()

@@ -29,7 +29,9 @@ the sample variance over `--draws` draws falls orders of magnitude below Eq. 7: 
 points then show what a training run actually sees, and the attention-output error is the
 practical measure.
 Both write PNG + JSON.
-Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used.
+Without `--checkpoint` a freshly initialised quickstart-sized ENLCN is used; a checkpoint that
+names functions outside enlcn_jax (`MODULE:NAME`) loads only with `--trust_code`
+(`checkpoints.load_model`).
 """
 
 from __future__ import annotations
@@ -495,10 +497,14 @@ def plot_study(rows: list[dict], out: str | Path) -> Path:
     return save_figure(fig, out)
 
 
-def _load_model(checkpoint: str | None) -> tuple[models.ENLCN, dict]:
-    if checkpoint:
+def _load_model(args: argparse.Namespace) -> tuple[models.ENLCN, dict]:
+    """The model of `--checkpoint` (`checkpoints.load_model` with `--trust_code` and
+    `--allow_changed_code`), or an untrained one."""
+    if args.checkpoint:
         from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
-        model, variables, _ = checkpoints.load_model(checkpoint)
+        model, variables, _ = checkpoints.load_model(
+            args.checkpoint, trust_code=args.trust_code,
+            allow_changed_code=args.allow_changed_code)
         return model, variables
     model = models.ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4)
     init = jax.jit(functools.partial(models.init_variables, model),
@@ -523,6 +529,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ('maps', 'variance'):
         p = sub.add_parser(name)
         p.add_argument('--checkpoint', help='training workdir or model directory (default: untrained)')
+        p.add_argument('--trust_code', action='store_true',
+                       help="import the modules outside enlcn_jax that the checkpoint's "
+                            'MODULE:NAME specs name (importing runs them): only for a checkpoint '
+                            'whose code you trust')
+        p.add_argument('--allow_changed_code', action='store_true',
+                       help="run the checkpoint's MODULE:NAME functions although their source "
+                            'changed since it was saved (warned)')
         p.add_argument('--image', help='input image (default: skimage astronaut)')
         p.add_argument('--module', type=int, default=0, help='which ENLCA module (0 = first)')
         p.add_argument('--max_side', type=int, default=128,
@@ -552,7 +565,10 @@ def main(argv: list[str] | None = None) -> None:
                     resolve(spec)
             except ValueError as e:
                 parser.error(f'{flag}: {e}')
-    model, variables = _load_model(args.checkpoint)
+    try:
+        model, variables = _load_model(args)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f'--checkpoint {args.checkpoint}: {e}')
     image = _load_image(args.image, args.max_side)
     out = Path(args.out)
     if args.command == 'maps':

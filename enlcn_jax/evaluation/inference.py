@@ -246,6 +246,7 @@ class ModelUpscaler:
 
 
 def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: str | None = None,
+                  *, trust_code: bool = False, allow_changed_code: bool = False,
                   **options) -> ModelUpscaler:
     """A `ModelUpscaler` for a model directory or training workdir (`checkpoints.load_model`).
 
@@ -254,10 +255,13 @@ def load_upscaler(checkpoint: str | os.PathLike, which: str = 'latest', dtype: s
       which: `'latest'` or `'best'` checkpoint of a workdir.
       dtype: compute precision (`precision.NAMES`); None: the one the model was trained in
         (its recorded `model.dtype`; float32 for models recorded without one).
+      trust_code, allow_changed_code: `checkpoints.load_model`'s: import the modules outside
+        the package the checkpoint names; run functions whose source changed since it was saved.
       **options: `ModelUpscaler`'s keyword arguments; its `checkpoint_step` is the step loaded
         (None for a model directory).
     """
-    model, variables, step = checkpoints.load_model(checkpoint, which)
+    model, variables, step = checkpoints.load_model(checkpoint, which, trust_code=trust_code,
+                                                    allow_changed_code=allow_changed_code)
     if dtype is not None:
         model = model.clone(dtype=dtype)
     return ModelUpscaler(model, variables, checkpoint_step=step, **options)

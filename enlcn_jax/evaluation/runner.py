@@ -45,6 +45,9 @@ class EvalOptions:
       data_dir: dataset root (None: `$ENLCN_DATA`, else ./datasets).
       self_ensemble, bucket, tile, tile_overlap: `inference.ModelUpscaler`'s options.
       dtype: compute precision (`precision.NAMES`; None: the one the checkpoint was trained in).
+      trust_code: import the modules outside the package the checkpoint names (`MODULE:NAME`
+        specs); without it such a checkpoint is refused (`checkpoints.load_model`).
+      allow_changed_code: score functions whose source changed since the checkpoint was saved.
       save_images: folder the SR PNGs go to (`<dir>/<dataset>/X<s>/<name>.png`), or None.
       compare: image name (file stem) whose bicubic | SR | HR crop is written beside `output`.
       crop: `(y, x, size)` of that crop in HR pixels (None: the busiest `32 s` square).
@@ -61,6 +64,8 @@ class EvalOptions:
     tile: int | None = None
     tile_overlap: int = inference.AUTO_TILE_OVERLAP
     dtype: str | None = None
+    trust_code: bool = False
+    allow_changed_code: bool = False
     save_images: str | None = None
     compare: str | None = None
     crop: tuple[int, ...] | None = None
@@ -72,7 +77,8 @@ class EvalOptions:
                 'checkpoint': self.checkpoint, 'which': self.which, 'model': self.model,
                 'dtype': self.dtype, 'data_dir': self.data_dir,
                 'self_ensemble': self.self_ensemble, 'bucket': self.bucket, 'tile': self.tile,
-                'tile_overlap': self.tile_overlap, 'output': self.output,
+                'tile_overlap': self.tile_overlap, 'trust_code': self.trust_code,
+                'allow_changed_code': self.allow_changed_code, 'output': self.output,
                 'save_images': self.save_images}
 
 
@@ -120,7 +126,8 @@ def load_upscalers(options: EvalOptions) -> list[inference.Upscaler]:
         upscaler = inference.load_upscaler(
             options.checkpoint, options.which, dtype=options.dtype, bucket=options.bucket,
             tile=options.tile, tile_overlap=options.tile_overlap,
-            self_ensemble=options.self_ensemble)
+            self_ensemble=options.self_ensemble, trust_code=options.trust_code,
+            allow_changed_code=options.allow_changed_code)
     except (FileNotFoundError, ValueError) as e:
         raise EvalError(f'--checkpoint {options.checkpoint}: {e}') from e
     if options.scales and list(options.scales) != [upscaler.scale]:

@@ -15,7 +15,11 @@ A config value (a *spec*) is
 
 In code, the function itself (or a `functools.partial` of it) may stand for a spec. A training
 workdir records the spec as written in `model_config.json` (`spec_string` turns a function
-into the `MODULE:NAME(...)` that imports it again), so evaluation resolves it again.
+into the `MODULE:NAME(...)` that imports it again), so evaluation resolves it again. Importing
+a module runs it: a checkpoint's specs outside the package (`external_targets`) are imported
+only when the user trusts its code (`checkpoints.load_model(trust_code=True)`), and the source
+of each function it names is fingerprinted when it is saved and compared when it is loaded
+(`code_fingerprints`, `changed_code`).
 Every function is checked once (`check`), running it the way the model will, before a model
 uses it: a wrong signature or a function that misbehaves where the model runs it is a one-line
 error naming the config key, not a traceback from inside `jit` or a silently wrong number.
@@ -30,7 +34,7 @@ import importlib
 import inspect
 import os
 import sys
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 Fn = TypeVar('Fn', bound=Callable)
 Spec = str | Callable
@@ -286,6 +290,49 @@ def describe(spec: Spec) -> str:
         return spec
     fn = spec.func if isinstance(spec, functools.partial) else spec
     return getattr(fn, '__qualname__', None) or repr(spec)
+
+
+PACKAGE = __name__.split('.', maxsplit=1)[0]  # 'enlcn_jax': its own modules need no trust
+
+
+def external_targets(specs: Iterable[Any]) -> list[str]:
+    """The `MODULE:NAME` targets among `specs` whose MODULE lies outside this package (its
+    top-level package is not `enlcn_jax`), sorted, once each: the code resolving them would
+    import and so run. Reads the strings only, nothing is imported; values that are not strings
+    (None, a function given in code) are skipped.
+
+    Raises:
+      ValueError: a spec that does not parse (`parse_spec`).
+    """
+    targets = set()
+    for spec in specs:
+        if isinstance(spec, str):
+            target, _ = parse_spec(spec)
+            if ':' in target and target.split(':')[0].split('.')[0] != PACKAGE:
+                targets.add(target)
+    return sorted(targets)
+
+
+def code_fingerprints(specs: Iterable[Any]) -> dict[str, str]:
+    """`{MODULE:NAME: source_fingerprint}` of the `external_targets` of `specs`, each imported
+    (a module is imported once; the hash reads its source file). Built-in names cost nothing.
+
+    Raises:
+      ImportError, AttributeError: a target that cannot be imported (its registry, resolving
+        the spec, names it in one line first).
+    """
+    fingerprints = {}
+    for target in external_targets(specs):
+        module, _, name = target.partition(':')
+        fingerprints[target] = source_fingerprint(getattr(_import_module(module), name))
+    return fingerprints
+
+
+def changed_code(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """The `MODULE:NAME` targets whose fingerprint in `current` (`code_fingerprints` now) is not
+    the one in `recorded` (when the specs were used); a target `recorded` lacks is not compared."""
+    return [target for target, fingerprint in current.items()
+            if recorded.get(target, fingerprint) != fingerprint]
 
 
 def _import_module(name: str):

@@ -18,6 +18,15 @@ refuses non-finite weights. A checkpoint step written with a `record` (a model d
 with `format.json`) must have its checksums: a missing one is damage, not an old format; only
 checkpoints written before checksums existed load without them, with a warning. `load_model`
 reads a model directory or a workdir.
+
+A checkpoint names its functions by spec (`nn/registry.py`), and resolving a `MODULE:NAME` spec
+imports MODULE, which runs it. `load_model` imports only the package's own code unless it is
+told to trust the checkpoint's (`trust_code`): a model config naming a module outside
+`enlcn_jax` is an `UntrustedCodeError`, raised before anything is imported. Every function a
+checkpoint names from outside the package is recorded with the fingerprint of its source file
+(`registry.code_fingerprints`: `code` in a step's record, in a model directory's `format.json`);
+a function whose source changed since is an error naming it (the scores would be the edited
+function's, not the trained model's) unless `allow_changed_code`, which warns.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from enlcn_jax.nn import models
+from enlcn_jax.nn import models, registry
 
 from enlcn_jax.storage import files
 
@@ -53,6 +62,64 @@ BEST_METRIC = 'psnr_y'
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message names it and why."""
+
+
+class UntrustedCodeError(CheckpointError):
+    """A checkpoint's config names code outside the package, and its code is not trusted."""
+
+
+def check_trusted(config: Mapping, where: Path, trust_code: bool) -> None:
+    """Refuses a flat model config (`model_config.json` at `where`) that would import modules
+    outside the package, unless `trust_code`. Reads the strings only: nothing is imported.
+
+    Raises:
+      UntrustedCodeError: naming the modules and the functions, and how to accept them.
+      CheckpointError: a spec that does not parse.
+    """
+    try:
+        targets = registry.external_targets(_specs(config))
+    except ValueError as e:
+        raise CheckpointError(f'{where} builds no model: {e}') from e
+    if targets and not trust_code:
+        modules = sorted({target.split(':')[0] for target in targets})
+        raise UntrustedCodeError(
+            f'{where} names code outside {registry.PACKAGE} ({", ".join(targets)}): loading it '
+            f'imports, and so runs, module(s) {", ".join(modules)}; pass --trust_code '
+            '(trust_code=True) to import them if you trust whoever made the checkpoint')
+
+
+def _specs(config) -> list:
+    """The specs a flat model config names (none for a value that is not a config: `from_config`
+    refuses it)."""
+    return [config.get(key) for key in models.SPEC_KEYS] if isinstance(config, Mapping) else []
+
+
+def code_fingerprints(config: Mapping) -> dict[str, str]:
+    """`registry.code_fingerprints` of the functions a flat model config names."""
+    return registry.code_fingerprints(_specs(config))
+
+
+def check_code(config: Mapping, recorded: Mapping[str, str] | None, where: Path,
+               allow_changed_code: bool) -> None:
+    """Refuses a model config whose functions from outside the package no longer have the
+    source recorded with the checkpoint at `where` (`recorded`: `code_fingerprints` when it was
+    saved; None for a checkpoint saved before code was fingerprinted: nothing to compare).
+
+    Raises:
+      CheckpointError: naming the changed functions, unless `allow_changed_code` (a warning).
+    """
+    if not recorded:
+        return
+    changed = registry.changed_code(recorded, code_fingerprints(config))
+    if not changed:
+        return
+    message = (f'{where}: the source of {", ".join(changed)} changed since the checkpoint was '
+               'saved (its file\'s fingerprint differs)')
+    if not allow_changed_code:
+        raise CheckpointError(f'{message}: restore it, or pass --allow_changed_code '
+                              '(allow_changed_code=True) to run it as it is now')
+    logging.warning('%s; running it as it is now, as asked: the scores no longer belong to the '
+                    'trained model', message)
 
 
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:
@@ -86,14 +153,16 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
     """Writes `model_config` and `variables` to `directory` (created; must not hold a model yet).
 
     Functions given in code in `model_config` are recorded by the spec that imports them again
-    (`models.recordable_config`; ValueError for one that cannot be).
+    (`models.recordable_config`; ValueError for one that cannot be); those from outside the
+    package with the fingerprint of their source (`code` in `format.json`).
     """
     directory = Path(directory).absolute()
     model_config = models.recordable_config(model_config)
     if (directory / VARIABLES).exists():
         raise FileExistsError(f'{directory / VARIABLES} already exists; choose another --out')
     directory.mkdir(parents=True, exist_ok=True)
-    files.write_text(directory / FORMAT_FILE, json.dumps({'format': FORMAT}))
+    files.write_text(directory / FORMAT_FILE, json.dumps(
+        {'format': FORMAT, 'code': code_fingerprints(model_config)}))
     files.write_text(directory / f'{CHECKSUMS}.json', json.dumps(checksums(variables), indent=2))
     files.write_text(directory / MODEL_CONFIG, json.dumps(model_config, indent=2, sort_keys=True))
     try:
@@ -191,8 +260,8 @@ def best_manager(workdir: str | Path, read_only: bool = False) -> ocp.Checkpoint
                  best_fn=_best_metric, best_mode='max'))
 
 
-def load_model(path: str | Path,
-               which: str = 'latest') -> tuple[models.ENLCN, dict, int | None]:
+def load_model(path: str | Path, which: str = 'latest', *, trust_code: bool = False,
+               allow_changed_code: bool = False) -> tuple[models.ENLCN, dict, int | None]:
     """Reads a model from a model directory (`save_model`) or a training workdir.
 
     Args:
@@ -200,27 +269,36 @@ def load_model(path: str | Path,
       which: for a workdir, `'latest'` (last saved step of `checkpoints/`) or `'best'` (the step
         with the best validation PSNR-Y, `best/`). A model directory holds one model and
         ignores it.
+      trust_code: import the modules outside the package that `model_config.json` names
+        (`MODULE:NAME` specs); without it such a checkpoint is refused before any is imported.
+      allow_changed_code: load with functions whose source changed since the checkpoint was
+        saved, with a warning.
     Returns:
       `(model, variables, step)`: the `models.ENLCN` of `model_config.json`,
       `{'params': ..., 'random_features': ...}` as numpy arrays, and the training step the
       variables were saved at (None for a model directory).
     Raises:
       FileNotFoundError: `path` is neither, or the workdir has no checkpoint of that kind yet.
-      CheckpointError: a damaged checkpoint, non-finite weights, or a `model_config.json` that
-        is unreadable or builds no model.
+      UntrustedCodeError: `model_config.json` names modules outside the package, without
+        `trust_code`.
+      CheckpointError: a damaged checkpoint, non-finite weights, a `model_config.json` that
+        is unreadable or builds no model, or a function whose source changed (above).
     """
     if which not in ('latest', 'best'):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     path = Path(path).absolute()
     if (path / VARIABLES).exists():
         config, variables = load_model_dir(path)
-        return _build(config, path / MODEL_CONFIG), variables, None
+        model = _build(config, path / MODEL_CONFIG, trust_code)
+        recorded = _read_json(path / FORMAT_FILE) if (path / FORMAT_FILE).exists() else {}
+        check_code(config, recorded.get('code'), path, allow_changed_code)
+        return model, variables, None
     if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
         raise FileNotFoundError(f'{path} is neither a model directory ({MODEL_CONFIG} and '
                                 f'{VARIABLES}/) nor a training workdir ({MODEL_CONFIG} and '
                                 f'{CHECKPOINTS_DIR}/)')
     config = _read_json(path / MODEL_CONFIG)
-    model = _build(config, path / MODEL_CONFIG)
+    model = _build(config, path / MODEL_CONFIG, trust_code)
     with (best_manager(path, read_only=True) if which == 'best'
           else latest_manager(path, read_only=True)) as manager:
         step = manager.best_step() if which == 'best' else manager.latest_step()
@@ -235,13 +313,16 @@ def load_model(path: str | Path,
         saved = _saved_checksums(manager, step)
         if saved is not None:
             verify_checksums(variables, saved[VARIABLES], where)
+        record = saved_record(manager, step) or {}
     check_finite(variables, where)
+    check_code(config, record.get('code'), where, allow_changed_code)
     return model, variables, step
 
 
-def _build(config: dict, config_path: Path) -> models.ENLCN:
-    """`models.from_config(config)`; a config that builds no model is a `CheckpointError`
-    naming `config_path`."""
+def _build(config: dict, config_path: Path, trust_code: bool) -> models.ENLCN:
+    """`models.from_config(config)` once `check_trusted`; a config that builds no model is a
+    `CheckpointError` naming `config_path`."""
+    check_trusted(config, config_path, trust_code)
     try:
         return models.from_config(config)
     except (TypeError, ValueError) as e:

@@ -330,7 +330,7 @@ def test_eval_names_the_module_a_workdir_needs_when_it_cannot_be_imported(x2_mod
     (model / checkpoints.MODEL_CONFIG).write_text(json.dumps(config))
     write_crops(tmp_path / 'tiny', count=1)
     options = runner.EvalOptions(datasets=(str(tmp_path / 'tiny'),), checkpoint=str(model),
-                                 output=str(tmp_path / 'r.json'))
+                                 output=str(tmp_path / 'r.json'), trust_code=True)
     with pytest.raises(runner.EvalError) as info:
         runner.run(options)
     message = str(info.value)

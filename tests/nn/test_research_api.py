@@ -274,11 +274,11 @@ def test_specs_with_options_and_functions_are_recorded_and_load_again(tmp_path):
     recorded = json.loads((tmp_path / 'model' / 'model_config.json').read_text())
     assert recorded['attention'] == 'window(window=4)'
     assert recorded['feature_map'] == f'{__name__}:favor_hyperbolic'
-    loaded, loaded_variables, _ = checkpoints.load_model(tmp_path / 'model')
+    loaded, loaded_variables, _ = checkpoints.load_model(tmp_path / 'model', trust_code=True)
     np.testing.assert_array_equal(loaded.apply(loaded_variables, X), model.apply(variables, X))
     image_io.save_image(tmp_path / 'lr.png', np.asarray(X[0] * 255, np.uint8))
     upscale.main([str(tmp_path / 'lr.png'), str(tmp_path / 'sr.png'),
-                  '--checkpoint', str(tmp_path / 'model')])
+                  '--checkpoint', str(tmp_path / 'model'), '--trust_code'])
     assert image_io.load_image(tmp_path / 'sr.png').shape == (12, 14, 3)
 
 

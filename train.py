@@ -29,8 +29,8 @@ config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and metrics; default '
                     './workdirs/<config file name>.')
 flags.DEFINE_boolean('allow_config_changes', False, 'resume a workdir although the config changes '
-                     'its model, data, seed or recipe (more epochs and logging cadence need '
-                     'no flag)')
+                     'its model, data, seed or recipe, or the source of its MODULE:NAME '
+                     'functions changed (more epochs and logging cadence need no flag)')
 flags.DEFINE_string('coordinator_address', None, 'with config.distributed: host:port of process '
                     "0's coordinator (default: what jax.distributed detects, e.g. on SLURM)")
 flags.DEFINE_integer('num_processes', None, 'with config.distributed: number of processes')

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from enlcn_jax.data import input_pipeline
 from enlcn_jax.data import sources as data_lib
 from enlcn_jax.evaluation import evaluator, inference
-from enlcn_jax.nn import models, precision
+from enlcn_jax.nn import models, precision, registry
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import metric_writer, recipe
 from enlcn_jax.train import workdir as workdir_lib
@@ -189,6 +189,13 @@ def dataset_fingerprint(dataset: data_lib.SRDataset | None) -> dict | None:
     return {'images': len(dataset), 'sha256': digest.hexdigest()}
 
 
+def code_fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """`registry.code_fingerprints` of the functions a training config names from outside the
+    package: the model's and the contrastive loss (`{}` for built-in names, at no cost)."""
+    return {**checkpoints.code_fingerprints(config.model.to_dict()),
+            **registry.code_fingerprints([config.train.contrastive.loss])}
+
+
 class TrainingInterrupted(RuntimeError):
     """Ctrl-C (SIGINT) during training, raised once the checkpoint in flight is written."""
 
@@ -260,8 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       config: the run's config.
       workdir: where everything is written.
       allow_config_changes: resume even if the config changes keys outside
-        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe) or the training
-        images changed.
+        `workdir.SAFE_TO_CHANGE` (the model, the data, the seed, the recipe), or the training
+        images or the source of its functions from outside the package changed.
     Raises:
       FloatingPointError: a non-finite loss, gradient or parameter; the message names the step
         and the last checkpoint, which was saved before it and is left as it was, and for a
@@ -528,6 +535,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
     train_ds, val_ds = load_datasets(config)
     fingerprints = {'train': dataset_fingerprint(train_ds), 'val': dataset_fingerprint(val_ds)}
     workdir_lib.check_data(record, fingerprints, allow_config_changes)
+    code = code_fingerprints(config)
+    workdir_lib.check_code(record, code, allow_config_changes)
     _restart_best_tracking(workdir, record, fingerprints['val'], is_main)
 
     model = recipe.create_model(config)
@@ -538,7 +547,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
     total_steps = train_cfg.epochs * train_cfg.steps_per_epoch
     saving = Checkpointing(train_cfg.checkpoint_every_steps, total_steps, workdir,
                            train_cfg.keep_checkpoints,
-                           {'config': config.to_dict(), 'data': fingerprints})
+                           {'config': config.to_dict(), 'data': fingerprints, 'code': code})
     restored = checkpoints.restore_latest(saving.latest, state.checkpoint_items())
     if restored is not None:
         state = state.from_checkpoint_items(restored)

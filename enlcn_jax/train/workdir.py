@@ -12,7 +12,9 @@ Layout (written by `loop.train_and_evaluate`):
         variables            {'params', 'random_features'}: the model
         train                {'step', 'opt_state', 'rng'}: the rest of the `recipe.TrainState`
         checksums            {'variables': {array path: CRC-32}, 'train': {...}}: verified on load
-        record               {'format': 2, 'config': the run's config, 'data': fingerprints}
+        record               {'format': 2, 'config': the run's config, 'data': fingerprints,
+                              'code': the source fingerprints of its functions from outside
+                              the package, `loop.code_fingerprints`}
     best/<step>/           one step: the model with the best validation PSNR-Y so far
                            (`variables`, `checksums`, `record`)
     best.val-<sha256>/     a `best/` chosen on other validation images, moved aside
@@ -35,6 +37,9 @@ what its `variables` and `train` items hold.
   (`RENAMED_KEYS`, `ADDED_KEYS`): its workdir resumes.
 * `check_data`: the same for the training images, by their fingerprint
   (`loop.dataset_fingerprint`).
+* `check_code`: the same for the source of the run's functions from outside the package. Resume
+  imports only the functions of the config given on the command line: a recorded spec it does
+  not repeat is a config change, refused (or, with `allow_changes`, replaced), never imported.
 * `record_config`: writes `config.json` and `model_config.json` atomically.
 """
 
@@ -50,6 +55,7 @@ from typing import Any
 
 from absl import logging
 
+from enlcn_jax.nn import registry
 from enlcn_jax.storage import checkpoints, files
 
 CONFIG_FILE = 'config.json'
@@ -184,6 +190,30 @@ def check_data(record: dict | None, fingerprints: dict, allow_changes: bool = Fa
                            '--allow_config_changes to continue on these')
     logging.warning('%s; continuing on them as asked: the run no longer repeats a straight one',
                     message)
+
+
+def check_code(record: dict | None, fingerprints: dict[str, str],
+               allow_changes: bool = False) -> None:
+    """Refuses to resume with functions whose source changed since the checkpoint's record.
+
+    Args:
+      record: the latest checkpoint's record (`check_resume`), or None (nothing to compare).
+      fingerprints: `loop.code_fingerprints` of this run's config.
+      allow_changes: continue with the functions as they are now, with a warning that the run
+        no longer repeats a straight one.
+    Raises:
+      WorkdirError: naming the changed functions.
+    """
+    changed = registry.changed_code((record or {}).get('code') or {}, fingerprints)
+    if not changed:
+        return
+    message = (f'the source of {", ".join(changed)} changed since the checkpoint was trained '
+               "with it (its file's fingerprint differs)")
+    if not allow_changes:
+        raise WorkdirError(f'{message}: restore it, use a new --workdir, or pass '
+                           '--allow_config_changes to continue with it as it is now')
+    logging.warning('%s; continuing with it as it is now, as asked: the run no longer repeats a '
+                    'straight one', message)
 
 
 def record_config(workdir: str | os.PathLike, config: dict, model_config: dict) -> None:

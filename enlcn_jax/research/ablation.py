@@ -49,7 +49,10 @@ def run_ablation(base: ml_collections.ConfigDict, workdir: str | Path) -> list[d
         start = time.perf_counter()
         loop.train_and_evaluate(config, workdir / name)
         train_seconds = time.perf_counter() - start
-        model, variables, _ = checkpoints.load_model(workdir / name, 'latest')
+        # The ablation trained this workdir from the command's own variants just above: its
+        # functions are the user's, not a checkpoint's someone else made.
+        model, variables, _ = checkpoints.load_model(workdir / name, 'latest',
+                                                     trust_code=True)
         upscaler = inference.ModelUpscaler(
             model, variables, bucket=1, name=name,
             tile=base.ablation.tile or None, tile_overlap=base.ablation.tile_overlap)

@@ -27,7 +27,7 @@ from enlcn_jax.evaluation import inference, runner
 
 from enlcn_jax.nn import precision
 
-from enlcn_jax.storage import files
+from enlcn_jax.storage import checkpoints, files
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('dataset', None, 'comma-separated dataset names (Set5, Set14, B100, Urban100, '
@@ -49,11 +49,8 @@ flags.DEFINE_integer('tile_overlap', inference.AUTO_TILE_OVERLAP, 'LR pixels of 
                      'tiles')
 flags.DEFINE_enum('dtype', None, list(precision.NAMES), 'compute precision of the network '
                   '(default: the one the checkpoint was trained in, its model.dtype)')
-flags.DEFINE_boolean('trust_code', False, 'import the modules outside enlcn_jax that the '
-                     "checkpoint's MODULE:NAME specs name (importing runs them): only for a "
-                     'checkpoint whose code you trust')
-flags.DEFINE_boolean('allow_changed_code', False, "score the checkpoint's MODULE:NAME functions "
-                     'although their source changed since it was saved (warned)')
+flags.DEFINE_boolean('trust_code', False, checkpoints.TRUST_CODE_HELP)
+flags.DEFINE_boolean('allow_changed_code', False, checkpoints.ALLOW_CHANGED_CODE_HELP)
 flags.DEFINE_string('save_images', None, 'write SR PNGs to DIR/<dataset>/X<s>/<name>.png')
 flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | SR | HR crop PNG '
                     'beside --output')

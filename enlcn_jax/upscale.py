@@ -25,7 +25,7 @@ from enlcn_jax.evaluation import inference
 
 from enlcn_jax.nn import precision
 
-from enlcn_jax.storage import files
+from enlcn_jax.storage import checkpoints, files
 
 
 def upscale_file(src: str | Path, dst: str | Path, upscaler: inference.ModelUpscaler) -> np.ndarray:
@@ -53,13 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                              'numbers; 1: no padding)')
     parser.add_argument('--dtype', choices=precision.NAMES, default=None,
                         help='compute precision (default: the one the model was trained in)')
-    parser.add_argument('--trust_code', action='store_true',
-                        help="import the modules outside enlcn_jax that the checkpoint's "
-                             'MODULE:NAME specs name (importing runs them): only for a checkpoint '
-                             'whose code you trust')
+    parser.add_argument('--trust_code', action='store_true', help=checkpoints.TRUST_CODE_HELP)
     parser.add_argument('--allow_changed_code', action='store_true',
-                        help="run the checkpoint's MODULE:NAME functions although their source "
-                             'changed since it was saved (warned)')
+                        help=checkpoints.ALLOW_CHANGED_CODE_HELP)
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
     args = parser.parse_args(argv)
     if Path(args.output).exists() and Path(args.input).exists() and \

@@ -52,7 +52,7 @@ from enlcn_jax.data import image_io
 
 from enlcn_jax.nn import attention, features, models, registry
 
-from enlcn_jax.storage import files
+from enlcn_jax.storage import checkpoints, files
 
 Array = jax.Array
 IMAGE_EXPECTED = 'expected an RGB image [H, W, 3], uint8 (0..255) or float in [0, 1]'
@@ -501,7 +501,6 @@ def _load_model(args: argparse.Namespace) -> tuple[models.ENLCN, dict]:
     """The model of `--checkpoint` (`checkpoints.load_model` with `--trust_code` and
     `--allow_changed_code`), or an untrained one."""
     if args.checkpoint:
-        from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
         model, variables, _ = checkpoints.load_model(
             args.checkpoint, trust_code=args.trust_code,
             allow_changed_code=args.allow_changed_code)
@@ -529,13 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ('maps', 'variance'):
         p = sub.add_parser(name)
         p.add_argument('--checkpoint', help='training workdir or model directory (default: untrained)')
-        p.add_argument('--trust_code', action='store_true',
-                       help="import the modules outside enlcn_jax that the checkpoint's "
-                            'MODULE:NAME specs name (importing runs them): only for a checkpoint '
-                            'whose code you trust')
+        p.add_argument('--trust_code', action='store_true', help=checkpoints.TRUST_CODE_HELP)
         p.add_argument('--allow_changed_code', action='store_true',
-                       help="run the checkpoint's MODULE:NAME functions although their source "
-                            'changed since it was saved (warned)')
+                       help=checkpoints.ALLOW_CHANGED_CODE_HELP)
         p.add_argument('--image', help='input image (default: skimage astronaut)')
         p.add_argument('--module', type=int, default=0, help='which ENLCA module (0 = first)')
         p.add_argument('--max_side', type=int, default=128,

@@ -64,6 +64,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message names it and why."""
 
 
+# The help of the commands' flags that set `load_model`'s `trust_code` and `allow_changed_code`.
+TRUST_CODE_HELP = ("import the modules outside enlcn_jax that the checkpoint's MODULE:NAME specs "
+                   'name (importing runs them): only for a checkpoint whose code you trust')
+ALLOW_CHANGED_CODE_HELP = ("run the checkpoint's MODULE:NAME functions although their source "
+                           'changed since it was saved (warned)')
+
+
 class UntrustedCodeError(CheckpointError):
     """A checkpoint's config names code outside the package, and its code is not trusted."""
 

@@ -9,9 +9,11 @@ Subpackages are layers; each imports only the ones before it:
     evaluation  scoring by the published protocol
     train       the recipe, the loop, the workdir
     bench       benchmarks
+    research    comparing attention: variants, tasks, the leaderboard, the Table-2 ablation
 
 The top-level modules are the commands (`python -m enlcn_jax.<command>`): `upscale`,
-`convert`, `visualize`, `ablation`; `train.py` and `eval.py` sit at the repository root.
+`convert`, `visualize`, `leaderboard`, `ablation`; `train.py` and `eval.py` sit at the
+repository root.
 """
 
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import jax
 import ml_collections
 from tqdm import tqdm
 
@@ -51,7 +52,6 @@ class LeaderboardError(ValueError):
 class Run:
     """One (variant, task, seed) to train, with the identity its result is stored under."""
     variant: str
-    description: str
     task: tasks_lib.Task
     seed: int
     config: ml_collections.ConfigDict
@@ -133,12 +133,12 @@ def plan(variant_list: Sequence[str], task_names: Sequence[str], seeds: int, ste
     for task in task_list:
         base = base_config(task, steps, sets)
         for variant in variant_list:
-            config, description = variants.check_variant(base, variant)
+            config, _ = variants.check_variant(base, variant)
             identity_base = {
                 'variant': variant, 'config': store_lib.digest(config.to_dict()),
                 'code': code_fingerprint(config), 'task': task.name,
                 'task_version': task.version, 'steps': steps, 'sets': dict(sorted(sets.items()))}
-            planned += [Run(variant, description, task, seed, config,
+            planned += [Run(variant, task, seed, config,
                             {**identity_base, 'seed': seed}) for seed in range(seeds)]
     return planned
 
@@ -150,7 +150,7 @@ def cost_identity(config: ml_collections.ConfigDict, sides: Sequence[int]) -> di
     code = {key: value for key, value in code_fingerprint(config).items()
             if not key.startswith('train.')}
     return {'model': model, 'code': code, 'sides': list(sides), 'channels': COST_CHANNELS,
-            'device': store_lib.ledger()['device']}
+            'device': jax.devices()[0].device_kind}
 
 
 def run_leaderboard(workdir: str | Path, variant_list: Sequence[str] = DEFAULT_VARIANTS,

@@ -21,7 +21,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
@@ -209,25 +209,37 @@ def run_leaderboard(workdir: str | Path, variant_list: Sequence[str] = DEFAULT_V
     return report
 
 
-def _current_fingerprints(records: Iterable[dict]) -> dict[tuple, tuple | None]:
-    """`(variant, task, steps, sets) -> (the config digest, the code fingerprint)` the variant
-    has now (None where it no longer resolves), for the stored runs' variants: a stored run
-    counts only while both are the same."""
-    now = {}
-    for record in records:
-        identity = record['identity']
-        key = (identity['variant'], identity['task'], identity['steps'],
-               json.dumps(identity['sets'], sort_keys=True))
-        if key in now:
-            continue
-        try:
-            task = tasks_lib.get_task(identity['task'])
-            config, _ = variants.variant_config(
-                base_config(task, identity['steps'], identity['sets']), identity['variant'])
-            now[key] = (store_lib.digest(config.to_dict()), code_fingerprint(config))
-        except Exception:  # pylint: disable=broad-except  # a variant that no longer resolves
-            now[key] = None
-    return now
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A stored variant as it resolves now: its config and description, the config's digest and
+    the fingerprint of the code it runs (a stored run counts only while both are the same)."""
+    config: ml_collections.ConfigDict
+    description: str
+    digest: str
+    code: dict[str, str]
+
+
+Resolver = Callable[[str, str, int, dict], 'Resolved | None']
+
+
+def resolver() -> Resolver:
+    """`resolve(variant, task, steps, sets) -> Resolved`, or None for a variant that no longer
+    resolves; each distinct argument tuple is resolved (and its code fingerprinted) once."""
+    cache: dict[tuple, Resolved | None] = {}
+
+    def resolve(variant: str, task: str, steps: int, sets: dict) -> Resolved | None:
+        key = (variant, task, steps, json.dumps(sets, sort_keys=True))
+        if key not in cache:
+            try:
+                config, description = variants.variant_config(
+                    base_config(tasks_lib.get_task(task), steps, sets), variant)
+                cache[key] = Resolved(config, description, store_lib.digest(config.to_dict()),
+                                      code_fingerprint(config))
+            except Exception:  # pylint: disable=broad-except  # a variant that no longer resolves
+                cache[key] = None
+        return cache[key]
+
+    return resolve
 
 
 def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> dict:
@@ -246,14 +258,14 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
       'psnr', 'low', 'high', 'gap_closed', 'vs_none', 'vs_reference'}` (`verdicts.paired`).
     """
     records = list(results.records('runs'))
-    now = _current_fingerprints(records)
+    resolve = resolver()
     groups: dict[tuple, dict] = {}
     stale, ledger = [], []
     for record in records:
         identity, result = record['identity'], record['result']
         sets_key = json.dumps(identity['sets'], sort_keys=True)
-        current = now[(identity['variant'], identity['task'], identity['steps'], sets_key)]
-        if current != (identity['config'], identity['code']):
+        now = resolve(identity['variant'], identity['task'], identity['steps'], identity['sets'])
+        if now is None or (now.digest, now.code) != (identity['config'], identity['code']):
             stale.append({'variant': identity['variant'], 'task': identity['task'],
                           'seed': identity['seed'], 'steps': identity['steps']})
             continue
@@ -273,14 +285,15 @@ def build_report(results: store_lib.ResultStore, reference: str = REFERENCE) -> 
         group['tasks'] = dict(sorted(group['tasks'].items(), key=lambda item: (
             order.get(item[1]['task'], len(order)), item[0])))
         for entry in group['tasks'].values():
-            _score_task(entry, reference, group)
-    costs = _costs_by_variant(results, records)
+            _score_task(entry, reference, group, resolve)
+    costs = _costs_by_variant(results, records, resolve)
     ordered = sorted(groups.values(), key=lambda g: (-g['steps'], json.dumps(g['sets'])))
     return {'groups': ordered, 'costs': costs, 'stale': stale, 'runs': ledger,
             'reference': reference}
 
 
-def _costs_by_variant(results: store_lib.ResultStore, run_records: list[dict]) -> dict[str, dict]:
+def _costs_by_variant(results: store_lib.ResultStore, run_records: list[dict],
+                      resolve: Resolver) -> dict[str, dict]:
     """`variant -> cost` for every stored run's variant whose attention module (its model keys
     and their code, as it resolves now) has a stored measurement; the newest where several
     (other sizes, devices) exist. Variants that differ only in training (`enla_k`,
@@ -291,24 +304,18 @@ def _costs_by_variant(results: store_lib.ResultStore, run_records: list[dict]) -
         identity = record['identity']
         if identity['variant'] in costs:
             continue
-        try:
-            config, _ = variants.variant_config(
-                base_config(tasks_lib.get_task(identity['task']), identity['steps'],
-                            identity['sets']), identity['variant'])
-        except Exception:  # pylint: disable=broad-except  # a variant that no longer resolves
+        now = resolve(identity['variant'], identity['task'], identity['steps'], identity['sets'])
+        if now is None or now.config.model.attention == 'none':
             continue
-        if config.model.attention == 'none':
-            continue
-        model = {key: config.model[key] for key in (*models.ENLCA_KEYS, 'block')}
-        code = code_fingerprint(config)
+        model = {key: now.config.model[key] for key in (*models.ENLCA_KEYS, 'block')}
         for cost in measured:
             if cost['identity']['model'] == model and all(
-                    code.get(key) == value for key, value in cost['identity']['code'].items()):
+                    now.code.get(key) == value for key, value in cost['identity']['code'].items()):
                 costs[identity['variant']] = cost['result']
     return costs
 
 
-def _score_task(entry: dict, reference: str, group: dict) -> None:
+def _score_task(entry: dict, reference: str, group: dict, resolve: Resolver) -> None:
     """Fills `entry` (one task of one budget) with its rows (see `build_report`)."""
     task_runs = entry.pop('runs')
     try:
@@ -327,9 +334,10 @@ def _score_task(entry: dict, reference: str, group: dict) -> None:
         finished = {seed: r['psnr'] for seed, r in sorted(seeds.items())}
         scores = [p for p in finished.values() if p is not None]
         params = next(iter(seeds.values()))['params']
-        config, description = _variant(variant, group, entry)
-        row = {'variant': variant, 'description': description,
-               'control': variants.is_control(variant), 'k': _amplification(config),
+        now = resolve(variant, entry['task'], group['steps'], group['sets'])
+        row = {'variant': variant, 'description': now.description if now else variant,
+               'control': variants.is_control(variant),
+               'k': _amplification(now.config if now else None),
                'params': params,
                'params_vs_none': params / none_params - 1 if none_params else None,
                'seeds': finished,
@@ -356,17 +364,6 @@ def _score_task(entry: dict, reference: str, group: dict) -> None:
 def _mean_psnr(seeds: dict) -> float | None:
     scores = [r['psnr'] for r in seeds.values() if r.get('psnr') is not None]
     return statistics.fmean(scores) if scores else None
-
-
-def _variant(variant: str, group: dict, entry: dict) -> tuple[ml_collections.ConfigDict | None,
-                                                                str]:
-    """The config and description of a stored row's variant; `(None, variant)` where it no
-    longer resolves."""
-    try:
-        return variants.variant_config(base_config(tasks_lib.get_task(entry['task']),
-                                                   group['steps'], group['sets']), variant)
-    except Exception:  # pylint: disable=broad-except  # a stored variant that no longer resolves
-        return None, variant
 
 
 def _amplification(config: ml_collections.ConfigDict | None) -> float | None:

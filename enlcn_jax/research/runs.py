@@ -13,6 +13,7 @@ no padding, with the evaluator every other score in the package uses.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -142,9 +143,9 @@ class VariantTrainer:
         return {'psnr': float(np.mean(psnrs)), 'psnr_images': psnrs, 'diverged': False,
                 'params': self.params, 'seconds': time.perf_counter() - start}
 
-    @property
+    @functools.cached_property
     def params(self) -> int:
-        """Trainable scalars of the variant's network."""
+        """Trainable scalars of the variant's network (its shapes traced once per trainer)."""
         shapes = jax.eval_shape(lambda: models.init_variables(
             self.model, jax.random.key(0), (self.task.lr_size, self.task.lr_size)))
         return models.count_params(shapes['params'])

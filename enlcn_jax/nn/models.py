@@ -425,6 +425,27 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
 
 
 SPEC_KEYS = ('attention', 'feature_map', 'projection', 'block')
+# Spec names older versions recorded and that no longer resolve, by model config key (old name ->
+# today's): `'softmax'` named exact attention and, as a feature map, the softmax kernel.
+RENAMED_SPECS = {'attention': {'softmax': 'exact'}, 'feature_map': {'softmax': 'softmax_kernel'}}
+
+
+def upgrade_recorded_config(config: Any) -> Any:
+    """A flat model config recorded by an older version (a checkpoint's `model_config.json`, the
+    `model` of a workdir's `config.json`), its spec names read as today's (`RENAMED_SPECS`,
+    options kept: `'softmax(eps=0.0)'` -> `'softmax_kernel(eps=0.0)'`), so that what it
+    recorded still loads and resumes; a new config is not upgraded, and the old names in it are
+    unknown. A value that is not a mapping is returned as is (`from_config` refuses it).
+    """
+    if not isinstance(config, Mapping):
+        return config
+    upgraded = dict(config)
+    for key, renamed in RENAMED_SPECS.items():
+        if isinstance(upgraded.get(key), str):
+            target, parenthesis, options = upgraded[key].strip().partition('(')
+            if target.strip() in renamed:
+                upgraded[key] = renamed[target.strip()] + parenthesis + options
+    return upgraded
 
 
 def recordable_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -328,7 +328,9 @@ def load_model(path: str | Path, which: str = 'latest', *, trust_code: bool = Fa
 
 def _build(config: dict, config_path: Path, trust_code: bool) -> models.ENLCN:
     """`models.from_config(config)` once `check_trusted`; a config that builds no model is a
-    `CheckpointError` naming `config_path`."""
+    `CheckpointError` naming `config_path`. Spec names an older version recorded are read as
+    today's (`models.upgrade_recorded_config`)."""
+    config = models.upgrade_recorded_config(config)
     check_trusted(config, config_path, trust_code)
     try:
         return models.from_config(config)

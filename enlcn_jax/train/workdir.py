@@ -34,7 +34,7 @@ what its `variables` and `train` items hold.
   checkpoint cadence, validation, the compute precision) may change, and `allow_changes` accepts
   the rest deliberately. A checkpoint with no record at all (and no `config.json`) is resumed
   only with `allow_changes`. A config recorded by an older version is read with today's keys
-  (`RENAMED_KEYS`, `ADDED_KEYS`): its workdir resumes.
+  (`RENAMED_KEYS`, `ADDED_KEYS`, `models.upgrade_recorded_config`): its workdir resumes.
 * `check_data`: the same for the training images, by their fingerprint
   (`loop.dataset_fingerprint`).
 * `check_code`: the same for the source of the run's functions from outside the package. Resume
@@ -55,7 +55,7 @@ from typing import Any
 
 from absl import logging
 
-from enlcn_jax.nn import registry
+from enlcn_jax.nn import models, registry
 from enlcn_jax.storage import checkpoints, files
 
 CONFIG_FILE = 'config.json'
@@ -92,7 +92,9 @@ def _is_safe(key: str) -> bool:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """`'key: old -> new'` for every differing key that is not in `SAFE_TO_CHANGE`, the recorded
-    config `old` read with today's keys (`RENAMED_KEYS`, `ADDED_KEYS`)."""
+    config `old` read with today's keys (`RENAMED_KEYS`, `ADDED_KEYS`) and model spec names
+    (`models.upgrade_recorded_config`)."""
+    old = {**old, 'model': models.upgrade_recorded_config(old['model'])} if 'model' in old else old
     old_flat = {**ADDED_KEYS, **{RENAMED_KEYS.get(key, key): value
                                  for key, value in _flatten(old).items()}}
     new_flat = _flatten(json.loads(json.dumps(new)))

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +37,13 @@ SHARED_BENCHMARK = SHARED / 'data' / 'benchmark'
 TRAIN_IMAGES = SHARED / 'data' / 'train'
 
 _MISSING_DATA: list[str] = []
+
+# Property tests (hypothesis) draw the same few examples on every run, without a time limit per
+# example (the first call of a function may compile) and without an example database on disk; a
+# test may ask for more examples with its own `@hypothesis.settings(max_examples=...)`.
+hypothesis.settings.register_profile('pinned', derandomize=True, deadline=None, database=None,
+                                     max_examples=25)
+hypothesis.settings.load_profile('pinned')
 
 # One persistent compilation cache for the test process and its subprocesses (`env`): the many
 # tiny trainings compile the same programs again under new `jax.jit` objects.

@@ -235,7 +235,7 @@ def _check_attention_values(fn: AttentionFn) -> None:
 
 
 ATTENTIONS: registry.Registry[AttentionFn] = registry.Registry(
-    'attention', 'model.attention', check_attention, aliases={'softmax': 'exact'})
+    'attention', 'model.attention', check_attention)
 ATTENTIONS.register('enla', enla, trusted=True)
 ATTENTIONS.register('exact', exact_attention, trusted=True)
 

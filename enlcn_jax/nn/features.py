@@ -269,8 +269,7 @@ def check_projection(fn: ProjectionSampler) -> None:
 
 
 FEATURE_MAPS: registry.Registry[FeatureMap] = registry.Registry(
-    'feature map', 'model.feature_map', check_feature_map,
-    aliases={'softmax': 'softmax_kernel'})
+    'feature map', 'model.feature_map', check_feature_map)
 FEATURE_MAPS.register('softmax_kernel', softmax_kernel_features, trusted=True)
 FEATURE_MAPS.register('softmax_kernel_stable', stable_softmax_kernel_features, trusted=True)
 FEATURE_MAPS.register('relu', relu_features, trusted=True)

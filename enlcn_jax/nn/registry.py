@@ -4,7 +4,8 @@ The model's kinds of swappable math each have one `Registry` (`features.FEATURE_
 `features.PROJECTIONS`, `attention.ATTENTIONS`, `models.BLOCKS`, `losses.CONTRASTIVE_LOSSES`).
 A config value (a *spec*) is
 
-* a registered name (`'enla'`, `'softmax_kernel'`, ...; old names stay accepted as aliases),
+* a registered name (`'enla'`, `'softmax_kernel'`, ...; a name recorded by an older version is
+  read with today's name where it is read back: `models.upgrade_recorded_config`),
 * `MODULE:NAME`: attribute `NAME` of the importable module `MODULE`, e.g. `my_kernels:relu2`
   for a function `relu2` in `my_kernels.py` in the working directory or on `PYTHONPATH`
   (`research.kernels:relu2` for `research/kernels.py`),
@@ -122,24 +123,21 @@ class Registry(Generic[Fn]):
       key: the config key that selects one (`'model.feature_map'`), for messages.
       check: `check(fn)` raises (any exception; its message is shown) if `fn` does not behave
         like a function of this kind on a small input.
-      aliases: old name -> registered name, accepted when resolving.
     """
 
-    def __init__(self, kind: str, key: str, check: Callable[[Fn], None],
-                 aliases: dict[str, str] | None = None):
+    def __init__(self, kind: str, key: str, check: Callable[[Fn], None]):
         self.kind, self.key, self._check = kind, key, check
         self._fns: dict[str, Fn] = {}
-        self._aliases = dict(aliases or {})
         # spec (a string, or a callable's id) -> (the spec, the checked function).
         self._checked: dict[str | int, tuple[Spec, Fn]] = {}
         self._trusted: set[int] = set()  # ids of the package's own functions
 
     def names(self) -> list[str]:
-        """Registered names (aliases excluded), sorted."""
+        """Registered names, sorted."""
         return sorted(self._fns)
 
     def register(self, name: str, fn: Fn, *, replace: bool = False, trusted: bool = False) -> Fn:
-        """Makes `fn` selectable as `name`; an existing name or alias needs `replace=True`.
+        """Makes `fn` selectable as `name`; an existing name needs `replace=True`.
 
         `trusted`: one of the package's own functions, which its tests check
         (`tests/nn/test_research_api.py`); `get` then skips the check for it, though not for
@@ -150,11 +148,9 @@ class Registry(Generic[Fn]):
         if any(c in name for c in ':()'):
             raise ValueError(f"register {self.kind} {name!r}: ':' and parentheses are reserved "
                              'for MODULE:NAME(options)')
-        taken = name in self._fns or name in self._aliases
-        if taken and not replace:
+        if name in self._fns and not replace:
             raise ValueError(f'{self.kind} {name!r} is already registered; pass replace=True '
                              'to replace it, or choose another name')
-        self._aliases.pop(name, None)
         self._fns[name] = fn
         if trusted:
             self._trusted.add(id(fn))
@@ -170,7 +166,7 @@ class Registry(Generic[Fn]):
         """The function `spec` selects (see the module docstring), options bound, checked once.
 
         Args:
-          spec: a name or alias, `MODULE:NAME`, either with `(option=value, ...)`, or a callable
+          spec: a name, `MODULE:NAME`, either with `(option=value, ...)`, or a callable
             (used as is).
         Raises:
           ValueError: unknown name, unimportable module, missing attribute, an option the
@@ -214,7 +210,6 @@ class Registry(Generic[Fn]):
         return functools.partial(fn, **options)
 
     def _lookup(self, name: str) -> Fn:
-        name = self._aliases.get(name, name)
         if name not in self._fns:
             raise ValueError(f'{self.key}={name!r}: unknown {self.kind}; known: {self.names()}, '
                              'or MODULE:NAME for a function NAME in an importable module MODULE')

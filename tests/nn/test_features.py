@@ -238,7 +238,7 @@ def test_registered_feature_map_is_the_one_enlca_runs(register):
 
 
 def test_registered_feature_map_runs_in_an_enlcn_like_its_builtin_twin(register):
-    """An ENLCN with the registered ReLU map = one with the built-in 'relu', != 'softmax'."""
+    """An ENLCN with the registered ReLU map = one with the built-in 'relu', != 'softmax_kernel'."""
     name = register('test_relu_written_out', relu_written_out)
     tiny = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1, num_random_features=16)
     model = models.from_config(dict(feature_map=name, **tiny))

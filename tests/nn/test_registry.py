@@ -1,6 +1,7 @@
 """Swappable functions by name or MODULE:NAME: a researcher's file, checks, errors, safe ENLA."""
 
 import functools
+import json
 import sys
 
 import jax
@@ -109,8 +110,6 @@ def test_registration_refuses_an_existing_name_unless_asked():
     phi = functools.partial(features.relu_features, eps=0.5)
     with pytest.raises(ValueError, match="feature map 'relu' is already registered.*replace=True"):
         features.register_feature_map('relu', phi)
-    with pytest.raises(ValueError, match="'softmax' is already registered"):  # an alias too
-        features.register_feature_map('softmax', phi)
     assert features.get_feature_map('relu') is features.relu_features
     features.register_feature_map('relu', phi, replace=True)
     try:
@@ -119,10 +118,36 @@ def test_registration_refuses_an_existing_name_unless_asked():
         features.register_feature_map('relu', features.relu_features, replace=True)
 
 
-def test_old_names_are_aliases_of_the_unambiguous_ones():
-    assert features.get_feature_map('softmax') is features.get_feature_map('softmax_kernel')
-    assert attention.get_attention('softmax') is attention.get_attention('exact')
-    assert attention.get_attention('exact') is attention.exact_attention
+@pytest.mark.parametrize('key, recorded, today', [
+    ('attention', 'softmax', 'exact'),
+    ('feature_map', 'softmax', 'softmax_kernel'),
+    ('feature_map', 'softmax(eps=0.0)', 'softmax_kernel(eps=0.0)'),
+])
+def test_softmax_names_one_thing_and_old_records_read_as_today(key, recorded, today):
+    """'softmax' named exact attention and the softmax-kernel map: a new config saying it is an
+    unknown name; a config recorded with it reads as the function it meant."""
+    with pytest.raises(ValueError, match=rf"^model.{key}='softmax': unknown "
+                                         rf"[a-z ]+; known: \[.*'{today.split('(')[0]}'"):
+        models.from_config({**TINY, key: recorded})
+    assert models.upgrade_recorded_config({**TINY, key: recorded}) == {**TINY, key: today}
+    assert models.upgrade_recorded_config({**TINY, 'attention': 'softmax_kernel',
+                                           'feature_map': 'exact'})['feature_map'] == 'exact'
+
+
+def test_a_model_directory_recorded_with_the_softmax_names_loads(tmp_path):
+    """A model directory whose model_config.json says attention='softmax' (exact) and
+    feature_map='softmax' loads as 'exact' with 'softmax_kernel', the same network."""
+    from enlcn_jax.storage import checkpoints  # pylint: disable=import-outside-toplevel
+    config = {**TINY, 'attention': 'exact', 'feature_map': 'softmax_kernel'}
+    model = models.from_config(config)
+    variables = models.init_variables(model, jax.random.key(0), (6, 7))
+    path = checkpoints.save_model(tmp_path / 'old', config, variables)
+    recorded = json.loads((path / checkpoints.MODEL_CONFIG).read_text())
+    recorded.update(attention='softmax', feature_map='softmax')
+    (path / checkpoints.MODEL_CONFIG).write_text(json.dumps(recorded))
+    loaded, loaded_variables, _ = checkpoints.load_model(path)
+    assert (loaded.enlca.attention, loaded.enlca.feature_map) == ('exact', 'softmax_kernel')
+    np.testing.assert_array_equal(loaded.apply(loaded_variables, X), model.apply(variables, X))
 
 
 def test_kernel_eps_belongs_to_maps_that_have_it():

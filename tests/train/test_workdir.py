@@ -275,6 +275,29 @@ def test_a_run_recorded_with_the_contrastive_variant_key_resumes(trained, tmp_pa
     assert int(loop.train_and_evaluate(short_config(train__epochs=2), workdir).step) == 6
 
 
+def test_a_run_recorded_with_the_softmax_names_resumes_and_loads(trained, tmp_path):
+    """A workdir recorded when 'softmax' named exact attention (`model.attention`) and the
+    softmax-kernel map (`model.feature_map`) reads as 'exact' and 'softmax_kernel': evaluation
+    loads it, it resumes with those names and refuses others; a new config saying 'softmax' is
+    an unknown name. (The tiny run's parameters are the same for ENLA and exact attention.)"""
+    workdir = copy_of(trained, tmp_path)
+    for path in (workdir / workdir_lib.CONFIG_FILE, workdir / checkpoints.MODEL_CONFIG,
+                 workdir / 'checkpoints' / '3' / checkpoints.RECORD / 'metadata'):
+        recorded = json.loads(path.read_text())
+        model = recorded.get('config', recorded)
+        model.get('model', model).update(attention='softmax', feature_map='softmax')
+        path.write_text(json.dumps(recorded))
+    model, _, _ = checkpoints.load_model(workdir)
+    assert (model.enlca.attention, model.enlca.feature_map) == ('exact', 'softmax_kernel')
+    with pytest.raises(ValueError, match=r"^model.attention='softmax': unknown attention; known"):
+        loop.train_and_evaluate(short_config(model__attention='softmax'), workdir)
+    with pytest.raises(workdir_lib.WorkdirError, match="model.attention: 'exact' -> 'enla'"):
+        loop.train_and_evaluate(short_config(train__epochs=2), workdir)
+    state = loop.train_and_evaluate(short_config(train__epochs=2, model__attention='exact'),
+                                    workdir)
+    assert int(state.step) == 6
+
+
 def test_every_key_outside_the_safe_list_is_a_refused_change():
     """Each leaf of the full config, changed alone: refused unless `SAFE_TO_CHANGE` names it."""
     config = default_config().to_dict()

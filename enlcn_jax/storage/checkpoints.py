@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging as std_logging
+import os
+import time
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -58,6 +60,8 @@ FORMAT = 2
 CHECKPOINTS_DIR = 'checkpoints'
 BEST_DIR = 'best'
 BEST_METRIC = 'psnr_y'
+# What orbax writes into a step's temporary directory last, before renaming it to the step.
+COMMIT_FILE = 'commit_success.txt'
 
 
 class CheckpointError(ValueError):
@@ -180,14 +184,42 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
     return directory
 
 
+def _damaged(where: Path, reason: str, then: str) -> CheckpointError:
+    """The one-line error for a checkpoint at `where` that cannot be read for `reason`; `then`
+    says what to do (the folder to move away, or another checkpoint to use)."""
+    return CheckpointError(f'{where} cannot be read ({reason}): the checkpoint is damaged; {then}')
+
+
 @contextlib.contextmanager
-def _read_as_damage(where: Path):
-    """Turns orbax's and tensorstore's errors reading `where` into one `CheckpointError`."""
+def _read_as_damage(where: Path, then: str = 'use another checkpoint'):
+    """Turns orbax's and tensorstore's errors reading `where` into one `CheckpointError` (`then`:
+    what to do about it); a `CheckpointError` passes unchanged."""
     try:
         yield
+    except CheckpointError:
+        raise
     except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f'{where} cannot be read ({files.reason(e)}): the checkpoint is '
-                              'damaged; use another checkpoint') from e
+        raise _damaged(where, files.reason(e), then) from e
+
+
+def _items_metadata(manager: ocp.CheckpointManager, step: int, names, then: str) -> dict:
+    """The saved metadata (array shapes and dtypes) of the items `names` of `step`.
+
+    Raises:
+      CheckpointError: an item's metadata is absent or unreadable (orbax then gives None), or
+        the step was never committed (no `COMMIT_FILE`: a save that did not finish), naming the
+        step's folder and `then`, what to do.
+      OSError, ValueError: orbax's own errors reading it.
+    """
+    where = manager.directory / str(step)
+    metadata = manager.item_metadata(step)
+    missing = [name for name in names if name not in metadata.keys() or metadata[name] is None]
+    if missing:
+        reason = (f'no {COMMIT_FILE}: its save never finished'
+                  if not (where / COMMIT_FILE).exists()
+                  else f'the metadata of {", ".join(missing)} is missing or unreadable')
+        raise _damaged(where, reason, then)
+    return {name: metadata[name] for name in names}
 
 
 def _read_json(path: Path):
@@ -413,14 +445,18 @@ def restore_latest(manager: ocp.CheckpointManager, target: dict) -> dict | None:
         shardings are the restored arrays'.
     Raises:
       CheckpointError: the checkpoint's model variables do not have the shapes of `target`'s
-        (another model), naming the first differing arrays; or the checkpoint is damaged
-        (unreadable, a checksum differs), naming the folder to move away to resume from the
-        step before it.
+        (another model), naming the first differing arrays; or the checkpoint is damaged (a
+        folder with no committed save, unreadable metadata or data, a checksum that differs),
+        in one line naming the folder to move away to resume from the step before it.
     """
     step = manager.latest_step()
     if step is None:
         return None
-    mismatches = _shape_mismatches(manager.item_metadata(step)[VARIABLES], target[VARIABLES])
+    where = manager.directory / str(step)
+    then = resume_hint(manager, step)
+    with _read_as_damage(where, then):
+        saved_variables = _items_metadata(manager, step, [VARIABLES], then)[VARIABLES]
+    mismatches = _shape_mismatches(saved_variables, target[VARIABLES])
     if mismatches:
         raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
                               f'config builds ({"; ".join(mismatches[:3])}'
@@ -432,9 +468,11 @@ def restore_latest(manager: ocp.CheckpointManager, target: dict) -> dict | None:
         saved = _saved_checksums(manager, step)
         if saved is not None:
             for name in target:
-                verify_checksums(restored[name], saved[name], manager.directory / str(step))
-    except (OSError, ValueError) as e:  # CheckpointError included
-        raise CheckpointError(f'{e}; {resume_hint(manager, step)}') from e
+                verify_checksums(restored[name], saved[name], where)
+    except CheckpointError as e:
+        raise CheckpointError(f'{e}; {then}') from e
+    except (OSError, ValueError, KeyError) as e:
+        raise _damaged(where, files.reason(e), then) from e
     return {name: restored[name] for name in target}
 
 

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--variants', default=','.join(leaderboard.DEFAULT_VARIANTS),
                         help='comma-separated: built-in variants ('
                         + ', '.join(leaderboard.DEFAULT_VARIANTS) + '), KEY=SPEC with KEY one of '
-                        + ', '.join(variants.SPEC_KEYS)
+                        + ', '.join(variants.SPEC_SHORTHANDS)
                         + ', a bare SPEC (attention=SPEC), or several settings joined by ;')
     parser.add_argument('--tasks', default=','.join(tasks.TASKS),
                         help='comma-separated tasks: ' + ', '.join(tasks.TASKS))

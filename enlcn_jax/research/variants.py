@@ -5,8 +5,8 @@ A variant is written the same way everywhere (`python -m enlcn_jax.leaderboard -
 
 * a built-in name of `VARIANTS` (`enla_k_cl`, `nlsn`, `none`, ...): the literature's attention
   and the controls, each a set of config overrides;
-* `KEY=SPEC`, with KEY one of `SPEC_KEYS` (`attention`, `feature_map`, `projection`, `block`,
-  `loss`): the spec on the `enla_k` row (`loss=` on `enla_k_cl`); a bare SPEC is
+* `KEY=SPEC`, with KEY one of `SPEC_SHORTHANDS` (`attention`, `feature_map`, `projection`,
+  `block`, `loss`): the spec on the `enla_k` row (`loss=` on `enla_k_cl`); a bare SPEC is
   `attention=SPEC`. SPEC is a registered name or `MODULE:NAME`, with options:
   `feature_map=my_kernels:favor(rho=0.5)`;
 * several settings at once, joined by `;` (outside parentheses): `attention=exact;
@@ -25,16 +25,16 @@ import dataclasses
 
 import ml_collections
 
-from enlcn_jax.nn import registry
+from enlcn_jax.nn import models, registry
 from enlcn_jax.train import loop
 
-# The config key each `KEY=SPEC` shorthand sets, and the built-in variant it is set on.
-SPEC_KEYS = {'attention': 'model.attention', 'feature_map': 'model.feature_map',
-             'projection': 'model.projection', 'block': 'model.block',
-             'loss': 'train.contrastive.loss'}
+# The config key each `KEY=SPEC` shorthand sets (the model's spec keys, `models.SPEC_KEYS`, and
+# the contrastive loss), and the built-in variant it is set on.
+SPEC_SHORTHANDS = {**{key: f'model.{key}' for key in models.SPEC_KEYS},
+                   'loss': 'train.contrastive.loss'}
 SPEC_BASE = {'loss': 'enla_k_cl'}   # every other key: 'enla_k'
 # The config keys that hold swappable functions (their code is fingerprinted with the results).
-FUNCTION_KEYS = tuple(SPEC_KEYS.values())
+FUNCTION_KEYS = tuple(SPEC_SHORTHANDS.values())
 
 # One window the size of the mosaic tasks' cells (4 x 4 LR pixels): the local control.
 CELL = 4
@@ -166,13 +166,13 @@ def variant_config(base: ml_collections.ConfigDict,
     config = ml_collections.ConfigDict(base.to_dict())
     updates = dict(VARIANTS[on].overrides)
     for key, value in settings:
-        if key in SPEC_KEYS:
-            updates[SPEC_KEYS[key]] = value
+        if key in SPEC_SHORTHANDS:
+            updates[SPEC_SHORTHANDS[key]] = value
         elif '.' in key:
             updates[key] = literal(value)
         else:
             raise VariantError(f'unknown variant key {key!r} in {variant!r}; known keys: '
-                               f'{list(SPEC_KEYS)} (KEY=SPEC), a dotted config key '
+                               f'{list(SPEC_SHORTHANDS)} (KEY=SPEC), a dotted config key '
                                f'(model.amplification=1.0), or a variant of {list(VARIANTS)}')
     try:
         update_locked(config, updates)
@@ -180,7 +180,8 @@ def variant_config(base: ml_collections.ConfigDict,
         raise VariantError(f'variant {variant!r}: {e}') from None
     if not settings:
         return config, VARIANTS[on].description
-    return config, f'{on} with ' + ', '.join(f'{SPEC_KEYS.get(k, k)}={v}' for k, v in settings)
+    return config, f'{on} with ' + ', '.join(f'{SPEC_SHORTHANDS.get(k, k)}={v}'
+                                             for k, v in settings)
 
 
 def check_variant(base: ml_collections.ConfigDict,

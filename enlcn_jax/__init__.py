@@ -4,10 +4,10 @@ super-resolution in JAX/Flax.
 Subpackages are layers; each imports only the ones before it:
 
     nn          the network and its math (no I/O)
-    data        images in: files, resizing, sources, transforms, the input pipeline
     storage     what is written and read back: atomic files, models, checkpoints
+    data        images in: files, resizing, sources, transforms, the input pipeline
     evaluation  scoring by the published protocol
-    train       the recipe, the loop, the workdir
+    train       the recipe, the config checks, the loop, saving, the workdir
     bench       benchmarks
     research    comparing attention: variants, tasks, the leaderboard, the Table-2 ablation
 

@@ -38,7 +38,7 @@ from enlcn_jax.data import input_pipeline, sources
 
 from enlcn_jax.nn import models
 
-from enlcn_jax.train import loop, recipe
+from enlcn_jax.train import config_check, recipe
 from enlcn_jax.bench.common import (compiled_flops, load_config, matmul_peak_gflops, median_time,
                                  write_results)
 
@@ -59,7 +59,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
     """Times the parts of a training step; writes `<out_dir>/train_profile.json`.
 
     Args:
-      n_resblocks, n_feats: the ENLCN backbone (x2, configs/default.py's other settings, an
+      n_resblocks, n_feats: the ENLCN backbone (x2, train/default_config.py's other settings, an
         ENLCA module first and then after every 8th block; quickstart's every 2nd below 8 blocks).
       batch_size: LR patches per step; lr_patch: their side.
       dtype: `model.dtype`.
@@ -75,7 +75,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
                         attention_every=min(8, max(1, n_resblocks // 2)))
     config.data.update(batch_size=batch_size, lr_patch=lr_patch)
     config.train.contrastive.start_epoch = 0  # the contrastive loss is on from step 0
-    loop.validate_config(config)
+    config_check.validate_config(config)
     model = recipe.create_model(config)
     edsr = models.from_config({**config.model.to_dict(), 'attention': 'none'})
     state = recipe.create_train_state(config, model, jax.random.key(0))

@@ -39,7 +39,7 @@ from enlcn_jax.data import input_pipeline, sources
 
 from enlcn_jax.nn import models
 
-from enlcn_jax.train import loop, recipe
+from enlcn_jax.train import config_check, recipe
 from enlcn_jax.bench.common import (compiled_flops, load_config, matmul_peak_gflops, mib,
                                  peak_device_mib, write_results)
 from enlcn_jax.evaluation.memory import compiled_bytes
@@ -63,11 +63,11 @@ def local_device_sets(names: Sequence[str]) -> list[list[jax.Device]]:
 def train_config(name: str, batch_size: int, lr_patch: int,
                  dtype: str) -> ml_collections.ConfigDict:
     """configs/<name>.py with the benchmark's global batch, LR patch and `model.dtype`, checked
-    by `loop.validate_config` (which refuses 'float16')."""
+    by `config_check.validate_config` (which refuses 'float16')."""
     config = load_config(name)
     config.data.batch_size, config.data.lr_patch = batch_size, lr_patch
     config.model.dtype = dtype
-    loop.validate_config(config)
+    config_check.validate_config(config)
     return config
 
 
@@ -170,7 +170,7 @@ def train_throughput_bench(configs: Sequence[str] = ('quickstart', 'x2'),
     Args:
       configs: modules of `configs/` (their model, optimiser and contrastive settings are used).
       steps: timed steps per phase for each config, after one compiling warm-up step.
-      batch_size: global batch, split over the devices of a row; `loop.validate_config`
+      batch_size: global batch, split over the devices of a row; `config_check.validate_config`
         requires it to split over all of jax's devices.
       lr_patch: LR patch side; the HR patch is `lr_patch * scale`.
       dtypes: values of `config.model.dtype` ('float16' is refused for training).

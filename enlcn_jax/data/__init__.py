@@ -1,3 +1,3 @@
 """Images in: reading and writing, MATLAB bicubic resizing, dataset sources, the dihedral
-transforms and the training input pipeline.
+transforms, the training input pipeline and the datasets a training config names.
 """

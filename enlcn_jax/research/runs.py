@@ -22,12 +22,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import default
-
 from enlcn_jax.evaluation import evaluator, inference
 from enlcn_jax.nn import models
 from enlcn_jax.research import tasks as tasks_lib
-from enlcn_jax.train import recipe
+from enlcn_jax.train import default_config, recipe
 
 STEPS_PER_EPOCH = 50  # the random features are redrawn at every epoch start
 
@@ -43,7 +41,7 @@ def batch_size(task: tasks_lib.Task) -> int:
 
 
 def base_config(task: tasks_lib.Task, steps: int) -> ml_collections.ConfigDict:
-    """The training config of every run on `task`: `configs/default.py` with a small ENLCN.
+    """The training config of every run on `task`: `train.default_config` with a small ENLCN.
 
     x`task.scale`, 4 residual blocks x 16 features, an attention module first and one after the
     4th block (2 modules, embeddings of 16 / 4 = 4 dimensions, m = 64 random features); `steps`
@@ -52,7 +50,7 @@ def base_config(task: tasks_lib.Task, steps: int) -> ml_collections.ConfigDict:
     that holds half of them; random features redrawn every `STEPS_PER_EPOCH` steps (an epoch).
     """
     half, three_quarters = (int(fraction * steps) // STEPS_PER_EPOCH for fraction in (0.5, 0.75))
-    config = default.get_config()
+    config = default_config.get_config()
     config.update_from_flattened_dict({
         'model.scale': task.scale, 'model.n_resblocks': 4, 'model.n_feats': 16,
         'model.attention_every': 4, 'model.num_random_features': 64,

@@ -26,7 +26,7 @@ import dataclasses
 import ml_collections
 
 from enlcn_jax.nn import models, registry
-from enlcn_jax.train import loop
+from enlcn_jax.train import config_check
 
 # The config key each `KEY=SPEC` shorthand sets (the model's spec keys, `models.SPEC_KEYS`, and
 # the contrastive loss), and the built-in variant it is set on.
@@ -186,7 +186,7 @@ def variant_config(base: ml_collections.ConfigDict,
 
 def check_variant(base: ml_collections.ConfigDict,
                   variant: str) -> tuple[ml_collections.ConfigDict, str]:
-    """`variant_config`, validated as training validates a config (`loop.validate_config`:
+    """`variant_config`, validated as training validates a config (`config_check.validate_config`:
     every function resolved and checked), so a bad variant fails before anything trains.
 
     Raises:
@@ -195,7 +195,7 @@ def check_variant(base: ml_collections.ConfigDict,
     """
     config, description = variant_config(base, variant)
     try:
-        loop.validate_config(config)
+        config_check.validate_config(config)
     except ValueError as e:
         message = (str(e).strip().splitlines() or [''])[0]
         if variant.strip().isidentifier():  # a bare name, read as an attention

@@ -1,3 +1,3 @@
-"""Training: the recipe (state, schedules, loss, the jitted step), the loop and its periodic
-actions, the workdir and its metric log.
+"""Training: the recipe (state, schedules, loss, the jitted step), the config checks, the loop,
+what it saves, the workdir and its metric log.
 """

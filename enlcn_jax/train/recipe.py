@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -260,21 +261,18 @@ def explain_non_finite(config: ml_collections.ConfigDict, state: TrainState,
     with_contrastive = bool(create_contrastive_weight_fn(config)(step) > 0)
     per_image_loss = jax.vmap(contrastive_loss_fn(config)) if with_contrastive else None
     for name, (q, k) in zip(names, embeddings):
-        # The module's raw theta | delta | value, [B, N, 2 d + c], as `ENLCA` sows them (a
-        # block of a researcher's own may not: its attention is then not run here).
-        raw = sown['intermediates'].get(name, {}).get('embeddings', (None,))[0]
-        if not _finite((q, k, raw)):
+        # The module's attention inputs as the block sows them (`models.check_block`).
+        _, _, v = sown['intermediates'][name]['embeddings'][0]
+        if not _finite((q, k, v)):
             return (f'the embeddings of module {name} are non-finite before any configured '
                     'function runs on them: the network\'s parameters diverged; try a lower '
                     'train.lr.')
-        if raw is not None:
-            projection = state.random_features[name]['projection']
-            attend = functools.partial(model.enlca.attend, projection=projection,
-                                       spatial_shape=lr_images.shape[1:3])
-            what = _non_finite(attend, q, k, raw[..., 2 * q.shape[-1]:])
-            if what:
-                return (f'module {name}: '
-                        f'{_blame_attention(config, model, q, k, projection, what)}.')
+        projection = state.random_features[name]['projection']
+        attend = functools.partial(model.enlca.attend, projection=projection,
+                                   spatial_shape=lr_images.shape[1:3])
+        what = _non_finite(attend, q, k, v)
+        if what:
+            return f'module {name}: {_blame_attention(config, model, q, k, projection, what)}.'
         if with_contrastive:
             what = _non_finite(lambda q, k: jnp.mean(per_image_loss(q, k)), q, k)
             if what:
@@ -286,6 +284,31 @@ def explain_non_finite(config: ml_collections.ConfigDict, state: TrainState,
     return ('nothing is non-finite: every configured function gives finite values and '
             'gradients, and the network a finite output, so the step\'s own update diverged; '
             'try a lower train.lr.')
+
+
+def explain_non_finite_loss(config: ml_collections.ConfigDict, model: models.ENLCN,
+                            manager: ocp.CheckpointManager,
+                            batch_of: Callable[[int], dict[str, Array]], step: int) -> str:
+    """`explain_non_finite` on the last finite state (the latest checkpoint of `manager`, or the
+    initial state if none was saved) and the batch of `step` (1-based, as logged: its loss was
+    not finite; `batch_of(step - 1)`), as a sentence for the error that stops training. Never
+    raises: a failure to run the functions again is described instead."""
+    # As training starts from it (on a device: the checkpoint's arrays have its dtypes).
+    state = jax.device_put(create_train_state(config, model, jax.random.PRNGKey(config.train.seed)))
+    try:
+        restored = checkpoints.restore_latest(manager, state.checkpoint_items())
+        if restored is not None:
+            state = state.from_checkpoint_items(restored)
+        elif (index := redraw_index(0, config)) is not None:  # as the first step has them
+            state = state.replace(random_features=draw_random_features(
+                model, state.random_features, state.rng, index))
+        explanation = explain_non_finite(config, state, batch_of(step - 1), step - 1)
+    except Exception as e:  # pylint: disable=broad-except  # never hide the error it explains
+        return f'(Running the configured functions again failed: {type(e).__name__}: {e}.)'
+    where = (f'the checkpoint of step {int(state.step)}' if restored is not None
+             else 'the initial state')
+    return (f'Run again on the last finite state ({where}) with the batch of step {step}: '
+            f'{explanation}')
 
 
 def _blame_attention(config: ml_collections.ConfigDict, model: models.ENLCN, q: Array, k: Array,

@@ -14,7 +14,7 @@ Layout (written by `loop.train_and_evaluate`):
         checksums            {'variables': {array path: CRC-32}, 'train': {...}}: verified on load
         record               {'format': 2, 'config': the run's config, 'data': fingerprints,
                               'code': the source fingerprints of its functions from outside
-                              the package, `loop.code_fingerprints`}
+                              the package, `code_fingerprints`}
     best/<step>/           one step: the model with the best validation PSNR-Y so far
                            (`variables`, `checksums`, `record`)
     best.val-<sha256>/     a `best/` chosen on other validation images, moved aside
@@ -36,7 +36,7 @@ what its `variables` and `train` items hold.
   only with `allow_changes`. A config recorded by an older version is read with today's keys
   (`RENAMED_KEYS`, `ADDED_KEYS`, `models.upgrade_recorded_config`): its workdir resumes.
 * `check_data`: the same for the training images, by their fingerprint
-  (`loop.dataset_fingerprint`).
+  (`datasets.fingerprint`).
 * `check_code`: the same for the source of the run's functions from outside the package. Resume
   imports only the functions of the config given on the command line: a recorded spec it does
   not repeat is a config change, refused (or, with `allow_changes`, replaced), never imported.
@@ -53,6 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 from absl import logging
 
 from enlcn_jax.nn import models, registry
@@ -174,7 +175,7 @@ def check_data(record: dict | None, fingerprints: dict, allow_changes: bool = Fa
 
     Args:
       record: the latest checkpoint's record (`check_resume`), or None (nothing to compare).
-      fingerprints: `{'train': data.fingerprint(...), 'val': ... or None}` of this run.
+      fingerprints: `{'train': datasets.fingerprint(...), 'val': ... or None}` of this run.
       allow_changes: accept other training images, with a warning that the run no longer
         repeats a straight one.
     Raises:
@@ -194,13 +195,20 @@ def check_data(record: dict | None, fingerprints: dict, allow_changes: bool = Fa
                     message)
 
 
+def code_fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """`registry.code_fingerprints` of the functions a training config names from outside the
+    package: the model's and the contrastive loss (`{}` for built-in names, at no cost)."""
+    return {**checkpoints.code_fingerprints(config.model.to_dict()),
+            **registry.code_fingerprints([config.train.contrastive.loss])}
+
+
 def check_code(record: dict | None, fingerprints: dict[str, str],
                allow_changes: bool = False) -> None:
     """Refuses to resume with functions whose source changed since the checkpoint's record.
 
     Args:
       record: the latest checkpoint's record (`check_resume`), or None (nothing to compare).
-      fingerprints: `loop.code_fingerprints` of this run's config.
+      fingerprints: `code_fingerprints` of this run's config.
       allow_changes: continue with the functions as they are now, with a warning that the run
         no longer repeats a straight one.
     Raises:

@@ -21,7 +21,7 @@ from enlcn_jax.data import image_io, input_pipeline, sources
 from enlcn_jax.evaluation import evaluator, inference, runner
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints
-from enlcn_jax.train import loop, recipe
+from enlcn_jax.train import config_check, recipe
 from enlcn_jax.train import workdir as workdir_lib
 
 # dtype -> (bound on the output's relative error, bound on the contrastive losses' absolute
@@ -109,7 +109,7 @@ def bfloat16_and_float32_steps():
     results = {}
     for dtype in ('bfloat16', 'float32'):
         config = tiny_config(model__dtype=dtype, train__contrastive__weight=0.02)
-        loop.validate_config(config)
+        config_check.validate_config(config)
         state = recipe.create_train_state(config, recipe.create_model(config),
                                              jax.random.PRNGKey(0))
         mesh = recipe.create_mesh(jax.devices()[:1])
@@ -141,9 +141,9 @@ def test_bfloat16_training_steps_are_finite_lower_l1_and_track_float32(
 
 def test_float16_training_and_unknown_precisions_are_refused():
     with pytest.raises(ValueError, match="model.dtype='float16' is for evaluation only"):
-        loop.validate_config(tiny_config(model__dtype='float16'))
+        config_check.validate_config(tiny_config(model__dtype='float16'))
     with pytest.raises(ValueError, match=r"model.dtype='int8'; choose one of \('float32'"):
-        loop.validate_config(tiny_config(model__dtype='int8'))
+        config_check.validate_config(tiny_config(model__dtype='int8'))
 
 
 def test_a_workdir_records_its_precision_and_may_resume_in_another(tmp_path):

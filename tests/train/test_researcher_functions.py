@@ -19,7 +19,7 @@ from conftest import (INFO_NCE, benchmark_images, cli_overrides, load_config, ti
 from enlcn_jax.data import input_pipeline, sources
 from enlcn_jax.evaluation import runner
 from enlcn_jax.nn import losses
-from enlcn_jax.train import loop, recipe
+from enlcn_jax.train import config_check, loop, recipe
 
 def first_batch(config) -> dict[str, np.ndarray]:
     """The batch of training step 1 (`PatchLoader.batch(0)`) of `config`."""
@@ -108,7 +108,7 @@ def test_validate_config_refuses_a_bad_loss_in_one_line_naming_the_key(overrides
     config = tiny_config()
     config.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError) as info:
-        loop.validate_config(config)
+        config_check.validate_config(config)
     assert message in str(info.value) and '\n' not in str(info.value)
 
 

@@ -25,7 +25,7 @@ from enlcn_jax.data import input_pipeline, sources
 from enlcn_jax.evaluation import evaluator, inference
 from enlcn_jax.nn import losses, models
 from enlcn_jax.storage import checkpoints
-from enlcn_jax.train import loop, recipe
+from enlcn_jax.train import config_check, loop, recipe
 from enlcn_jax.train import workdir as workdir_lib
 
 START_EARLY = ('straight_cli_process', 'data_parallel_process', 'killed_save_process')
@@ -495,7 +495,7 @@ def test_validate_config(overrides, message):
     config = tiny_config()
     config.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError, match=message):
-        loop.validate_config(config)
+        config_check.validate_config(config)
 
 
 @pytest.mark.parametrize('module', ['default', 'x2', 'x3', 'x4', 'quickstart'])
@@ -503,7 +503,7 @@ def test_configs_build_their_model_and_pass_validation(module):
     config = __import__(f'configs.{module}', fromlist=['get_config']).get_config()
     if config.data.source != 'skimage':
         config.data.source = config.data.val_source = 'skimage'
-    loop.validate_config(config)
+    config_check.validate_config(config)
     model = recipe.create_model(config)
     assert model.body_layout().count('enlca') == (5 if config.model.n_resblocks == 32 else 3)
 

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, cli_overrides, run, tiny_config, tmpfs
 from configs.default import get_config as default_config
 from enlcn_jax import upscale
-from enlcn_jax.data import image_io
+from enlcn_jax.data import datasets, image_io
 from enlcn_jax.storage import checkpoints, files
-from enlcn_jax.train import loop, metric_writer
+from enlcn_jax.train import interruption, loop, metric_writer
 from enlcn_jax.train import workdir as workdir_lib
 
 
@@ -137,7 +137,7 @@ def test_a_validation_cut_off_by_a_kill_is_redone_on_resume_and_best_follows_it(
         real_save_best(manager, step, *args)
 
     monkeypatch.setattr(checkpoints, 'save_best', killed_at_step_6)
-    with pytest.raises(loop.TrainingInterrupted, match='after step 6; the last checkpoint, '
+    with pytest.raises(interruption.TrainingInterrupted, match='after step 6; the last checkpoint, '
                                                          'step 6 in'):
         loop.train_and_evaluate(config, tmp_path)
     assert checkpoints.latest_manager(tmp_path, read_only=True).latest_step() == 6
@@ -479,10 +479,10 @@ def test_data_that_cannot_be_trained_on_is_a_one_line_error(tmp_path):
     write_images(folder, 2)
     for path in folder.iterdir():
         path.write_bytes(path.read_bytes()[:60])
-    with pytest.raises(loop.DataError, match=r"config.data.hr_dir: no image can be used"):
+    with pytest.raises(datasets.DataError, match=r"config.data.hr_dir: no image can be used"):
         loop.train_and_evaluate(short_config(data__source='folder',
                                                   data__hr_dir=str(folder)), tmp_path / 'a')
-    with pytest.raises(loop.DataError,
+    with pytest.raises(datasets.DataError,
                        match=r'config.data.lr_patch=400: .*smaller than the LR patch 400x400'):
         loop.train_and_evaluate(short_config(data__lr_patch=400), tmp_path / 'b')
     assert not (tmp_path / 'b' / 'config.json').exists()
@@ -492,7 +492,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, monkeypatch):
     def interrupted(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, 'load_datasets', interrupted)
+    monkeypatch.setattr(datasets, 'load_datasets', interrupted)
     try:
         error = loop.run_training(short_config(), tmp_path)
     except KeyboardInterrupt:

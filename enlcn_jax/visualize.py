@@ -4,16 +4,18 @@
     python -m enlcn_jax.visualize variance [--image IMG] [--checkpoint DIR] [--draws 64]
         [--feature_map softmax_kernel,relu] [--projection iid,orthogonal]
 
-`maps` (the paper's Figures 1 and 7): for one query position of one ENLCA module, the attention
-weights over all positions, as heat maps over the image, under
-  * NLA: exact softmax of the module's raw embeddings `theta(x) . delta(x)`,
-  * ENLA: random-feature weights on L2-normalised embeddings (no amplification, k = 1),
-  * softmax k: the exact kernel that ENLA + k estimates, `softmax(k cos(q, k))`,
+Both read the attention inputs `(q, k, v)` an attention module sows (the block contract,
+`models.check_block`): q, k normalised and amplified as the module's attention receives them.
+
+`maps` (the paper's Figures 1 and 7): for one query position of one attention module, the
+attention weights over all positions, as heat maps over the image, under
+  * ENLA: random-feature weights on the unit directions q/|q|, k/|k| (no amplification, k = 1),
+  * softmax k: the exact kernel that ENLA + k estimates, `softmax(q . k)` on q, k as given,
   * ENLCA (<attention>): the module as it runs, named after its attention function (`enla`,
-    `exact` or a researcher's): that function with the module's feature map on its amplified q, k
-    and recorded random features (`ENLCAConfig.attend`).
+    `exact` or a researcher's): that function with the module's feature map on q, k as given and
+    its recorded random features (`ENLCAConfig.attend`).
 `variance` (Figure 6 and the approximation side of Table 4), per feature map and projection
-sampler, on embeddings taken from a real image:
+sampler, on the unit directions q/|q|, k/|k| taken from a real image, amplified to each k:
   * whether `phi(q) . phi(k)` under the sampler's projections is an unbiased estimate of
     `exp(q . k)`, decided empirically (`is_unbiased_estimate`; `softmax_kernel` with iid rows is,
     `softmax_kernel_stable` and `relu` are not), and its mean ratio to `exp(q . k)`;
@@ -84,14 +86,16 @@ def model_input(image: np.ndarray) -> np.ndarray:
 
 def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
                       module: int) -> tuple[Array, Array, Array, str]:
-    """Raw embeddings of one ENLCA module for one image.
+    """The attention inputs of one attention module for one image, as the block sows them
+    (`models.check_block`).
 
     Args:
       image: `[H, W, 3]` LR input, uint8 or float in [0, 1] (`model_input`).
-      module: index among the ENLCA modules (0 = the first).
+      module: index among the attention modules (0 = the first).
     Returns:
-      `(theta [N, d], delta [N, d], value [N, c], name)`: the outputs of conv_match1, conv_match2
-      and conv_assembly at the N = H W positions, and the module's name (`body_<i>`).
+      `(q [N, d], k [N, d], v [N, c], name)`: the queries and keys (normalised and amplified)
+      and values the module's attention receives at the N = H W positions, and the module's
+      name (`body_<i>`).
     """
     x = jnp.asarray(model_input(image))[None]
     names = [f'body_{i}' for i, kind in enumerate(model.body_layout()) if kind == 'enlca']
@@ -99,13 +103,17 @@ def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
         raise ValueError("the model has no ENLCA module (attention='none')")
     if not 0 <= module < len(names):
         raise ValueError(f'--module {module} out of range: the model has {len(names)} ENLCA modules')
-    def embeddings(variables: dict, x: Array) -> Array:  # [N, 2 d + c]; XLA drops the rest
+    def embeddings(variables: dict, x: Array) -> tuple[Array, Array, Array]:  # XLA drops the rest
         _, state = model.apply(variables, x, mutable=['intermediates'])
-        return state['intermediates'][names[module]]['embeddings'][0][0]
+        q, k, v = state['intermediates'][names[module]]['embeddings'][0]
+        return q[0], k[0], v[0]
 
-    embedded = jax.jit(embeddings)(variables, x)
-    d = (embedded.shape[-1] - model.n_feats) // 2
-    return embedded[:, :d], embedded[:, d:2 * d], embedded[:, 2 * d:], names[module]
+    return (*jax.jit(embeddings)(variables, x), names[module])
+
+
+def unit_directions(x: Array) -> Array:
+    """`x / |x|` over the last axis (a zero row stays zero). `[..., d] -> [..., d]`."""
+    return models.l2_normalize(x, float(jnp.finfo(jnp.float32).tiny))
 
 
 def attention_row(q: Array, k: Array, kind: str, projection: Array | None = None,
@@ -167,25 +175,21 @@ def enlca_map_name(config: models.ENLCAConfig) -> str:
 def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray,
                          pixel: tuple[int, int], module: int = 0) -> dict[str, np.ndarray]:
     """Attention maps `[H, W]` for the query at `pixel` = (x, y) of an image `[H, W, 3]`, uint8 or
-    float in [0, 1] (`model_input`): 'NLA', 'ENLA', 'softmax k' and `enlca_map_name`, in that
-    order (see the module docstring)."""
+    float in [0, 1] (`model_input`): 'ENLA', 'softmax k' and `enlca_map_name`, in that order (see
+    the module docstring)."""
     h, w = model_input(image).shape[:2]
     x, y = pixel
     if not (0 <= x < w and 0 <= y < h):
         raise ValueError(f'--pixel {x},{y} is outside the {w}x{h} image')
-    theta, delta, _, name = module_embeddings(model, variables, image, module)
+    q, k, _, name = module_embeddings(model, variables, image, module)
     projection = variables[models.RANDOM_FEATURES][name]['projection']
     config = model.enlca
     i = y * w + x
-    unit = lambda e: models.l2_normalize(e, config.norm_eps)
-    amp = jnp.sqrt(jnp.float32(config.amplification))
-    q1, k1 = unit(theta), unit(delta)
+    q1, k1 = unit_directions(q), unit_directions(k)
     rows = {
-        'NLA': attention_row(theta[i], delta, 'exact'),
         'ENLA': attention_row(q1[i], k1, 'random_features', projection, config.feature_map_fn()),
-        'softmax k': attention_row(amp * q1[i], amp * k1, 'exact'),
-        enlca_map_name(config): configured_attention_row(config, amp * q1, amp * k1, projection,
-                                                         i, (h, w)),
+        'softmax k': attention_row(q[i], k, 'exact'),
+        enlca_map_name(config): configured_attention_row(config, q, k, projection, i, (h, w)),
     }
     return {kind: np.asarray(row).reshape(h, w) for kind, row in rows.items()}
 
@@ -282,12 +286,12 @@ STUDY_COLUMNS = ('mean_ratio', *KERNEL_COLUMNS, 'output_rel_error')
 OUTPUT_DRAWS = 16
 
 
-def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws: int = 64,
+def approximation_study(q: Array, k: Array, value: Array, ks, ms, draws: int = 64,
                         pairs: int = 256, seed: int = 0,
                         feature_maps: Sequence[str | features.FeatureMap] = ('softmax_kernel',),
                         projections: Sequence[str | features.ProjectionSampler] = (
                             'iid', 'orthogonal'),
-                        output_rows: int = 1024, *, norm_eps: float) -> list[dict]:
+                        output_rows: int = 1024) -> list[dict]:
     """Error / variance of the kernel estimate and of ENLA's output, per (k, m, map, projection).
 
     Every feature map (a spec or a function, its `eps` at 0: `study_feature_map`) and every
@@ -296,13 +300,12 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
     (sampler, m) draws its `draws` projections once; every k uses them.
 
     Args:
-      theta, delta: `[N, d]` raw query / key embeddings; value: `[N, c]`.
+      q, k: `[N, d]` query / key embeddings (only their directions are used); value: `[N, c]`.
       ks: amplifications; ms: numbers of random features.
       draws: projections per (sampler, m), at least 2.
       pairs: (query, key) pairs the kernel estimate is measured on.
       feature_maps, projections: the maps and samplers to compare.
       output_rows: query rows the attention-output error is measured on (all when N is fewer).
-      norm_eps: the clamp of the embeddings' norms, the module's `ENLCAConfig.norm_eps`.
     Returns:
       rows with `k`, `m`, `feature_map`, `projection`; `unbiased` (whether the map's
       `phi(q).phi(k)` estimates `exp(q.k)` without bias under the sampler: `is_unbiased_estimate`
@@ -318,7 +321,7 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
         raise ValueError(f'draws must be >= 2 (a standard error needs two), got {draws}')
     maps = {spec: study_feature_map(spec) for spec in feature_maps}
     samplers = {spec: features.get_projection(spec) for spec in projections}
-    n, d = theta.shape
+    n, d = q.shape
     pick = np.random.default_rng(seed)
     qi, kj = pick.integers(0, n, (2, pairs))
     query_rows = pick.permutation(n)[:output_rows]
@@ -326,17 +329,16 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
     drawn = {(name, m): draw_projections(jax.random.fold_in(key, m), sampler=sampler, draws=draws,
                                          m=int(m), d=d)
              for (name, sampler), m in itertools.product(samplers.items(), ms)}
-    unit_q, unit_k, _ = _amplified(theta, delta, value, query_rows, jnp.float32(1.0),
-                                  norm_eps=norm_eps)
+    unit_q, unit_k = unit_directions(q), unit_directions(k)
     pair_q, pair_k = unit_q[qi], unit_k[kj]
     unbiased = {(spec, name): is_unbiased_estimate(pair_q, pair_k, drawn[(name, max(ms))], phi)
                 for (spec, phi), name in itertools.product(maps.items(), samplers)}
     results = []
     for amp in ks:
-        q, k, exact_rows = _amplified(theta, delta, value, query_rows, jnp.float32(amp),
-                                      norm_eps=norm_eps)
+        amp_q, amp_k, exact_rows = _amplified(unit_q, unit_k, value, query_rows,
+                                              jnp.float32(amp))
         for m, (spec, phi), name in itertools.product(ms, maps.items(), samplers):
-            errors = _approximation_errors(q, k, value, qi, kj, query_rows, exact_rows,
+            errors = _approximation_errors(amp_q, amp_k, value, qi, kj, query_rows, exact_rows,
                                            drawn[(name, m)], phi=phi)
             row = {'k': float(amp), 'm': int(m), 'feature_map': spec_label(spec),
                    'projection': spec_label(name),
@@ -348,14 +350,13 @@ def approximation_study(theta: Array, delta: Array, value: Array, ks, ms, draws:
     return results
 
 
-@functools.partial(jax.jit, static_argnames=('norm_eps',))
-def _amplified(theta: Array, delta: Array, value: Array, query_rows: Array,
-               amplification: Array, *, norm_eps: float) -> tuple[Array, Array, Array]:
-    """`(q, k [N, d], exact_rows [R, c])`: the raw embeddings `theta, delta [N, d]` normalised
-    (norms clamped at `norm_eps`) and scaled to |q|^2 = |k|^2 = k, and the softmax attention
-    output at `query_rows [R]` (against every key)."""
+@jax.jit
+def _amplified(unit_q: Array, unit_k: Array, value: Array, query_rows: Array,
+               amplification: Array) -> tuple[Array, Array, Array]:
+    """`(q, k [N, d], exact_rows [R, c])`: the unit directions `unit_q, unit_k [N, d]` scaled to
+    |q|^2 = |k|^2 = k, and the softmax attention output at `query_rows [R]` (against every key)."""
     s = jnp.sqrt(amplification)
-    q, k = (s * models.l2_normalize(e, norm_eps) for e in (theta, delta))
+    q, k = s * unit_q, s * unit_k
     return q, k, attention.exact_attention(q[query_rows][None], k[None], value[None])[0]
 
 
@@ -574,11 +575,10 @@ def main(argv: list[str] | None = None) -> None:
         summary = {kind: {'max': float(m.max()), 'entropy': float(-(m * np.log(m + 1e-30)).sum())}
                    for kind, m in maps.items()}
     else:
-        theta, delta, value, _ = module_embeddings(model, variables, image, args.module)
-        summary = approximation_study(theta, delta, value, [float(v) for v in args.ks.split(',')],
+        q, k, value, _ = module_embeddings(model, variables, image, args.module)
+        summary = approximation_study(q, k, value, [float(v) for v in args.ks.split(',')],
                                       [int(v) for v in args.ms.split(',')], args.draws,
-                                      feature_maps=feature_maps, projections=projections,
-                                      norm_eps=model.enlca.norm_eps)
+                                      feature_maps=feature_maps, projections=projections)
         print('\n'.join(describe_estimates(summary)))
         png = plot_study(summary, out.with_suffix('.png'))
     files.write_text(out.with_suffix('.json'), json.dumps(summary, indent=2))

@@ -202,17 +202,44 @@ class ENLCAConfig:
 class ENLCA(nn.Module):
     """Efficient non-local contrastive attention block. `[B, H, W, C] -> ([B, H, W, C], (q, k))`.
 
-    Q, K, V are 1x1 convs; Q and K (C / reduction channels) are L2-normalised over channels
-    (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the attention output
-    is added back as `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]` each,
-    which is what the contrastive loss needs. Hyper-parameters: `config` (see `ENLCAConfig`).
-    `layer` is the module's ordinal among the network's attention modules, which ENLCN sets for a
-    block with a `layer` field and `ENLCAConfig.attend` passes on.
+    `embed` makes Q, K, V with 1x1 convs; Q and K (C / reduction channels) are L2-normalised over
+    channels (norm clamped at `norm_eps`) and multiplied by sqrt(amplification) each; the
+    configured attention (`ENLCAConfig.attend`) runs on them and its output is added back as
+    `out * res_scale + x`. Also returns q and k, `[B, H W, C / reduction]` each, which is what the
+    contrastive loss needs, and sows `(q, k, v)` as `('intermediates', 'embeddings')` for the
+    research tools (the block contract: `check_block`). Hyper-parameters: `config` (see
+    `ENLCAConfig`). `layer` is the module's ordinal among the network's attention modules, which
+    ENLCN sets for a block with a `layer` field and `ENLCAConfig.attend` passes on.
+
+    A block that changes one thing subclasses ENLCA and overrides `embed` (it may create
+    parameters there, as `examples/temperature_block.py` does).
     """
     config: ENLCAConfig = ENLCAConfig()
     res_scale: float = 0.1
     dtype: Any = jnp.float32
     layer: int = 0
+
+    def embed(self, x: Array) -> tuple[Array, Array, Array]:
+        """The attention's inputs at N positions: `x [B, N, C] -> (q, k [B, N, d], v [B, N, C])`,
+        float32, d = C / reduction.
+
+        The three 1x1 convolutions (`conv_match1`, `conv_match2`, `conv_assembly`) run as one
+        matmul in `dtype`, O(N C (2 d + C)); q and k are L2-normalised (norm clamped at
+        `norm_eps`) and scaled by sqrt(amplification). Called from `__call__`, so an override
+        may create parameters and submodules as a compact method does.
+        """
+        c = x.shape[-1]
+        cfg = self.config
+        d = c // cfg.reduction
+        convs = [PointwiseConvParams(width, name=name)(c) for name, width in
+                 (('conv_match1', d), ('conv_match2', d), ('conv_assembly', c))]
+        kernel = jnp.concatenate([kernel for kernel, _ in convs], axis=1).astype(self.dtype)
+        bias = jnp.concatenate([bias for _, bias in convs]).astype(self.dtype)
+        embedded = (x.astype(self.dtype) @ kernel + bias).astype(jnp.float32)
+        scale = jnp.sqrt(jnp.float32(cfg.amplification))
+        q = l2_normalize(embedded[..., :d], cfg.norm_eps) * scale
+        k = l2_normalize(embedded[..., d:2 * d], cfg.norm_eps) * scale
+        return q, k, embedded[..., 2 * d:]
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> tuple[Array, Embeddings]:
@@ -220,23 +247,12 @@ class ENLCA(nn.Module):
             raise ValueError(f'ENLCA expects [B, H, W, C] input, got shape {x.shape}')
         b, h, w, c = x.shape
         cfg = self.config
-        d = c // cfg.reduction
-        if d < 1:
+        if c // cfg.reduction < 1:
             raise ValueError(f'ENLCA: {c} channels / reduction {cfg.reduction} leaves no embedding')
+        q, k, v = self.embed(x.reshape(b, h * w, c))
+        self.sow('intermediates', 'embeddings', (q, k, v))
+        d = q.shape[-1]
         sampler = cfg.projection_fn()
-
-        # The three 1x1 convolutions as one matmul.
-        convs = [PointwiseConvParams(width, name=name)(c) for name, width in
-                 (('conv_match1', d), ('conv_match2', d), ('conv_assembly', c))]
-        kernel = jnp.concatenate([kernel for kernel, _ in convs], axis=1).astype(self.dtype)
-        bias = jnp.concatenate([bias for _, bias in convs]).astype(self.dtype)
-        embedded = (x.astype(self.dtype).reshape(b, h * w, c) @ kernel + bias).astype(jnp.float32)
-        # Raw theta | delta | value, [B, N, 2 d + c], for analysis (`capture_intermediates`).
-        self.sow('intermediates', 'embeddings', embedded)
-        scale = jnp.sqrt(jnp.float32(cfg.amplification))
-        q = l2_normalize(embedded[..., :d], cfg.norm_eps) * scale
-        k = l2_normalize(embedded[..., d:2 * d], cfg.norm_eps) * scale
-        v = embedded[..., 2 * d:]
         projection = self.variable(
             RANDOM_FEATURES, 'projection',
             lambda: sampler(self.make_rng(RANDOM_FEATURES), cfg.num_random_features, d))
@@ -250,27 +266,77 @@ class ENLCA(nn.Module):
 
 
 def check_block(block: type[nn.Module]) -> None:
-    """Raises unless `block(config, res_scale, dtype)` is a Flax module called as ENLCA is:
-    `(x [B, H, W, C], mask [B, H, W, 1] | None) -> (y [B, H, W, C], (q, k [B, H W, d']))`,
-    with and without a mask, its variables made from the `params` and `random_features` rngs."""
-    x = jnp.linspace(-1.0, 1.0, 2 * 3 * 4 * 8, dtype=jnp.float32).reshape(2, 3, 4, 8)
-    mask = jnp.ones((2, 3, 4, 1), jnp.float32)
-    module = block(ENLCAConfig(num_random_features=4), 0.1, jnp.float32)
+    """Raises unless `block` keeps the attention-block contract, which `model.block` relies on.
+
+    The contract:
+      * a Flax module class with fields `config: ENLCAConfig`, `res_scale: float` and `dtype`
+        (and optionally `layer: int`, the module's ordinal among the network's attention modules,
+        which ENLCN then sets), built as `block(config, res_scale, dtype)`; its variables are made
+        from the `params` and `random_features` rngs (random features in the `random_features`
+        collection, so `ENLCN.redraw` redraws them);
+      * called `(x [B, H, W, C], mask [B, H, W, 1] | None) -> (y [B, H, W, C], (q, k))`, q and
+        k `[B, H W, d]` being what the contrastive loss sees;
+      * it honours `mask` (1 on real positions, 0 on padding): y at real positions does not
+        depend on the content of padded positions, so padded evaluation is exact at any
+        `--bucket`;
+      * it sows `('intermediates', 'embeddings')` = `(q, k, v)` exactly as its attention receives
+        them: q, k `[B, H W, d]` (normalised and amplified) and v `[B, H W, c]`, which the
+        research tools (`python -m enlcn_jax.visualize`) read.
+    Subclassing `ENLCA` and overriding its `embed` keeps all of it.
+
+    The check runs the block (under `jit`, `x [2, 3, 4, 8]`, 4 random features) once without a
+    mask and twice with the last column masked, filled with two different contents; each failure
+    is one line naming what is missing.
+    """
+    with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
+        _check_block_values(block)
+
+
+def _check_block_values(block: type[nn.Module]) -> None:
+    b, h, w, c = 2, 3, 4, 8
+    x = jnp.linspace(-1.0, 1.0, b * h * w * c, dtype=jnp.float32).reshape(b, h, w, c)
+    mask = jnp.ones((b, h, w, 1), jnp.float32).at[:, :, -1].set(0.0)
+    module = block(ENLCAConfig(num_random_features=4), 1.0, jnp.float32)
     rngs = {'params': jax.random.key(0), RANDOM_FEATURES: jax.random.key(1)}
+    run = jax.jit(lambda x, *masks: module.init_with_output(rngs, x, *masks, mutable=True))
+    expected = (f'block(x [{b}, {h}, {w}, {c}], mask [{b}, {h}, {w}, 1] | None) should return '
+                f'(y [{b}, {h}, {w}, {c}], (q, k [{b}, {h * w}, d]))')
     for masks in ((), (mask,)):
-        out = jax.eval_shape(lambda x, *masks: module.init_with_output(rngs, x, *masks)[0],
-                             x, *masks)
         try:
-            y, (q, k) = out
+            y, (q, k) = jax.eval_shape(run, x, *masks)[0]
         except (TypeError, ValueError) as e:
-            raise ValueError('a block returns (y, (q, k))') from e
-        if y.shape != x.shape or q.shape[:2] != (2, 12) or k.shape != q.shape:
-            raise ValueError(f'block(x [2, 3, 4, 8]) gave y {list(y.shape)}, q {list(q.shape)}, '
-                             f'k {list(k.shape)}; expected y [2, 3, 4, 8] and q, k [2, 12, d]')
+            raise ValueError(f'a block returns (y, (q, k)): {expected}') from e
+        if y.shape != x.shape or q.shape[:2] != (b, h * w) or k.shape != q.shape:
+            raise ValueError(f'{expected}, got y {list(y.shape)}, q {list(q.shape)}, '
+                             f'k {list(k.shape)}')
+
+    (y, (q, _)), variables = run(x * mask, mask)
+    sown = variables.get('intermediates', {}).get('embeddings')
+    if sown is None:
+        raise ValueError("the block does not sow ('intermediates', 'embeddings'): the research "
+                         "tools read its attention's inputs, self.sow('intermediates', "
+                         "'embeddings', (q, k, v))")
+    shapes = jax.tree_util.tree_map(lambda a: list(jnp.shape(a)), sown)
+    if not (isinstance(sown, tuple) and len(sown) == 1 and isinstance(sown[0], tuple)
+            and len(sown[0]) == 3 and [jnp.shape(e) for e in sown[0][:2]] == [q.shape] * 2
+            and jnp.shape(sown[0][2])[:2] == (b, h * w) and jnp.ndim(sown[0][2]) == 3):
+        raise ValueError(f"the block sows ('intermediates', 'embeddings') = {shapes}; expected "
+                         f'one tuple (q, k, v) as its attention receives them: q, k '
+                         f'{list(q.shape)} as returned, v [{b}, {h * w}, c]')
+
+    filled = x * mask + 10.0 * (1.0 - mask)
+    (y_filled, _), _ = run(filled, mask)
+    real = lambda y: jnp.where(mask > 0, y - x, 0.0)
+    difference = float(jnp.max(jnp.abs(real(y_filled) - real(y))))
+    if not difference <= 1e-4 * float(jnp.max(jnp.abs(real(y)))):
+        raise ValueError(f'the block ignores its mask: y at real positions (mask 1) changes by '
+                         f'{difference:.3g} with the content of masked positions; leave them out '
+                         'of the attention (ENLCAConfig.attend with mask) so padded evaluation '
+                         'stays exact')
 
 
-# The attention blocks a network can be built with (`model.block`): Flax modules with ENLCA's
-# fields (`config`, `res_scale`, `dtype`) and call signature (`check_block`).
+# The attention blocks a network can be built with (`model.block`): Flax module classes that keep
+# the contract `check_block` states and checks.
 BLOCKS: registry.Registry[type[nn.Module]] = registry.Registry(
     'attention block', 'model.block', check_block)
 BLOCKS.register('enlca', ENLCA, trusted=True)

@@ -57,7 +57,7 @@ IMAGE = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
 def test_model_maps_are_distributions_over_the_image(tiny_enlcn):
     model, variables = tiny_enlcn
     maps = visualize.query_attention_maps(model, variables, IMAGE, (3, 7), module=1)
-    assert list(maps) == ['NLA', 'ENLA', 'softmax k', 'ENLCA (enla)']
+    assert list(maps) == ['ENLA', 'softmax k', 'ENLCA (enla)']
     for weights in maps.values():
         assert weights.shape == (12, 10) and weights.min() >= 0
         np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-5)
@@ -83,17 +83,17 @@ def random_feature_row(q_i, k, projection):
 
 def test_maps_are_the_attention_rows_of_pixel_x_y(tiny_enlcn):
     """On a 12 x 10 (H x W) image the maps of pixel (x, y) = (3, 7) are the rows of query
-    i = y W + x = 73, computed directly: softmax(theta_i . delta_j) for NLA, and from the
-    module's own amplified (q, k) softmax(q_i . k_j) and, for the ENLA model as it runs,
-    normalised phi(q_i) . phi(k_j)."""
+    i = y W + x = 73, computed directly from the module's own amplified (q, k) as the model
+    returns them: normalised phi(q_i / |q_i|) . phi(k_j / |k_j|) for ENLA (k = 1),
+    softmax(q_i . k_j), and, for the ENLA model as it runs, normalised phi(q_i) . phi(k_j)."""
     model, variables = tiny_enlcn
     h, w, x, y = 12, 10, 3, 7
     i = y * w + x
     maps = visualize.query_attention_maps(model, variables, IMAGE, (x, y), module=1)
-    theta, delta, _, _ = visualize.module_embeddings(model, variables, IMAGE, 1)
-    theta, delta = np.asarray(theta, np.float64), np.asarray(delta, np.float64)
-    np.testing.assert_allclose(maps['NLA'], softmax(delta @ theta[i], (h, w)), rtol=1e-4, atol=1e-7)
     q_i, k, projection = module_rows(model, variables, IMAGE, 1, i)
+    np.testing.assert_allclose(maps['ENLA'],
+                               random_feature_row(unit(q_i), unit(k), projection).reshape(h, w),
+                               rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(maps['softmax k'], softmax(k @ q_i, (h, w)), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(maps['ENLCA (enla)'],
                                random_feature_row(q_i, k, projection).reshape(h, w),
@@ -107,7 +107,7 @@ def test_the_enlca_map_of_an_exact_attention_model_is_its_softmax_row():
     variables = random_variables(model)
     h, w, x, y = 12, 10, 3, 7
     maps = visualize.query_attention_maps(model, variables, IMAGE, (x, y), module=1)
-    assert list(maps) == ['NLA', 'ENLA', 'softmax k', 'ENLCA (exact)']
+    assert list(maps) == ['ENLA', 'softmax k', 'ENLCA (exact)']
     q_i, k, projection = module_rows(model, variables, IMAGE, 1, y * w + x)
     np.testing.assert_allclose(maps['ENLCA (exact)'], softmax(k @ q_i, (h, w)), rtol=1e-4,
                                atol=1e-7)
@@ -184,8 +184,7 @@ def test_study_reproduces_eq7_on_gaussian_inputs():
     once, shared by both samplers and both amplifications."""
     compiled = visualize._approximation_errors._cache_size()
     rows = visualize.approximation_study(*gaussian_embeddings(64, 8, 4), ks=[0.5, 1.0], ms=[16],
-                                         draws=4000, pairs=64,
-                                         norm_eps=models.ENLCAConfig().norm_eps)
+                                         draws=4000, pairs=64)
     assert visualize._approximation_errors._cache_size() == compiled + 1
     iid = [r for r in rows if r['projection'] == 'iid']
     for row in iid:
@@ -205,7 +204,7 @@ def test_the_study_says_which_maps_estimate_exp_qk_and_compares_all_by_output(tm
     rows = visualize.approximation_study(
         *gaussian_embeddings(64, 8, 4), ks=[1.0], ms=[16], draws=64, pairs=64,
         feature_maps=('softmax_kernel', 'softmax_kernel_stable', 'relu', doubled_softmax_kernel),
-        projections=('iid',), norm_eps=models.ENLCAConfig().norm_eps)
+        projections=('iid',))
     by_map = {row['feature_map']: row for row in rows}
     assert {name: row['unbiased'] for name, row in by_map.items()} == {
         'softmax_kernel': True, 'softmax_kernel_stable': False, 'relu': False,
@@ -287,9 +286,17 @@ def study_arguments(tiny_enlcn, tmp_path, monkeypatch):
     return run
 
 
-def test_the_study_normalises_with_the_model_s_norm_eps(study_arguments):
-    """`variance` passes the loaded model's `ENLCAConfig.norm_eps` to the study."""
-    assert study_arguments(config={'norm_eps': 0.25})['norm_eps'] == 0.25
+def test_the_study_sees_only_the_directions_of_the_queries_and_keys():
+    """The study applies its own amplifications to q/|q|, k/|k|: rescaling the rows of q and k
+    (as a block's own amplification does) leaves every measurement unchanged."""
+    q, k, v = gaussian_embeddings(32, 4, 3)
+    scales = jnp.linspace(0.5, 3.0, 32)[:, None]
+    study = lambda q, k: visualize.approximation_study(q, k, v, ks=[2.0], ms=[8], draws=4,
+                                                       pairs=16, projections=('iid',))
+    for given, rescaled in zip(study(q, k), study(scales * q, 6.0 * k)):
+        assert given.keys() == rescaled.keys()
+        for column in visualize.STUDY_COLUMNS:
+            np.testing.assert_allclose(rescaled[column], given[column], rtol=1e-4)
 
 
 def test_the_study_compares_the_projection_samplers_given(study_arguments):

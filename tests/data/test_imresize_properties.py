@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from enlcn_jax.data.imresize import bicubic_downscale, imresize, modcrop
 
 sizes = st.integers(1, 12)
-scales = st.sampled_from([Fraction(n, d) for n, d in
-                          [(1, 4), (1, 3), (1, 2), (7, 10), (1, 1), (11, 10), (9, 7), (3, 2), (2, 1),
-                           (11, 5), (7, 3), (3, 1), (4, 1)]])
+scales = st.sampled_from([Fraction(n, d) for n, d in [(1, 4), (1, 3), (1, 2), (7, 10), (1, 1),
+                                                     (11, 10), (9, 7), (3, 2), (2, 1), (11, 5),
+                                                     (7, 3), (3, 1), (4, 1)]])
 channels = st.sampled_from([(), (1,), (3,)])
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import ml_collections
 
-from configs import default
+from enlcn_jax.train import default_config
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.scale = 2
     config.model.n_resblocks = 8
     config.model.n_feats = 32

@@ -3,20 +3,21 @@
 Trains a small ENLCN x2 (4 blocks, 32 features, 3 ENLCA modules, 24x24 LR patches) for 400
 steps on photos bundled with scikit-image and validates on one held-out photo (`chelsea`),
 logging the bicubic PSNR-Y of that photo beside the model's (about 35.3 dB; the model passes it
-after about 200 steps). Everything not set here is the released recipe of default.py, scaled
-down: 50-step epochs, a 10x larger learning rate, L1 alone for the first 5 epochs, then the
-contrastive loss (which costs about 4x the rest of the step on a CPU).
+after about 200 steps). Everything not set here is the released recipe
+(`enlcn_jax/train/default_config.py`), scaled down: 50-step epochs, a 10x larger learning rate,
+L1 alone for the first 5 epochs, then the contrastive loss (which costs about 4x the rest of the
+step on a CPU).
 
     python train.py --config configs/quickstart.py --workdir /tmp/quickstart
 """
 
 import ml_collections
 
-from configs import default
+from enlcn_jax.train import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.scale = 2
     config.model.n_resblocks = 4
     config.model.n_feats = 32

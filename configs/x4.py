@@ -1,11 +1,11 @@
-"""ENLCN x4 with the released code's recipe (configs/default.py)."""
+"""ENLCN x4 with the released code's recipe (`enlcn_jax/train/default_config.py`)."""
 
 import ml_collections
 
-from configs import default
+from enlcn_jax.train import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default_config.get_config()
     config.model.scale = 4
     return config

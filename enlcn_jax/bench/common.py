@@ -5,7 +5,7 @@ estimate of a compiled program is `memory.compiled_bytes`."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import platform
 import statistics
@@ -32,8 +32,20 @@ def median_time(fn: Callable, args: tuple, repeats: int) -> float:
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
-    """`get_config()` of the module `configs/<name>.py` (run from the repository root)."""
-    return importlib.import_module(f'configs.{name}').get_config()
+    """`get_config()` of a config file: `name` is its path, or `x2` for `configs/x2.py` under the
+    working directory (the repository root), loaded by path as `--config` loads one.
+
+    Raises:
+      FileNotFoundError: no such file, naming it.
+    """
+    path = Path(name if name.endswith('.py') else Path('configs') / f'{name}.py')
+    if not path.is_file():
+        raise FileNotFoundError(f'config {name!r}: no file {path.absolute()} (give a config '
+                                'file, or a name of configs/ run from the repository root)')
+    spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def parse_size(text: str) -> tuple[int, int]:

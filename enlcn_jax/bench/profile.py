@@ -34,13 +34,10 @@ import jax.numpy as jnp
 
 from enlcn_jax.bench import train as bench_train
 
+from enlcn_jax.bench.common import compiled_flops, matmul_peak_gflops, median_time, write_results
 from enlcn_jax.data import input_pipeline, sources
-
 from enlcn_jax.nn import models
-
-from enlcn_jax.train import config_check, recipe
-from enlcn_jax.bench.common import (compiled_flops, load_config, matmul_peak_gflops, median_time,
-                                 write_results)
+from enlcn_jax.train import config_check, default_config, recipe
 
 
 def _timed(fn, args: tuple, repeats: int) -> tuple[dict, Any]:
@@ -70,7 +67,7 @@ def train_step_profile(n_resblocks: int = 16, n_feats: int = 64, batch_size: int
       `GFLOP`, `GFLOP/s`, `% of matmul peak`), the timed programs first, then the split;
       `model`, `batch_size`, `lr_patch`, `repeats`, `matmul peak GFLOP/s`.
     """
-    config = load_config('default')
+    config = default_config.get_config()
     config.model.update(n_resblocks=n_resblocks, n_feats=n_feats, dtype=dtype,
                         attention_every=min(8, max(1, n_resblocks // 2)))
     config.data.update(batch_size=batch_size, lr_patch=lr_patch)

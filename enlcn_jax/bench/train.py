@@ -98,8 +98,8 @@ def time_train_step(config: ml_collections.ConfigDict, initial_state: recipe.Tra
     """Times the train step of `config` on a mesh of `devices`, in both phases.
 
     Args:
-      config: a validated training config; its `sources.batch_size` (the global batch, which must
-        split over `devices`) and `sources.lr_patch` set the fixed batch that is timed.
+      config: a validated training config; its `data.batch_size` (the global batch, which must
+        split over `devices`) and `data.lr_patch` set the fixed batch that is timed.
       initial_state: `recipe.create_train_state` of `config`, on the host (`jax.device_get`):
         each call copies it to its mesh, where the timed steps consume it.
       devices: the mesh; the batch is split over them, the state replicated.

@@ -27,6 +27,13 @@ checkpoint names from outside the package is recorded with the fingerprint of it
 (`registry.code_fingerprints`: `code` in a step's record, in a model directory's `format.json`);
 a function whose source changed since is an error naming it (the scores would be the edited
 function's, not the trained model's) unless `allow_changed_code`, which warns.
+
+The model config is recorded with the weights too (a step's `record['config']['model']`, a model
+directory's `format.json`): a `model_config.json` edited since is refused, naming the keys that
+differ. A workdir is read while a training run may write it: orbax lists only committed steps
+(written in a temporary folder, renamed when complete, `commit_success.txt` in it) but deletes
+steps it no longer keeps while they may be read, so `load_model` reads a step again, from the
+steps then on disk, when it fails; only a step that fails twice, unchanged, is damaged.
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ BEST_DIR = 'best'
 BEST_METRIC = 'psnr_y'
 # What orbax writes into a step's temporary directory last, before renaming it to the step.
 COMMIT_FILE = 'commit_success.txt'
+# A workdir step that fails to read is read again after this pause: while a training run
+# deletes it, the step's folder changes or vanishes; only a step that fails twice, unchanged,
+# is damaged. After READ_ATTEMPTS reads of steps that kept changing, the last failure stands.
+RETRY_PAUSE_S = 0.25
+READ_ATTEMPTS = 8
 
 
 class CheckpointError(ValueError):
@@ -133,6 +145,41 @@ def check_code(config: Mapping, recorded: Mapping[str, str] | None, where: Path,
                     'trained model', message)
 
 
+def _comparable(config: Mapping) -> dict:
+    """A flat model config as `model_config.json` records it today (`upgrade_recorded_config`,
+    `recordable_config`, JSON values): equal configs build the same model."""
+    config = models.upgrade_recorded_config(config)
+    try:
+        config = models.recordable_config(config)
+    except ValueError:  # a function not recordable by name: compared as it is
+        pass
+    return json.loads(json.dumps(config, sort_keys=True, default=repr))
+
+
+def check_model_config(config: Mapping, recorded: Mapping | None, config_path: Path,
+                       where: Path) -> None:
+    """Refuses a model config (read from `config_path`) that differs from the one recorded with
+    the checkpoint at `where` (`recorded`: a step's `record['config']['model']`, a model
+    directory's `format.json` `model`; None for a checkpoint saved before it was recorded:
+    nothing to compare). The weights were trained as the recorded model: an edited
+    `amplification` or another attention would score some other model with them.
+
+    Raises:
+      CheckpointError: one line naming the keys that differ, with both values.
+    """
+    if not isinstance(recorded, Mapping):
+        return
+    now, then = _comparable(config), _comparable(recorded)
+    absent = '(absent)'
+    differing = [f'{key}: {then.get(key, absent)!r} recorded, {now.get(key, absent)!r} in the file'
+                 for key in sorted(set(now) | set(then))
+                 if now.get(key, absent) != then.get(key, absent)]
+    if differing:
+        raise CheckpointError(f'{config_path} differs from the model config recorded with {where} '
+                              f'({"; ".join(differing)}): the weights belong to the recorded '
+                              f'model; restore {config_path.name} to it')
+
+
 def _not_orbax_info(record: std_logging.LogRecord) -> bool:
     """Keeps orbax's warnings and errors, drops its per-save INFO lines."""
     return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
@@ -165,7 +212,8 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
 
     Functions given in code in `model_config` are recorded by the spec that imports them again
     (`models.recordable_config`; ValueError for one that cannot be); those from outside the
-    package with the fingerprint of their source (`code` in `format.json`).
+    package with the fingerprint of their source (`code` in `format.json`, with the config as
+    `model`, which loading checks `model_config.json` against).
     """
     directory = Path(directory).absolute()
     model_config = models.recordable_config(model_config)
@@ -173,7 +221,7 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
         raise FileExistsError(f'{directory / VARIABLES} already exists; choose another --out')
     directory.mkdir(parents=True, exist_ok=True)
     files.write_text(directory / FORMAT_FILE, json.dumps(
-        {'format': FORMAT, 'code': code_fingerprints(model_config)}))
+        {'format': FORMAT, 'code': code_fingerprints(model_config), 'model': model_config}))
     files.write_text(directory / f'{CHECKSUMS}.json', json.dumps(checksums(variables), indent=2))
     files.write_text(directory / MODEL_CONFIG, json.dumps(model_config, indent=2, sort_keys=True))
     try:
@@ -321,7 +369,10 @@ def load_model(path: str | Path, which: str = 'latest', *, trust_code: bool = Fa
       UntrustedCodeError: `model_config.json` names modules outside the package, without
         `trust_code`.
       CheckpointError: a damaged checkpoint, non-finite weights, a `model_config.json` that
-        is unreadable or builds no model, or a function whose source changed (above).
+        is unreadable, builds no model or differs from the model config recorded with the
+        weights (`check_model_config`), or a function whose source changed (above). A workdir
+        step that a training run deletes or replaces while it is read is read again
+        (`_read_workdir_step`), not called damaged.
     """
     if which not in ('latest', 'best'):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
@@ -330,6 +381,8 @@ def load_model(path: str | Path, which: str = 'latest', *, trust_code: bool = Fa
         config, variables = load_model_dir(path)
         model = _build(config, path / MODEL_CONFIG, trust_code)
         recorded = _read_json(path / FORMAT_FILE) if (path / FORMAT_FILE).exists() else {}
+        check_model_config(config, recorded.get('model'), path / MODEL_CONFIG,
+                           path / FORMAT_FILE)
         check_code(config, recorded.get('code'), path, allow_changed_code)
         return model, variables, None
     if not (path / MODEL_CONFIG).exists() or not (path / CHECKPOINTS_DIR).is_dir():
@@ -338,24 +391,81 @@ def load_model(path: str | Path, which: str = 'latest', *, trust_code: bool = Fa
                                 f'{CHECKPOINTS_DIR}/)')
     config = _read_json(path / MODEL_CONFIG)
     model = _build(config, path / MODEL_CONFIG, trust_code)
-    with (best_manager(path, read_only=True) if which == 'best'
-          else latest_manager(path, read_only=True)) as manager:
-        step = manager.best_step() if which == 'best' else manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
-        where = manager.directory / str(step)
-        with _read_as_damage(where):
-            target = _numpy_like(manager.item_metadata(step)[VARIABLES])
-            restored = manager.restore(
-                step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
+    variables, record, step, where = _read_workdir_step(path, which)
+    check_finite(variables, where)
+    check_model_config(config, record.get('config', {}).get('model'), path / MODEL_CONFIG, where)
+    check_code(config, record.get('code'), where, allow_changed_code)
+    return model, variables, step
+
+
+def _folder_identity(where: Path) -> tuple[int, int, int] | None:
+    """`(inode, mtime, ctime)` of the folder `where`, None once it is gone: a step deleted, or
+    deleted and written again, changes it."""
+    try:
+        stat = os.stat(where)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def _read_step(manager: ocp.CheckpointManager, step: int, where: Path) -> tuple[dict, dict]:
+    """`(variables, record)` of a workdir's committed `step` (at `where`), checksums verified.
+
+    Raises:
+      CheckpointError: it cannot be read, or a checksum differs.
+    """
+    with _read_as_damage(where):
+        target = _numpy_like(_items_metadata(manager, step, [VARIABLES],
+                                             'use another checkpoint')[VARIABLES])
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore(target)}))
         variables = _as_numpy(restored[VARIABLES])
         saved = _saved_checksums(manager, step)
         if saved is not None:
             verify_checksums(variables, saved[VARIABLES], where)
-        record = saved_record(manager, step) or {}
-    check_finite(variables, where)
-    check_code(config, record.get('code'), where, allow_changed_code)
-    return model, variables, step
+        return variables, saved_record(manager, step) or {}
+
+
+def _read_workdir_step(workdir: Path, which: str) -> tuple[dict, dict, int, Path]:
+    """`(variables, record, step, folder)` of the `which` step of a workdir, which a training run
+    may be writing meanwhile: orbax lists only committed steps (written in a temporary folder,
+    renamed when complete), but deletes the steps it no longer keeps (`best/` keeps one) while
+    they may be read. A read that fails is tried again, with the steps on disk then, after
+    `RETRY_PAUSE_S`; damage is a step that fails twice with its folder unchanged in between.
+    Costs one read per attempt (one, unless a run replaced the step).
+
+    Raises:
+      FileNotFoundError: no `which` step.
+      CheckpointError: the step is damaged (or the steps kept changing for `READ_ATTEMPTS`
+        reads: the last failure).
+    """
+    failed = None  # (step, folder identity) of the last failure, when its folder was unchanged
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        last = attempt == READ_ATTEMPTS
+        try:
+            manager = (best_manager(workdir, read_only=True) if which == 'best'
+                       else latest_manager(workdir, read_only=True))
+        except FileNotFoundError:  # a step deleted while orbax listed the steps
+            if last:
+                raise
+            time.sleep(RETRY_PAUSE_S)
+            continue
+        with manager:
+            step = manager.best_step() if which == 'best' else manager.latest_step()
+            # Steps but no best: its metrics were read while the step was being deleted.
+            if step is None and (last or not manager.all_steps()):
+                raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
+            if step is not None:
+                where = manager.directory / str(step)
+                before = _folder_identity(where)
+                try:
+                    return (*_read_step(manager, step, where), step, where)
+                except CheckpointError:
+                    unchanged = before is not None and _folder_identity(where) == before
+                    if (unchanged and failed == (step, before)) or last:
+                        raise
+                    failed = (step, before) if unchanged else None
+        time.sleep(RETRY_PAUSE_S)
 
 
 def _build(config: dict, config_path: Path, trust_code: bool) -> models.ENLCN:

@@ -48,8 +48,11 @@ def hostile(in_folder):
     checkpoints.save_model(in_folder / 'ckpt', config,
                            random_variables(models.from_config(config)))
     (in_folder / 'ckpt' / 'evil.py').write_text(EVIL)
-    (in_folder / 'ckpt' / checkpoints.MODEL_CONFIG).write_text(
-        json.dumps({**config, 'feature_map': 'ckpt.evil:relu_squared'}))
+    hostile_config = {**config, 'feature_map': 'ckpt.evil:relu_squared'}
+    (in_folder / 'ckpt' / checkpoints.MODEL_CONFIG).write_text(json.dumps(hostile_config))
+    format_file = in_folder / 'ckpt' / checkpoints.FORMAT_FILE  # a consistent record of it
+    format_file.write_text(json.dumps({**json.loads(format_file.read_text()),
+                                       'model': hostile_config}))
     (in_folder / 'images').mkdir()
     image = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     image_io.save_image(in_folder / 'images' / 'in.png', image)

@@ -45,32 +45,48 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Splits `'target(kw=1, other="a")'` into `('target', {'kw': 1, 'other': 'a'})`.
 
     The target is a name or `MODULE:NAME`; the options are keyword arguments whose values are
-    Python literals (numbers, strings, booleans, None, tuples, lists, dicts).
+    Python literals (numbers, strings, booleans, None, tuples, lists, dicts). A spec is one call:
+    nothing may follow its closing parenthesis.
 
     Raises:
-      ValueError: unbalanced parentheses, positional options, or a value that is not a literal.
+      ValueError: unbalanced parentheses, text after the call, positional options, a value that
+        is not a literal, or options nested too deeply to read; the message echoes the spec (cut
+        to `SHOWN_CHARACTERS`).
     """
     spec = spec.strip()
+    shown = repr(describe(spec))
     if '(' not in spec:
         if ')' in spec:
-            raise ValueError(f'unbalanced parentheses in {spec!r}')
+            raise ValueError(f'unbalanced parentheses in {shown}')
         return spec, {}
     target, _, rest = spec.partition('(')
+    source = f'f({rest}'
     try:
-        call = ast.parse(f'f({rest}', mode='eval').body
+        expression = ast.parse(source, mode='eval').body
     except SyntaxError as e:
-        raise ValueError(f'cannot read the options of {spec!r}: expected '
+        raise ValueError(f'cannot read the options of {shown}: expected '
                          'NAME(option=value, ...)') from e
-    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-        raise ValueError(f'options of {spec!r} must be keyword arguments: '
+    except (MemoryError, RecursionError) as e:  # the parser's limit on nesting
+        raise ValueError(f'the options of {shown} are nested too deeply to read') from e
+    # The call that opens at the first '(' (the 'f' at offset 0); anything else wraps it.
+    call = next(node for node in ast.walk(expression) if isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name) and node.func.col_offset == 0
+                and node.func.lineno == 1)
+    after = source[len(ast.get_source_segment(source, call)):].strip()
+    if after:
+        raise ValueError(f'{shown} is not one call NAME(option=value, ...): '
+                         f'{describe(after)!r} follows its closing parenthesis')
+    if call.args or any(kw.arg is None for kw in call.keywords):
+        raise ValueError(f'options of {shown} must be keyword arguments: '
                          'NAME(option=value, ...)')
     options = {}
     for keyword in call.keywords:
         try:
             options[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError as e:
-            raise ValueError(f'option {keyword.arg} of {spec!r} is not a Python literal '
-                             f'({ast.unparse(keyword.value)})') from e
+        except (ValueError, TypeError) as e:  # TypeError: an unhashable dict key
+            value = describe(ast.get_source_segment(source, keyword.value) or '')
+            raise ValueError(f'option {keyword.arg} of {shown} is not a Python literal '
+                             f'({value})') from e
     return target.strip(), options
 
 
@@ -197,41 +213,43 @@ class Registry(Generic[Fn]):
         try:
             target, options = parse_spec(spec)
         except ValueError as e:
-            raise ValueError(f'{self.key}={spec!r}: {e}') from e
+            raise ValueError(f'{self.key}: {e}') from e
         fn = self._import(target, spec) if ':' in target else self._lookup(target)
         if not options:
             return fn
         try:
             inspect.signature(fn).bind_partial(**options)
         except TypeError as e:
-            raise ValueError(f'{self.key}={spec!r}: {target} takes no option(s) '
+            raise ValueError(f'{self.key}={describe(spec)!r}: {target} takes no option(s) '
                              f'{sorted(set(options) - set(option_names(fn)))}; its options: '
                              f'{option_names(fn)}') from e
         return functools.partial(fn, **options)
 
     def _lookup(self, name: str) -> Fn:
         if name not in self._fns:
-            raise ValueError(f'{self.key}={name!r}: unknown {self.kind}; known: {self.names()}, '
-                             'or MODULE:NAME for a function NAME in an importable module MODULE')
+            raise ValueError(f'{self.key}={describe(name)!r}: unknown {self.kind}; known: '
+                             f'{self.names()}, or MODULE:NAME for a function NAME in an '
+                             'importable module MODULE')
         return self._fns[name]
 
     def _import(self, target: str, spec: str) -> Fn:
         module_name, _, attr = target.partition(':')
         if not module_name or not attr:
-            raise ValueError(f'{self.key}={spec!r}: expected MODULE:NAME')
+            raise ValueError(f'{self.key}={describe(spec)!r}: expected MODULE:NAME')
         try:
             module = _import_module(module_name)
         except Exception as e:  # pylint: disable=broad-except  # ImportError, or its own error
-            raise ValueError(f'{self.key}={spec!r}: cannot import module {module_name!r} '
-                             f'({type(e).__name__}: {e}); put '
+            raise ValueError(f'{self.key}={describe(spec)!r}: cannot import module '
+                             f'{module_name!r} ({type(e).__name__}: {e}); put '
                              f'{module_name.replace(".", "/")}.py in the working directory or on '
                              'PYTHONPATH') from e
         if not hasattr(module, attr):
-            raise ValueError(f'{self.key}={spec!r}: module {module_name!r} '
+            raise ValueError(f'{self.key}={describe(spec)!r}: module {module_name!r} '
                              f'({getattr(module, "__file__", "?")}) has no attribute {attr!r}')
         fn = getattr(module, attr)
         if not callable(fn):
-            raise ValueError(f'{self.key}={spec!r}: {module_name}.{attr} is not callable')
+            raise ValueError(f'{self.key}={describe(spec)!r}: {module_name}.{attr} is not '
+                             'callable')
         return fn
 
 
@@ -279,10 +297,15 @@ def accepts(fn: Callable, keyword: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+# Spec strings longer than this are cut in messages ('...' marks the cut).
+SHOWN_CHARACTERS = 80
+
+
 def describe(spec: Spec) -> str:
-    """A spec for messages and logs: a string as is, a function by its name."""
+    """A spec for messages and logs: a string as is (cut after `SHOWN_CHARACTERS`), a function by
+    its name."""
     if isinstance(spec, str):
-        return spec
+        return spec if len(spec) <= SHOWN_CHARACTERS else spec[:SHOWN_CHARACTERS] + '...'
     fn = spec.func if isinstance(spec, functools.partial) else spec
     return getattr(fn, '__qualname__', None) or repr(spec)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL as TINY, unit
-from enlcn_jax.nn import attention, features, models
+from enlcn_jax.nn import attention, features, models, registry
 
 X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
 
@@ -148,6 +148,36 @@ def test_a_model_directory_recorded_with_the_softmax_names_loads(tmp_path):
     loaded, loaded_variables, _ = checkpoints.load_model(path)
     assert (loaded.enlca.attention, loaded.enlca.feature_map) == ('exact', 'softmax_kernel')
     np.testing.assert_array_equal(loaded.apply(loaded_variables, X), model.apply(variables, X))
+
+
+@pytest.mark.parametrize('spec, after', [
+    ('softmax_kernel(bogus=1)(eps=0.0)', '(eps=0.0)'),  # bogus was dropped silently
+    ('softmax_kernel(eps=0.0).real', '.real'),
+    ('softmax_kernel(eps=0.0)[0]', '[0]'),
+    ('softmax_kernel(eps=0.0) or relu', 'or relu'),
+])
+def test_a_spec_is_one_call_and_nothing_may_follow_it(spec, after):
+    with pytest.raises(ValueError) as info:
+        models.from_config({**TINY, 'feature_map': spec})
+    assert str(info.value) == (f"model.feature_map: {spec!r} is not one call NAME(option=value, "
+                               f"...): {after!r} follows its closing parenthesis")
+    assert features.get_feature_map(' softmax_kernel(eps=0.0) ').keywords == {'eps': 0.0}
+
+
+@pytest.mark.parametrize('option, message', [
+    ('-' * 200_000 + '1', 'are nested too deeply to read'),          # the parser's limit
+    ('[' + '-' * 200_000 + '1]', 'are nested too deeply to read'),
+    ('-' * 2_000 + '1', 'is not a Python literal'),                   # parsed, not a literal
+    ('{[1]: 2}', 'is not a Python literal'),                          # an unhashable key
+])
+def test_options_that_cannot_be_read_are_one_short_line_naming_the_spec(option, message):
+    spec = f'relu(eps={option})'
+    with pytest.raises(ValueError) as info:
+        models.from_config({**TINY, 'feature_map': spec})
+    text = str(info.value)
+    assert text.startswith('model.feature_map: ') and message in text
+    assert repr(registry.describe(spec)) in text and len(registry.describe(spec)) <= 83
+    assert '\n' not in text and len(text) < 300
 
 
 def test_kernel_eps_belongs_to_maps_that_have_it():

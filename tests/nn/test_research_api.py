@@ -63,7 +63,7 @@ def test_bad_options_are_one_line_errors_naming_the_key_and_the_options():
         models.from_config({**TINY, 'feature_map': 'relu(rho=1)'})
     with pytest.raises(ValueError, match=r"kernel_eps=0.0 and model.feature_map=.* both set eps"):
         models.from_config({**TINY, 'feature_map': 'relu(eps=0.1)', 'kernel_eps': 0.0})
-    with pytest.raises(ValueError, match=r"model.attention='enla\(2\)': options .* keyword"):
+    with pytest.raises(ValueError, match=r"model.attention: options of 'enla\(2\)' .* keyword"):
         models.from_config({**TINY, 'attention': 'enla(2)'})
 
 

@@ -10,8 +10,9 @@ workdir); `--scale` only checks it, and is required for `--model bicubic` (sever
 once are allowed there). Datasets are Set5, Set14, B100, Urban100, Manga109 and DIV2K (validation
 0801-0900) under `--data_dir` (else $ENLCN_DATA, else ./datasets), or any folder path. Prints a
 markdown table and writes `--output` (JSON), with `.csv` (every image) and `.md` (the table)
-beside it; the JSON config and the printed results name the training step scored when
-`--checkpoint` is a workdir. A failed write (a full disk) is one line naming the file, which keeps
+beside it, replacing only files of that stem that eval.py wrote (others need `--overwrite`); the
+JSON config and the printed results name the training step scored when `--checkpoint` is a
+workdir. A failed write (a full disk) is one line naming the file, which keeps
 its previous content. The work is `enlcn_jax/evaluation/runner.py`'s (this file parses the flags
 into its `EvalOptions`); `evaluator.py` there is the protocol and `inference.py` the inference
 options.
@@ -57,7 +58,10 @@ flags.DEFINE_string('compare', None, 'image name (file stem): write a bicubic | 
 flags.DEFINE_list('crop', None, 'y,x,size of the --compare crop in HR pixels (default: the '
                   'busiest 32*s square)')
 flags.DEFINE_string('output', 'results.json', 'results file: .json, .csv or .md; all three are '
-                    'written, with its stem')
+                    'written, with its stem. Existing ones are replaced only if an earlier '
+                    'eval.py run wrote them (its .json marks itself, "written_by", and records '
+                    'the SHA-256 of the .csv and .md it wrote); others need --overwrite')
+flags.DEFINE_boolean('overwrite', False, 'replace --output files that eval.py did not write')
 
 
 def _ints(values: list[str] | None, flag: str) -> tuple[int, ...]:
@@ -76,7 +80,8 @@ def options_from_flags(values: flags.FlagValues = FLAGS) -> runner.EvalOptions:
         tile=values.tile, tile_overlap=values.tile_overlap, dtype=values.dtype,
         trust_code=values.trust_code, allow_changed_code=values.allow_changed_code,
         save_images=values.save_images, compare=values.compare,
-        crop=_ints(values.crop, 'crop') or None, output=values.output)
+        crop=_ints(values.crop, 'crop') or None, output=values.output,
+        overwrite=values.overwrite)
 
 
 def main(argv: list[str]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -148,40 +149,97 @@ def markdown_table(results: list[DatasetResult]) -> str:
 
 
 RESULT_SUFFIXES = ('.json', '.csv', '.md')
+# The `.json` of `write_results` names its writer and the SHA-256 of the `.csv` and `.md` it
+# wrote with it (`'sha256': {file name: hex digest}`): what `foreign_results` recognises.
+WRITTEN_BY = 'enlcn_jax eval.py'
+
+
+class ForeignResultsError(FileExistsError):
+    """Results files would replace files that `write_results` did not write."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def result_paths(output: str | os.PathLike) -> list[Path]:
+    """The `.json`, `.csv` and `.md` files `write_results(..., output)` writes."""
+    if Path(output).suffix not in RESULT_SUFFIXES:
+        raise ValueError(f'{output}: results are written as {", ".join(RESULT_SUFFIXES)}')
+    return [Path(output).with_suffix(suffix) for suffix in RESULT_SUFFIXES]
+
+
+def foreign_results(output: str | os.PathLike) -> list[Path]:
+    """The existing files among `result_paths(output)` that an earlier `write_results` did not
+    write: a `.json` without its `written_by` mark, a `.csv` or `.md` whose SHA-256 is not the
+    one that `.json` recorded (edited since, or someone else's). Reads the three files."""
+    json_path, *siblings = result_paths(output)
+    try:
+        record = json.loads(json_path.read_text()) if json_path.exists() else {}
+    except (OSError, ValueError):
+        record = None
+    ours = isinstance(record, dict) and record.get('written_by') == WRITTEN_BY
+    digests = record.get('sha256', {}) if ours and isinstance(record.get('sha256'), dict) else {}
+    foreign = [json_path] if json_path.exists() and not ours else []
+    for path in siblings:
+        try:
+            if path.exists() and digests.get(path.name) != _sha256(path.read_bytes()):
+                foreign.append(path)
+        except OSError:  # unreadable: not known to be ours
+            foreign.append(path)
+    return foreign
+
+
+def foreign_message(foreign: list[Path]) -> str:
+    """The one line refusing to replace `foreign` (`foreign_results`)."""
+    return (f'{", ".join(map(str, foreign))} exist{"s" if len(foreign) == 1 else ""} and '
+            f'{"was" if len(foreign) == 1 else "were"} not written by eval.py (its .json marks '
+            'its results and records the SHA-256 of the .csv and .md): move them away, or pass '
+            '--overwrite to replace them')
 
 
 def write_results(results: list[DatasetResult], output: str | os.PathLike,
-                  config: dict | None = None) -> list[Path]:
+                  config: dict | None = None, overwrite: bool = False) -> list[Path]:
     """Writes the results as three files with `output`'s stem, whichever of them `output` names:
-    `.json` (config, summary rows, every image's scores, skipped images), `.csv` (one row per
-    image) and `.md` (the table). Each file is written atomically (`files.write_text`).
+    `.json` (config, summary rows, every image's scores, skipped images, and `WRITTEN_BY` with
+    the SHA-256 of the other two), `.csv` (one row per image) and `.md` (the table). Each file is
+    written atomically (`files.write_text`).
 
+    Args:
+      results: the datasets' results.
+      output: a `.json`, `.csv` or `.md` path.
+      config: what was scored (the `config` of the `.json`).
+      overwrite: replace existing files that an earlier `write_results` did not write.
     Returns:
       The three paths written.
     Raises:
+      ForeignResultsError: without `overwrite`, an existing file it did not write (nothing is
+        written).
       files.WriteError: a file cannot be written (one line naming it); it keeps its previous
         content.
     """
-    if Path(output).suffix not in RESULT_SUFFIXES:
-        raise ValueError(f'{output}: results are written as {", ".join(RESULT_SUFFIXES)}')
-    json_path = Path(output).with_suffix('.json')
+    json_path, csv_path, md_path = result_paths(output)
+    foreign = [] if overwrite else foreign_results(output)
+    if foreign:
+        raise ForeignResultsError(foreign_message(foreign))
     images = [{'dataset': r.dataset, 'scale': r.scale, 'model': r.model, **image}
               for r in results for image in r.images]
     skipped = [{'dataset': r.dataset, 'scale': r.scale, **s} for r in results for s in r.skipped]
-    files.write_text(json_path, json.dumps({'config': config or {},
-                                            'summary': [r.summary() for r in results],
-                                            'images': images, 'skipped': skipped}, indent=2))
-    csv_path = json_path.with_suffix('.csv')
     columns = ['dataset', 'scale', 'model', 'name', 'psnr', 'ssim', 'seconds', 'lr_height', 'lr_width']
     table = io.StringIO(newline='')
     writer = csv.DictWriter(table, columns)
     writer.writeheader()
     writer.writerows(images)
-    files.write_text(csv_path, table.getvalue())
-    md_path = json_path.with_suffix('.md')
     md = [markdown_table(results)]
     if skipped:
         md += ['', 'Skipped images:'] + [f'- {s["dataset"]} x{s["scale"]} {s["name"]}: {s["error"]}'
                                          for s in skipped]
-    files.write_text(md_path, '\n'.join(md) + '\n')
+    texts = {csv_path: table.getvalue(), md_path: '\n'.join(md) + '\n'}
+    files.write_text(json_path, json.dumps({
+        'config': config or {}, 'summary': [r.summary() for r in results], 'images': images,
+        'skipped': skipped, 'written_by': WRITTEN_BY,
+        'sha256': {path.name: _sha256(text.encode('utf-8')) for path, text in texts.items()}},
+        indent=2))
+    for path, text in texts.items():
+        files.write_text(path, text)
     return [json_path, csv_path, md_path]

@@ -5,7 +5,9 @@
 
 `check_options` refuses, before any work, options that do not fit together and output paths
 that would fail after all of it (`OptionError`; eval.py shows it under its usage). `run` raises
-`EvalError` (one line) for a checkpoint or dataset that cannot be used, and, once the results are
+`EvalError` (one line) for results files it would replace that an earlier eval.py run did not
+write (`evaluator.foreign_results`; unless `overwrite`), before any work and again before
+writing, for a checkpoint or dataset that cannot be used, and, once the results are
 written and printed, for a dataset none of whose images could be scored; a results file that
 cannot be written is `files.WriteError` (one line naming it, its previous content kept).
 Messages name the options by eval.py's flags (`--output`).
@@ -52,6 +54,8 @@ class EvalOptions:
       compare: image name (file stem) whose bicubic | SR | HR crop is written beside `output`.
       crop: `(y, x, size)` of that crop in HR pixels (None: the busiest `32 s` square).
       output: results file, `.json`, `.csv` or `.md` (all three are written, with its stem).
+      overwrite: replace results files of that stem that an earlier eval.py run did not write
+        (without it they are refused: `evaluator.foreign_results`).
     """
     datasets: tuple[str, ...]
     scales: tuple[int, ...] = ()
@@ -70,6 +74,7 @@ class EvalOptions:
     compare: str | None = None
     crop: tuple[int, ...] | None = None
     output: str = 'results.json'
+    overwrite: bool = False
 
     def record(self) -> dict:
         """The options as the results' `config` record, keyed by eval.py's flag names."""
@@ -79,7 +84,7 @@ class EvalOptions:
                 'self_ensemble': self.self_ensemble, 'bucket': self.bucket, 'tile': self.tile,
                 'tile_overlap': self.tile_overlap, 'trust_code': self.trust_code,
                 'allow_changed_code': self.allow_changed_code, 'output': self.output,
-                'save_images': self.save_images}
+                'overwrite': self.overwrite, 'save_images': self.save_images}
 
 
 def check_options(options: EvalOptions) -> None:
@@ -111,6 +116,14 @@ def check_options(options: EvalOptions) -> None:
             raise OptionError('--checkpoint is not used with --model bicubic')
     elif not options.checkpoint:
         raise OptionError('--model enlcn needs --checkpoint (a model directory or workdir)')
+
+
+def check_outputs(options: EvalOptions) -> None:
+    """Raises `EvalError` when the results files would replace files an earlier eval.py run did
+    not write (`evaluator.foreign_results`), unless `options.overwrite`."""
+    foreign = [] if options.overwrite else evaluator.foreign_results(options.output)
+    if foreign:
+        raise EvalError(f'--output: {evaluator.foreign_message(foreign)}')
 
 
 def load_upscalers(options: EvalOptions) -> list[inference.Upscaler]:
@@ -189,7 +202,10 @@ def report(options: EvalOptions, results: list[evaluator.DatasetResult],
                  'shapes': [list(s) for s in u.compiled_shapes]} for u in upscalers]
     step = upscalers[0].checkpoint_step  # one checkpoint, or bicubic upscalers (None)
     config = {**options.record(), 'checkpoint_step': step, 'compiled': compiled}
-    paths = evaluator.write_results(results, options.output, config)
+    try:
+        paths = evaluator.write_results(results, options.output, config, options.overwrite)
+    except evaluator.ForeignResultsError as e:  # written meanwhile by someone else
+        raise EvalError(f'--output: {e}') from e
     print(evaluator.markdown_table(results))
     if step is not None:
         print(f'scored step {step} of {options.checkpoint} ({options.which})')
@@ -204,6 +220,7 @@ def run(options: EvalOptions) -> list[evaluator.DatasetResult]:
     """eval.py: checks the options, loads the models, finds the datasets, then scores, writes
     and prints the results (see the module's docstring for the errors)."""
     check_options(options)
+    check_outputs(options)
     upscalers = load_upscalers(options)
     jobs = find_jobs(options, upscalers)
     results = score(options, jobs)

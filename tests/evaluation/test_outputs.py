@@ -16,9 +16,10 @@ from absl import app, logging
 
 import eval as eval_cli
 from conftest import REPO, TEST_DATA, fill
-from enlcn_jax import upscale, visualize
+from enlcn_jax import upscale
 from enlcn_jax.data import image_io, sources
 from enlcn_jax.evaluation import evaluator, inference, metrics, runner
+from enlcn_jax.research import plots
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.data.imresize import bicubic_downscale
 
@@ -84,6 +85,60 @@ def test_the_cli_shows_a_usage_error_in_one_message_without_a_traceback(tmp_path
                             check=False)
     assert result.returncode != 0 and 'is a directory' in result.stderr, result.stderr[-800:]
     assert 'Traceback' not in result.stderr and 'Set5' not in result.stdout
+
+
+def bicubic_eval(folder, output, *extra):
+    eval_in_process('--dataset', str(folder), '--model', 'bicubic', '--scale', '2',
+                    '--output', str(output), *extra)
+
+
+def refused(folder, output, foreign):
+    """eval.py refuses to write `output`, naming exactly the `foreign` files, which keep their
+    bytes."""
+    before = {path: path.read_bytes() for path in output.parent.glob(f'{output.stem}.*')}
+    with pytest.raises(SystemExit) as info:
+        bicubic_eval(folder, output)
+    message = str(info.value.code)
+    assert message.startswith('eval.py: --output: ') and '\n' not in message, message
+    assert 'not written by eval.py' in message and '--overwrite' in message, message
+    named = {path for path in output.parent.glob(f'{output.stem}.*') if str(path) in message}
+    assert named == set(foreign), message
+    assert {path: path.read_bytes() for path in output.parent.glob(f'{output.stem}.*')} == before
+
+
+def test_eval_replaces_only_results_files_it_wrote(tmp_path, capsys):
+    folder = small_folder(tmp_path / 'tiny', names=('img_001.png',))
+    out = tmp_path / 'out'
+    out.mkdir()
+    notes = out / 'notes.json'
+    (out / 'notes.md').write_text('# my notes\n')
+    (out / 'notes.csv').write_text('a,b\n1,2\n')
+    refused(folder, notes, [out / 'notes.md', out / 'notes.csv'])
+    assert not notes.exists()
+    bicubic_eval(folder, notes, '--overwrite')
+    assert (out / 'notes.md').read_text().startswith('| dataset |')
+    record = json.loads(notes.read_text())
+    assert record['written_by'] == evaluator.WRITTEN_BY
+    assert record['sha256']['notes.csv'] == digest(out / 'notes.csv')
+    bicubic_eval(folder, out / 'notes.csv')  # its own results: replaced without --overwrite
+    with (out / 'notes.md').open('a') as md:
+        md.write('my conclusions\n')
+    refused(folder, notes, [out / 'notes.md'])
+    notes.write_text('{"config": {}}')
+    refused(folder, notes, [notes, out / 'notes.md', out / 'notes.csv'])
+    assert 'wrote' in capsys.readouterr().out
+
+
+def test_results_written_meanwhile_by_someone_else_are_not_replaced(tmp_path):
+    result = evaluator.evaluate_dataset(sources.find_dataset(str(small_folder(tmp_path / 'tiny')), 2),
+                                       inference.BicubicUpscaler(2), progress=False)
+    evaluator.write_results([result], tmp_path / 'r.json')
+    (tmp_path / 'r.md').write_text('written by another program\n')
+    with pytest.raises(evaluator.ForeignResultsError, match=f'{tmp_path / "r.md"} exists'):
+        evaluator.write_results([result], tmp_path / 'r.json')
+    assert (tmp_path / 'r.md').read_text() == 'written by another program\n'
+    evaluator.write_results([result], tmp_path / 'r.json', overwrite=True)
+    assert evaluator.foreign_results(tmp_path / 'r.json') == []
 
 
 def test_images_sharing_a_stem_get_distinct_rows_and_files(tmp_path, capsys):
@@ -156,7 +211,7 @@ def test_eval_on_a_full_disk_says_so_in_one_line_and_keeps_the_old_results(tmp_p
     fill(small_disk)
     with pytest.raises(SystemExit) as info:
         eval_in_process('--dataset', str(small_folder(tmp_path / 'tiny')), '--model', 'bicubic',
-                        '--scale', '2', '--output', str(small_disk / 'r.json'))
+                        '--scale', '2', '--output', str(small_disk / 'r.json'), '--overwrite')
     one_line_naming(info, 'eval.py: ', small_disk / 'r.json')
     for suffix, content in old.items():
         assert (small_disk / f'r{suffix}').read_bytes() == content
@@ -205,7 +260,7 @@ def test_a_figure_saved_half_way_leaves_the_previous_file(tmp_path, monkeypatch)
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     out = tmp_path / 'plot.png'
-    visualize.save_figure(plt.figure(figsize=(1, 1)), out)
+    plots.save_figure(plt.figure(figsize=(1, 1)), out)
     before = out.read_bytes()
 
     def fail_half_way(fig, path, **kwargs):
@@ -215,7 +270,7 @@ def test_a_figure_saved_half_way_leaves_the_previous_file(tmp_path, monkeypatch)
     monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', fail_half_way)
     figure = plt.figure(figsize=(2, 1))
     with pytest.raises(files.WriteError, match='no space left on the device'):
-        visualize.save_figure(figure, out)
+        plots.save_figure(figure, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['plot.png']
     assert not plt.fignum_exists(figure.number)  # closed all the same
 

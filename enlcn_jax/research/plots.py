@@ -1,7 +1,8 @@
 """Quality against cost: one panel per task, the variants as labelled points, their Pareto front.
 
 `pareto_front` is the pure part (which points no other point beats on both cost and quality);
-`pareto_figure` draws, `pareto_plot` writes the PNG atomically (`visualize.save_figure`).
+`pareto_figure` draws, `pareto_plot` writes the PNG atomically (`save_figure`, which the other
+research tools' plots use too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from enlcn_jax import visualize
+from enlcn_jax.storage import files
 
 # Panels per row of the figure.
 PANELS_PER_ROW = 3
@@ -112,4 +113,21 @@ def pareto_plot(rows: Sequence[dict], path: str | Path, *, cost_key_label: str,
     """
     fig = pareto_figure(rows, cost_key_label=cost_key_label, tasks=tasks,
                         quality_label=quality_label)
-    return visualize.save_figure(fig, path)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Writes a matplotlib figure as PNG atomically (parent folders created) and closes it.
+
+    Raises:
+      files.WriteError: `out` cannot be written (one line naming it); its previous content is
+        intact.
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    try:
+        fig.tight_layout()
+        with files.atomic_path(out) as temporary:
+            fig.savefig(temporary, dpi=110)
+    finally:
+        plt.close(fig)
+    return Path(out)

@@ -27,7 +27,7 @@ import numpy as np
 from enlcn_jax.data import image_io
 from enlcn_jax.nn import features, models, registry
 from enlcn_jax.research import attention_maps, kernel_study
-from enlcn_jax.research.embeddings import module_embeddings
+from enlcn_jax.research.embeddings import attention_modules, module_embeddings
 from enlcn_jax.storage import checkpoints, files
 
 
@@ -55,6 +55,33 @@ def _load_image(path: str | None, max_side: int) -> np.ndarray:
     return np.ascontiguousarray(image[::step, ::step])
 
 
+def _pixel(text: str) -> tuple[int, int]:
+    """`--pixel X,Y` as `(x, y)`."""
+    try:
+        x, y = (int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected X,Y (two integers), got {text!r}') from None
+    return x, y
+
+
+def _check_positions(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                     model: models.ENLCN, image: np.ndarray) -> None:
+    """`parser.error` (one line naming the option and its valid range) for a `--module` the model
+    does not have or a `--pixel` outside the (subsampled) image."""
+    count = len(attention_modules(model))
+    if count == 0:
+        parser.error(f"--checkpoint {args.checkpoint}: the model has no attention module "
+                     "(attention='none')")
+    if not 0 <= args.module < count:
+        parser.error(f'--module {args.module}: the model has {count} attention modules; '
+                     f'choose 0 to {count - 1}')
+    if args.command == 'maps':
+        (x, y), (h, w) = args.pixel, image.shape[:2]
+        if not (0 <= x < w and 0 <= y < h):
+            parser.error(f'--pixel {x},{y}: outside the {w}x{h} image (after --max_side '
+                         f'{args.max_side}); choose X 0 to {w - 1} and Y 0 to {h - 1}')
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m enlcn_jax.visualize', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument('--max_side', type=int, default=128,
                        help='subsample the image so its longer side is at most this')
         p.add_argument('--out', default=f'results/{name}', help='output path without extension')
-    sub.choices['maps'].add_argument('--pixel', required=True, help='query position X,Y')
+    sub.choices['maps'].add_argument('--pixel', required=True, type=_pixel,
+                                     help='query position X,Y in the (subsampled) image')
     sub.choices['variance'].add_argument('--draws', type=int, default=64,
                                          help='projections per (sampler, m), at least 2')
     sub.choices['variance'].add_argument('--ks', default='1,2,3,4,5,6,7,8,9,10')
@@ -87,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == 'variance':
         if args.draws < 2:
             parser.error(f'--draws must be >= 2, got {args.draws}')
-        feature_maps, projections = registry.split_specs(args.feature_map), registry.split_specs(args.projection)
+        feature_maps = registry.split_specs(args.feature_map)
+        projections = registry.split_specs(args.projection)
         for flag, specs, resolve in (('--feature_map', feature_maps, kernel_study.study_feature_map),
                                      ('--projection', projections, features.get_projection)):
             try:
@@ -100,9 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as e:
         parser.error(f'--checkpoint {args.checkpoint}: {e}')
     image = _load_image(args.image, args.max_side)
+    _check_positions(parser, args, model, image)
     out = Path(args.out)
     if args.command == 'maps':
-        pixel = tuple(int(v) for v in args.pixel.split(','))
+        pixel = args.pixel
         maps = attention_maps.query_attention_maps(model, variables, image, pixel, args.module)
         png = attention_maps.plot_maps(image, maps, pixel, out.with_suffix('.png'),
                                        f'module {args.module}, query {pixel}')

@@ -74,7 +74,7 @@ def query_attention_maps(model: models.ENLCN, variables: dict, image: np.ndarray
     h, w = model_input(image).shape[:2]
     x, y = pixel
     if not (0 <= x < w and 0 <= y < h):
-        raise ValueError(f'--pixel {x},{y} is outside the {w}x{h} image')
+        raise ValueError(f'pixel (x, y) = ({x}, {y}) is outside the {w}x{h} image')
     q, k, _, name = module_embeddings(model, variables, image, module)
     projection = variables[models.RANDOM_FEATURES][name]['projection']
     config = model.enlca

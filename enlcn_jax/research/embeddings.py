@@ -42,6 +42,11 @@ def model_input(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
+def attention_modules(model: models.ENLCN) -> list[str]:
+    """The names (`body_<i>`) of the model's attention modules in body order: module 0 first."""
+    return [f'body_{i}' for i, kind in enumerate(model.body_layout()) if kind == 'enlca']
+
+
 def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
                       module: int) -> tuple[Array, Array, Array, str]:
     """The attention inputs of one attention module for one image, as the block sows them
@@ -54,13 +59,16 @@ def module_embeddings(model: models.ENLCN, variables: dict, image: np.ndarray,
       `(q [N, d], k [N, d], v [N, c], name)`: the queries and keys (normalised and amplified)
       and values the module's attention receives at the N = H W positions, and the module's
       name (`body_<i>`).
+    Raises:
+      ValueError: a model without attention modules, or `module` out of range.
     """
     x = jnp.asarray(model_input(image))[None]
-    names = [f'body_{i}' for i, kind in enumerate(model.body_layout()) if kind == 'enlca']
+    names = attention_modules(model)
     if not names:
-        raise ValueError("the model has no ENLCA module (attention='none')")
+        raise ValueError("the model has no attention module (attention='none')")
     if not 0 <= module < len(names):
-        raise ValueError(f'--module {module} out of range: the model has {len(names)} ENLCA modules')
+        raise ValueError(f'module {module} out of range: the model has {len(names)} attention '
+                         f'modules (0 to {len(names) - 1})')
     def embeddings(variables: dict, x: Array) -> tuple[Array, Array, Array]:  # XLA drops the rest
         _, state = model.apply(variables, x, mutable=['intermediates'])
         q, k, v = state['intermediates'][names[module]]['embeddings'][0]

@@ -72,3 +72,31 @@ def test_a_bad_sampler_or_map_is_a_parser_error_naming_it(flag, value, named, ca
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f'python -m enlcn_jax.visualize: error: {flag}: ')
     assert named in error
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--pixel', '9999,9999'], '--pixel 9999,9999: outside the 20x20 image (after --max_side 20); '
+                               'choose X 0 to 19 and Y 0 to 19'),
+    (['--pixel', '20,0'], '--pixel 20,0: outside the 20x20 image (after --max_side 20); choose X 0 '
+                          'to 19 and Y 0 to 19'),
+    (['--pixel=-1,5'], '--pixel -1,5: outside the 20x20 image (after --max_side 20); choose X 0 '
+                       'to 19 and Y 0 to 19'),
+    (['--pixel', '3,2', '--module', '7'], '--module 7: the model has 3 attention modules; '
+                                          'choose 0 to 2'),
+    (['--pixel', '3,2', '--module', '-1'], '--module -1: the model has 3 attention modules; '
+                                           'choose 0 to 2'),
+    (['--pixel', '3'], "argument --pixel: expected X,Y (two integers), got '3'"),
+])
+def test_a_query_the_model_or_image_does_not_have_is_a_one_line_parser_error(
+        tiny_enlcn, tmp_path, capsys, flags, message):
+    """On the 20x20 image (the astronaut at --max_side 20) and the 3 attention modules of the tiny
+    model: the option, its value and the valid range, in one line, before anything runs."""
+    checkpoint = checkpoints.save_model(tmp_path / 'model', TINY_MODEL, tiny_enlcn[1])
+    with pytest.raises(SystemExit) as exit_:
+        visualize.main(['maps', '--max_side', '20', '--checkpoint', str(checkpoint), *flags,
+                        '--out', str(tmp_path / 'maps')])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith('python -m enlcn_jax.visualize') and line.endswith(f' error: {message}')
+    assert 'Traceback' not in err and not (tmp_path / 'maps.png').exists()

@@ -233,8 +233,10 @@ def save_model(directory: str | Path, model_config: dict, variables: dict) -> Pa
 
 
 def _damaged(where: Path, reason: str, then: str) -> CheckpointError:
-    """The one-line error for a checkpoint at `where` that cannot be read for `reason`; `then`
-    says what to do (the folder to move away, or another checkpoint to use)."""
+    """The one-line error for a checkpoint at `where` that cannot be read for `reason` (without
+    the spec JSON tensorstore appends to it); `then` says what to do (the folder to move away,
+    or another checkpoint to use)."""
+    reason = reason.split(' [tensorstore_spec=')[0]
     return CheckpointError(f'{where} cannot be read ({reason}): the checkpoint is damaged; {then}')
 
 

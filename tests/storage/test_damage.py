@@ -61,6 +61,7 @@ def test_a_step_whose_data_files_were_deleted_is_one_line_naming_it(trained, tmp
     reason = loop.run_training(short_config(train__epochs=2), workdir)
     assert reason is not None and '\n' not in reason, reason
     assert reason.startswith(f'{step_dir} cannot be read (') and 'damaged' in reason, reason
+    assert 'tensorstore_spec' not in reason  # the cause, without tensorstore's spec JSON
     assert reason.endswith(f'move {step_dir} out of the workdir to start afresh'), reason
     with pytest.raises(checkpoints.CheckpointError, match=f'{step_dir} cannot be read'):
         checkpoints.load_model(workdir)

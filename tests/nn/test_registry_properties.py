@@ -125,3 +125,35 @@ def test_a_recorded_option_is_read_back_or_refused_when_recorded(eps):
         return  # refused when recorded: the run cannot leave a spec it cannot read back
     _, parsed = registry.parse_spec(text)
     assert parsed['eps'] == eps or math.isnan(eps) and math.isnan(parsed['eps'])
+
+
+# --- code from outside the package -------------------------------------------------------------
+
+tops = st.sampled_from(['enlcn_jax', 'enlcn_jaxx', 'enlcn_jax_evil', 'enlcn', 'examples', 'my'])
+module_targets = st.builds(lambda top, rest, name: ':'.join(['.'.join([top, *rest]), name]),
+                           tops, st.lists(st.sampled_from(['nn', 'enlcn_jax', 'k']), max_size=2),
+                           identifiers)
+specs = st.one_of(
+    st.builds(lambda target, opts: target + (f'(eps={opts!r})' if opts is not None else ''),
+              st.one_of(module_targets, identifiers), st.one_of(st.none(), st.integers())),
+    st.none(), st.just(takes_any_options))
+
+
+@hypothesis.given(st.lists(specs, max_size=6))
+def test_external_targets_are_exactly_the_modules_outside_the_package(values):
+    """Whatever follows, a MODULE whose first component is not exactly `enlcn_jax` is outside
+    (`enlcn_jaxx`, `enlcn_jax_evil` too); registered names and non-strings are not targets."""
+    expected = sorted({registry.parse_spec(v)[0] for v in values if isinstance(v, str)
+                       and ':' in v and v.split(':')[0].split('.')[0] != 'enlcn_jax'})
+    assert registry.external_targets(values) == expected
+
+
+fingerprints = st.dictionaries(module_targets, st.sampled_from(['0' * 16, 'a' * 16, 'b' * 16]),
+                               max_size=4)
+
+
+@hypothesis.given(fingerprints, fingerprints)
+def test_changed_code_names_exactly_the_recorded_targets_whose_source_differs(recorded, current):
+    changed = registry.changed_code(recorded, current)
+    assert set(changed) == {t for t in current if t in recorded and recorded[t] != current[t]}
+    assert changed == [t for t in current if t in changed]  # in the order of `current`

@@ -3,8 +3,10 @@
 Several processes (hosts, or processes on one host), one model: start the same command in every
 process with `--config.distributed=True --coordinator_address=HOST0:PORT --num_processes=N
 --process_id=I` (I = 0 .. N-1, process 0's host as the coordinator; on SLURM and Cloud TPU the
-three flags can be left out). Each process feeds its rows of every global batch
-(`data.batch_size`, which must split over all devices) and the result equals a one-process run.
+three flags can be left out). The processes first check that each has its own id and that all
+run the same config (`enlcn_jax/train/processes.py`). Each process feeds its rows of every
+global batch (`data.batch_size`, which must split over all devices) and the result equals a
+one-process run.
 
 The config file's `get_config()` gives every hyper-parameter (see configs/default.py); any key can
 be overridden on the command line, e.g. `--config.train.epochs=10`. Running the same command again
@@ -21,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from enlcn_jax.storage import checkpoints
-from enlcn_jax.train import loop
+from enlcn_jax.train import loop, processes
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file (configs/*.py).',
@@ -37,6 +39,9 @@ flags.DEFINE_integer('num_processes', None, 'with config.distributed: number of 
 flags.DEFINE_integer('process_id', None, 'with config.distributed: this process, 0 .. n-1')
 flags.DEFINE_integer('heartbeat_timeout', 100, 'with config.distributed: seconds after which a '
                      'silent process counts as dead and the others stop', lower_bound=1)
+flags.DEFINE_integer('startup_timeout', 300, 'with config.distributed: seconds within which every '
+                     'process must start (a missing one ends the others with one line)',
+                     lower_bound=1)
 flags.mark_flags_as_required(['config'])
 
 
@@ -65,7 +70,12 @@ def main(argv: list[str]) -> None:
         if error:
             sys.exit(f'FATAL {error}')
         return
-    _initialize_distributed()
+    try:
+        processes.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             heartbeat_timeout_s=FLAGS.heartbeat_timeout,
+                             startup_timeout_s=FLAGS.startup_timeout)
+    except processes.ProcessMismatchError as e:
+        sys.exit(f'FATAL process {FLAGS.process_id}: {e}')
     who = f'process {jax.process_index()} of {jax.process_count()}'
     try:
         error = loop.run_training(config, _workdir(config), FLAGS.allow_config_changes)
@@ -79,14 +89,6 @@ def main(argv: list[str]) -> None:
         # silent for --heartbeat_timeout seconds (it aborts them naming this process).
         print(f'FATAL {who}: {error}', file=sys.stderr, flush=True)
         os._exit(1)
-
-
-def _initialize_distributed() -> None:
-    """`jax.distributed.initialize` from the flags, CPU collectives through gloo."""
-    # CPU processes exchange gradients through gloo (GPUs use NCCL whatever this says).
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
 
 
 def _workdir(config) -> str:

@@ -31,7 +31,8 @@ from enlcn_jax.data import datasets, input_pipeline
 from enlcn_jax.data import sources as data_lib
 from enlcn_jax.evaluation import evaluator, inference
 from enlcn_jax.storage import checkpoints, files
-from enlcn_jax.train import config_check, interruption, metric_writer, recipe, saving
+from enlcn_jax.train import (config_check, interruption, metric_writer, processes, recipe,
+                             saving)
 from enlcn_jax.train import workdir as workdir_lib
 
 
@@ -56,7 +57,8 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path,
     except data_lib.DatasetNotFoundError as e:
         return f'dataset not found: {e}'
     except (datasets.DataError, workdir_lib.WorkdirError, checkpoints.CheckpointError,
-            files.WriteError, FloatingPointError, interruption.TrainingInterrupted) as e:
+            files.WriteError, FloatingPointError, interruption.TrainingInterrupted,
+            processes.ProcessMismatchError) as e:
         return str(e)
     except KeyboardInterrupt:
         return 'interrupted while starting: no step was trained and nothing was saved'
@@ -86,6 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       datasets.DataError, data_lib.DatasetNotFoundError: a dataset that cannot be used.
       files.WriteError: an output could not be written (a full disk), naming it.
       interruption.TrainingInterrupted: Ctrl-C; the message names the last checkpoint.
+      processes.ProcessMismatchError: the processes run different configs.
     Returns:
       the final state.
     """
@@ -96,23 +99,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 def _train_valid_config(config: ml_collections.ConfigDict, workdir: str | Path,
                         allow_config_changes: bool) -> recipe.TrainState:
     """`train_and_evaluate` of a config that `validate_config` accepted."""
+    processes.check_same_run({'config': config.to_dict(), 'workdir': str(workdir),
+                              'allow_config_changes': allow_config_changes})
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
-    with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    with workdir_lib.WorkdirLock(workdir) if is_main else contextlib.nullcontext() as lock:
         record = workdir_lib.check_resume(workdir, config.to_dict(), allow_config_changes)
-        return _train_and_evaluate(config, workdir, is_main, record, allow_config_changes)
+        return _train_and_evaluate(config, workdir, lock, record, allow_config_changes)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_main: bool,
-                        record: dict | None, allow_config_changes: bool) -> recipe.TrainState:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
+                        lock: workdir_lib.WorkdirLock | None, record: dict | None,
+                        allow_config_changes: bool) -> recipe.TrainState:
+    """The run, `lock` held (process 0; None on the others, which do not write)."""
+    is_main = lock is not None
     train_cfg = config.train
     train_ds, val_ds = datasets.load_datasets(config)
     fingerprints = {'train': datasets.fingerprint(train_ds), 'val': datasets.fingerprint(val_ds)}
     workdir_lib.check_data(record, fingerprints, allow_config_changes)
     code = workdir_lib.code_fingerprints(config)
     workdir_lib.check_code(record, code, allow_config_changes)
-    if is_main:
-        saving.restart_best_tracking(workdir, record, fingerprints['val'])
+    saving.restart_best_tracking(workdir, config.to_dict(), fingerprints['val'], is_main)
 
     model = recipe.create_model(config)
     mesh = recipe.create_mesh()
@@ -211,6 +218,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path, is_mai
                 validating = (val_ds is not None and not stopping
                               and is_due(done, val_every, total_steps))
                 if save or validating or is_due(done, train_cfg.log_every, total_steps):
+                    if is_main:
+                        lock.check_in_place()
                     log_metrics(done)
                 if save:
                     saves.save(done, state)

@@ -1,6 +1,6 @@
 """What training saves: the latest steps in `<workdir>/checkpoints/` and the best model in
-`<workdir>/best/` (`Checkpointing`), only ever finite parameters; `best/` moved aside when it was
-chosen on other validation images (`restart_best_tracking`).
+`<workdir>/best/` (`Checkpointing`), only ever finite parameters; `best/` moved aside when its
+record belongs to another run or other validation images (`restart_best_tracking`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import recipe
+from enlcn_jax.train import workdir as workdir_lib
 
 
 @jax.jit
@@ -100,17 +101,39 @@ class Checkpointing:
             raise errors[0]
 
 
-def restart_best_tracking(workdir: Path, record: dict | None,
-                          val_fingerprint: dict | None) -> None:
-    """Moves `best/` aside when its PSNRs were measured on other validation images than this
-    run's: best/ then tracks this validation set from scratch. Process 0 only."""
-    old = (record or {}).get('data', {}).get('val')
+def restart_best_tracking(workdir: Path, config: dict, val_fingerprint: dict | None,
+                          is_main: bool) -> None:
+    """Moves `best/` aside when its record says it belongs to another run: trained with another
+    config (keys outside `workdir.SAFE_TO_CHANGE` differ from this run's `config`: a workdir
+    whose checkpoints were deleted and that now trains a new run), or scored on other validation
+    images than `val_fingerprint`; best/ then tracks this run from scratch. Every process calls
+    it (opening best/ is collective); process 0 (`is_main`) moves it.
+
+    Raises:
+      checkpoints.CheckpointError: best/'s record cannot be read.
+    """
     best_dir = workdir / checkpoints.BEST_DIR
-    if not (old and val_fingerprint and old != val_fingerprint and best_dir.is_dir()):
+    if not best_dir.is_dir():
         return
-    aside = best_dir.with_name(f'{checkpoints.BEST_DIR}.val-{old["sha256"][:12]}')
+    with checkpoints.best_manager(workdir, read_only=True) as manager:
+        step = manager.latest_step()
+        record = None if step is None else checkpoints.saved_record(manager, step)
+    if not record:
+        return  # empty, or saved before records existed
+    old_val = record.get('data', {}).get('val')
+    changes = workdir_lib.config_changes(record['config'], config) if 'config' in record else []
+    if changes:
+        why, suffix = (f'was trained by another run ({"; ".join(changes)})',
+                       f'run-{workdir_lib.config_digest(record["config"])}')
+    elif old_val and val_fingerprint and old_val != val_fingerprint:
+        why, suffix = (f'was chosen on other validation images ({old_val["images"]} -> '
+                       f'{val_fingerprint["images"]} images)', f'val-{old_val["sha256"][:12]}')
+    else:
+        return
+    if not is_main:
+        return
+    aside = best_dir.with_name(f'{checkpoints.BEST_DIR}.{suffix}')
     shutil.rmtree(aside, ignore_errors=True)
     best_dir.rename(aside)
-    logging.warning('the validation images changed (%d -> %d images): best/ was chosen on the '
-                    'old ones and is moved to %s; best/ starts again on these', old['images'],
-                    val_fingerprint['images'], aside)
+    logging.warning('best/ (step %d) %s: moved to %s; best/ starts again with this run', step,
+                    why, aside)

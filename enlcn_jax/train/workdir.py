@@ -18,6 +18,7 @@ Layout (written by `loop.train_and_evaluate`):
     best/<step>/           one step: the model with the best validation PSNR-Y so far
                            (`variables`, `checksums`, `record`)
     best.val-<sha256>/     a `best/` chosen on other validation images, moved aside
+    best.run-<sha256>/     a `best/` trained by another run (another config), moved aside
 
 `checkpoints` reads and writes the steps (orbax `CheckpointManager`s); `recipe.TrainState` says
 what its `variables` and `train` items hold.
@@ -46,6 +47,7 @@ what its `variables` and `train` items hold.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -78,11 +80,12 @@ class WorkdirError(RuntimeError):
     """The workdir cannot be used for this run; the message says why and what to do."""
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+    """A nested config dict as `{'dotted.key': value}` (tuples as lists, as JSON has them)."""
     if isinstance(tree, dict):
         flat = {}
         for key, value in tree.items():
-            flat.update(_flatten(value, f'{prefix}{key}.'))
+            flat.update(flatten(value, f'{prefix}{key}.'))
         return flat
     return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
@@ -97,8 +100,8 @@ def config_changes(old: dict, new: dict) -> list[str]:
     (`models.upgrade_recorded_config`)."""
     old = {**old, 'model': models.upgrade_recorded_config(old['model'])} if 'model' in old else old
     old_flat = {**ADDED_KEYS, **{RENAMED_KEYS.get(key, key): value
-                                 for key, value in _flatten(old).items()}}
-    new_flat = _flatten(json.loads(json.dumps(new)))
+                                 for key, value in flatten(old).items()}}
+    new_flat = flatten(json.loads(json.dumps(new)))
     missing = object()
     changes = []
     for key in sorted(set(old_flat) | set(new_flat)):
@@ -107,6 +110,11 @@ def config_changes(old: dict, new: dict) -> list[str]:
             show = lambda v: '(absent)' if v is missing else repr(v)
             changes.append(f'{key}: {show(before)} -> {show(after)}')
     return changes
+
+
+def config_digest(config: dict) -> str:
+    """12 hex digits of a SHA-256 of `config` (JSON, sorted keys): names a run's leftovers."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _recorded_config(workdir: Path) -> tuple[dict | None, int | None, dict | None]:
@@ -268,6 +276,25 @@ class WorkdirLock:
         handle.flush()
         self._file = handle
         return self
+
+    def check_in_place(self) -> None:
+        """Raises unless the workdir is still where the run started: its `train.lock` is the file
+        this lock holds (same device and inode). Checked before each write of the run, so that a
+        workdir moved or removed while training is not silently recreated at the old path.
+
+        Raises:
+          WorkdirError: naming the workdir and what to do.
+        """
+        held = os.fstat(self._file.fileno())
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise WorkdirError(f'{self.path.parent} was moved or removed while training (its '
+                               f'{LOCK_FILE} is gone): stopped without writing there again; move '
+                               'the workdir back (or pass its new path as --workdir) and run the '
+                               'same command to resume')
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:

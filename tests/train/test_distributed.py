@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO, cli_overrides, tiny_config
 from enlcn_jax.storage import checkpoints
 from enlcn_jax.train import loop
+from enlcn_jax.train import processes as processes_lib
 
 # The tiny config with the contrastive loss on from step 1, a checkpoint every 2 steps (off the
 # 3-step epoch) and a validation every epoch: 6 steps, or 3 and then 3 more after a resume.
@@ -140,3 +141,75 @@ def test_an_error_in_one_process_ends_both_in_bounded_time(failing_pair):
     assert processes[0].exit_time - processes[1].exit_time < 3 * HEARTBEAT_S + 60
     print(f'both processes exited {processes[0].exit_time - start:.1f} s after the start')
     assert processes[0].returncode != 0
+
+
+def start_mismatched(workdir, env, process_args: list[list[str]]) -> list[subprocess.Popen]:
+    """Two `train.py` processes on `workdir` with per-process flags (`process_args[i]`)."""
+    address = f'localhost:{free_port()}'
+    return [subprocess.Popen(
+        [sys.executable, 'train.py', '--config', 'configs/quickstart.py', '--workdir',
+         str(workdir), *cli_overrides(**OVERRIDES), '--config.distributed=True',
+         f'--coordinator_address={address}', '--num_processes=2',
+         f'--heartbeat_timeout={HEARTBEAT_S}', '--startup_timeout=30', *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in process_args]
+
+
+def fatal_lines(processes: list[subprocess.Popen]) -> list[list[str]]:
+    """Each process's FATAL lines once it exited (within a minute)."""
+    lines = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1, stderr[-3000:]
+        lines.append([line for line in stderr.splitlines() if line.startswith('FATAL')])
+    return lines
+
+
+def test_processes_with_different_configs_stop_before_anything_is_written(tmp_path, env):
+    start = time.time()
+    processes = start_mismatched(tmp_path / 'w', env, [
+        ['--process_id=0'], ['--process_id=1', '--config.train.lr=0.5']])
+    why = ('the processes run different configs: process 1 differs from process 0 in '
+           'config.train.lr: 0.001 -> 0.5: start every process with the same command')
+    assert fatal_lines(processes) == [[f'FATAL process 0 of 2: {why}'],
+                                      [f'FATAL process 1 of 2: {why}']]
+    print(f'both exited {time.time() - start:.1f} s after the start')
+    assert not (tmp_path / 'w').exists()
+
+
+def test_two_processes_given_one_id_both_stop_with_one_line(tmp_path, env):
+    processes = start_mismatched(tmp_path / 'w', env, [['--process_id=0'], ['--process_id=0']])
+    why = '--process_id=0 was given to 2 processes: give each process its own id, 0 .. 1'
+    assert fatal_lines(processes) == [[f'FATAL process 0: {why}']] * 2
+    assert not (tmp_path / 'w').exists()
+
+
+def test_a_process_missing_at_the_start_up_deadline_is_one_line():
+    address = f'localhost:{free_port()}'
+    with pytest.raises(processes_lib.ProcessMismatchError,
+                       match=r'^only 1 of --num_processes=3 processes started within the '
+                             r'start-up timeout \(ids \[0\]\)$'):
+        processes_lib.handshake(address, 3, 0, timeout_s=1)
+    with pytest.raises(processes_lib.ProcessMismatchError,
+                       match=r'^process 2: process 0 did not start at localhost:\d+ within'):
+        processes_lib.handshake(address, 3, 2, timeout_s=1)
+
+
+def test_the_handshake_passes_distinct_ids_and_frees_the_port():
+    address = f'localhost:{free_port()}'
+    errors = []
+
+    def join(process_id):
+        try:
+            processes_lib.handshake(address, 3, process_id, timeout_s=20)
+        except processes_lib.ProcessMismatchError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=join, args=(i,)) for i in (2, 0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors
+    with socket.create_server(('', int(address.rsplit(':', 1)[1]))):
+        pass  # the runtime can bind the coordinator's port at once

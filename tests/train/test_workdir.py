@@ -499,3 +499,52 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, monkeypatch):
         pytest.fail('Ctrl-C while starting escaped as a traceback')
     assert error == 'interrupted while starting: no step was trained and nothing was saved'
     assert not (tmp_path / 'config.json').exists()
+
+
+# --- a workdir that stays whole ----------------------------------------------------------------
+
+def test_a_workdir_moved_while_training_stops_the_run_and_is_not_recreated(tmp_path, monkeypatch):
+    workdir, moved = tmp_path / 'W', tmp_path / 'W2'
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_move(manager, step, *args, **kwargs):
+        real_save(manager, step, *args, **kwargs)
+        if step == 3:
+            checkpoints.wait_until_saved(manager)
+            workdir.rename(moved)
+
+    monkeypatch.setattr(checkpoints, 'save_checkpoint', save_then_move)
+    config = short_config(train__epochs=3, train__checkpoint_every_steps=3, train__log_every=1)
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=rf'^{workdir} was moved or removed while training \(its train.lock '
+                             r'is gone\): stopped without writing there again; move the workdir '
+                             r'back \(or pass its new path as --workdir\) and run the same '
+                             r'command to resume$'):
+        loop.train_and_evaluate(config, workdir)
+    assert not workdir.exists()
+    assert checkpoints.latest_manager(moved, read_only=True).all_steps() == [3]
+    assert (moved / workdir_lib.CONFIG_FILE).exists()
+    steps = [json.loads(line)['step'] for line in (moved / 'metrics.jsonl').read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    monkeypatch.setattr(checkpoints, 'save_checkpoint', real_save)
+    state = loop.train_and_evaluate(config, moved)  # resumes where it was moved to
+    assert int(state.step) == 9 and not workdir.exists()
+
+
+def test_a_best_model_of_another_run_is_moved_aside_not_scored_as_this_run_s(tmp_path):
+    workdir = tmp_path / 'W'
+    loop.train_and_evaluate(tiny_config(train__epochs=1), workdir)
+    best = checkpoints.best_manager(workdir, read_only=True)
+    (old_step,) = best.all_steps()
+    assert checkpoints.saved_record(best, old_step)['config']['train']['seed'] == 0
+    shutil.rmtree(workdir / 'checkpoints')
+    (workdir / workdir_lib.CONFIG_FILE).unlink()
+    loop.train_and_evaluate(tiny_config(train__epochs=1, train__seed=3, train__lr=5e-4), workdir)
+    best = checkpoints.best_manager(workdir, read_only=True)
+    record = checkpoints.saved_record(best, best.latest_step())
+    assert (record['config']['train']['seed'], record['config']['train']['lr']) == (3, 5e-4)
+    aside = [p for p in workdir.iterdir() if p.name.startswith('best.run-')]
+    assert len(aside) == 1 and (aside[0] / str(old_step)).is_dir()
+    # The same run again keeps its best/.
+    loop.train_and_evaluate(tiny_config(train__epochs=2, train__seed=3, train__lr=5e-4), workdir)
+    assert len([p for p in workdir.iterdir() if p.name.startswith('best.')]) == 1

@@ -220,3 +220,26 @@ def test_a_failed_append_leaves_the_file_as_it_was(before, line, data):
         assert path.read_text() == before
         files.append_line(path, line)
         assert path.read_text() == before + line + '\n'
+
+
+# --- markdown tables -------------------------------------------------------------------------
+
+cells = st.one_of(st.text(alphabet='ab 0.-+x_', min_size=1, max_size=6).map(str.strip).filter(bool),
+                  st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@hypothesis.given(st.integers(1, 4).flatmap(lambda n: st.tuples(
+    st.lists(st.text(alphabet='abc ', min_size=1, max_size=5).map(str.strip).filter(bool),
+             min_size=n, max_size=n),
+    st.lists(st.lists(cells, min_size=n, max_size=n), max_size=4))))
+def test_a_markdown_table_reads_back_as_its_header_and_cells(table):
+    """Split at the pipes, each line gives back its cells (`str` of each), under the header and
+    the separator row of as many columns; a row of another length is refused."""
+    columns, rows = table
+    lines = files.markdown_table(columns, rows).split('\n')
+    read = [[cell.strip() for cell in line.split('|')[1:-1]] for line in lines]
+    assert read[0] == list(columns)
+    assert read[1] == ['---'] * len(columns)
+    assert read[2:] == [[str(cell) for cell in row] for row in rows]
+    with pytest.raises(ValueError, match=f'{len(columns) + 1} cells under {len(columns)} columns'):
+        files.markdown_table(columns, [*rows, [*columns, 'extra']])

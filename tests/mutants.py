@@ -73,7 +73,7 @@ TRAIN_STEP = ('test_train.py', '-k', 'not cli and not resume and not four_device
 EVALUATE = ('test_evaluator.py', '-k', 'not cli')
 PRECISION = ('test_precision.py',)
 ATTENTION = ('test_attention.py',)
-VISUALIZE = ('test_visualize.py', '-k', 'not cli')
+VISUALIZE = ('test_attention_maps.py',)
 WORKDIR = 'test_workdir.py::'
 RESEARCHER = 'test_researcher_functions.py::'
 CADENCE = ('test_train.py::test_the_last_steps_are_saved_and_validated_when_cadences_do_not_'
@@ -129,7 +129,7 @@ MUTANTS: tuple[Mutant, ...] = (
            'jax.nn.softmax(q_block @ k.T, axis=-1,', 'jax.nn.softmax(q_block @ k.T / 2, axis=-1,',
            ('test_attention.py',)),
     # --- the network ---------------------------------------------------------------------------
-    Mutant('amplification_not_sqrt', 'ENLCA.__call__',
+    Mutant('amplification_not_sqrt', 'ENLCA.embed',
            'scale = jnp.sqrt(jnp.float32(cfg.amplification))',
            'scale = jnp.float32(cfg.amplification)', PARITY),
     Mutant('norm_clamp_added', 'l2_normalize',
@@ -317,15 +317,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('dtype_ignored', 'ENLCN.__call__',
            "(self.enlca, self.res_scale, dtype,", "(self.enlca, self.res_scale, jnp.float32,",
            PRECISION),
-    Mutant('embeddings_in_float32', 'ENLCA.__call__',
+    Mutant('embeddings_in_float32', 'ENLCA.embed',
            "axis=1).astype(self.dtype)", "axis=1).astype(jnp.float32)", PRECISION),
     Mutant('dtype_override_ignored', 'load_upscaler',
            'model = model.clone(dtype=dtype)', 'model = model.clone()', PRECISION),
     Mutant('float16_training_allowed', 'check_trains',
            "    if not precision.trains:", "    if False:", PRECISION),
-    Mutant('study_norm_eps_copied', 'visualize:main',
-           'norm_eps=model.enlca.norm_eps', 'norm_eps=5e-5',
-           ('test_visualize.py::test_the_study_normalises_with_the_model_s_norm_eps',)),
+    Mutant('study_not_on_unit_directions', 'approximation_study',
+           'unit_q, unit_k = unit_directions(q), unit_directions(k)', 'unit_q, unit_k = q, k',
+           ('test_kernel_study.py::test_the_study_sees_only_the_directions_of_the_queries_and_keys',)),
     Mutant('validation_bucket_unchecked', 'validate_config',
            'inference.ModelUpscaler.check_options(train.eval_bucket, None, 0)', 'pass',
            ('test_train.py', '-k', 'test_validate_config')),
@@ -349,20 +349,18 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('query_pixel_x_y_swapped', 'query_attention_maps',
            'i = y * w + x', 'i = x * w + y', VISUALIZE),
     Mutant('maps_enlca_panel_random_features', 'query_attention_maps',
-           'configured_attention_row(config, amp * q1, amp * k1, projection,\n'
-           '                                                         i, (h, w))',
-           "attention_row(amp * q1[i], amp * k1, 'random_features', projection,\n"
-           '                                              config.feature_map_fn())',
-           ('test_visualize.py::test_the_enlca_map_of_an_exact_attention_model_is_its_softmax_row',)),
+           'configured_attention_row(config, q, k, projection, i, (h, w))',
+           'random_feature_row(q[i], k, projection, config.feature_map_fn())',
+           ('test_attention_maps.py::test_the_enlca_map_of_an_exact_attention_model_is_its_softmax_row',)),
     Mutant('float_image_divided_by_255', 'model_input',
            '    return image.astype(np.float32)\n', '    return image.astype(np.float32) / 255.0\n',
-           ('test_visualize.py::test_a_float_image_in_0_1_gives_the_maps_of_the_same_uint8_image',)),
+           ('test_attention_maps.py::test_a_float_image_in_0_1_gives_the_maps_of_the_same_uint8_image',)),
     Mutant('biased_maps_reported_unbiased', 'is_unbiased_estimate',
            '            return False', '            continue',
-           ('test_visualize.py::test_the_study_says_which_maps_estimate_exp_qk_and_compares_all_by_'
+           ('test_kernel_study.py::test_the_study_says_which_maps_estimate_exp_qk_and_compares_all_by_'
             'output',)),
     Mutant('study_projection_flag_ignored', 'visualize:main',
-           'projections=projections,', "projections=('iid', 'orthogonal'),",
+           'projections=projections)', "projections=('iid', 'orthogonal'))",
            ('test_visualize.py::test_the_study_compares_the_projection_samplers_given',)),
     # --- convert guards (round 2) ---
     Mutant('add_mean_multiplies_by_std', 'ENLCN.__call__',

@@ -182,22 +182,24 @@ def exact_attention(q: Array, k: Array, v: Array, projection: Array | None = Non
         lambda q_block: attend(q_block, k, v, keys), q, query_block))(q, k, v, keys)
 
 
-def check_attention(fn: AttentionFn) -> None:
+def check_attention(fn: AttentionFn, m: int = features.CHECK_M,
+                    d: int = features.CHECK_D) -> None:
     """Raises unless `fn` behaves as the ENLCA module runs it, under `jit`, on
-    `features.check_inputs` (|q|^2 = |k|^2 up to k = 6) with the softmax-kernel map:
+    `features.check_inputs` (|q|^2 = |k|^2 up to k = 6) with the softmax-kernel map, m random
+    features of width d (the model's `num_random_features` and embedding width, or small sizes):
 
-    * `fn(q, k [2, 12, 4], v [2, 12, 3], F [8, 4], phi)` is finite `[2, 12, 3]`, with
+    * `fn(q, k [2, 12, d], v [2, 12, 3], F [m, d], phi)` is finite `[2, 12, 3]`, with
       `spatial_shape=(3, 4)` if `fn` takes it;
     * if `fn` takes `mask`: the images padded to 4 x 6 with `mask [2, 24, 1]` give the unpadded
       output at the real positions (evaluation pads images and relies on it).
     """
     with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
-        _check_attention_values(fn)
+        _check_attention_values(fn, m, d)
 
 
-def _check_attention_values(fn: AttentionFn) -> None:
+def _check_attention_values(fn: AttentionFn, m: int, d: int) -> None:
     (h, w), (padded_h, padded_w) = (3, 4), (4, 6)
-    q, projection = features.check_inputs(n=h * w, d=4)
+    q, projection = features.check_inputs(n=h * w, d=d, m=m)
     k = q[:, ::-1]
     v = jnp.linspace(-1.0, 1.0, q.shape[0] * h * w * 3, dtype=jnp.float32).reshape(-1, h * w, 3)
 
@@ -209,8 +211,8 @@ def _check_attention_values(fn: AttentionFn) -> None:
 
     out = run(q, k, v, (h, w))
     if out.shape != v.shape:
-        raise ValueError(f'attention(q [2, 12, 4], k [2, 12, 4], v [2, 12, 3], F, phi) has shape '
-                         f'{list(out.shape)}, expected [2, 12, 3]')
+        raise ValueError(f'attention(q, k {list(q.shape)}, v {list(v.shape)}, F [{m}, {d}], phi) '
+                         f'has shape {list(out.shape)}, expected {list(v.shape)}')
     if not bool(jnp.all(jnp.isfinite(out))):
         raise ValueError('attention output is not finite at |q|^2 = |k|^2 <= '
                          f'{features.CHECK_AMPLIFICATION:g} (the model runs at k)')
@@ -240,10 +242,11 @@ ATTENTIONS.register('enla', enla, trusted=True)
 ATTENTIONS.register('exact', exact_attention, trusted=True)
 
 
-def get_attention(spec: registry.Spec) -> AttentionFn:
+def get_attention(spec: registry.Spec, **sizes: int) -> AttentionFn:
     """The attention function `spec` selects (a name or `MODULE:NAME`, with options, or a
-    callable; 'none' is the model's setting for no ENLCA modules, not an attention function)."""
-    return ATTENTIONS.get(spec)
+    callable; 'none' is the model's setting for no ENLCA modules, not an attention function),
+    checked (`check_attention`) at `sizes` (`m`, `d`: the model's) or small ones."""
+    return ATTENTIONS.get(spec, **sizes)
 
 
 def register_attention(name: str, fn: AttentionFn, *, replace: bool = False) -> AttentionFn:

@@ -189,19 +189,26 @@ def elu_plus_one_features(x: Array, projection: Array) -> Array:
 CHECK_AMPLIFICATION = 6.0
 
 
-def check_inputs(n: int = 12, d: int = 4, batch: int = 2) -> tuple[Array, Array]:
+# The sizes the checks run functions at unless given the model's: m random features of width d.
+CHECK_M, CHECK_D = 8, 4
+
+
+def check_inputs(n: int = 12, d: int = CHECK_D, batch: int = 2,
+                 m: int = CHECK_M) -> tuple[Array, Array]:
     """Inputs the checks run functions on, as the model makes them: `x [batch, n, d]` with
     squared norms spread over (0, CHECK_AMPLIFICATION] (the last row of each image at exactly k),
-    and an orthogonal Gaussian projection `[2 d, d]`."""
+    and an orthogonal Gaussian projection `[m, d]`. Float32."""
     key_x, key_f = jax.random.split(jax.random.key(0))
     directions = jax.random.normal(key_x, (batch, n, d), jnp.float32)
     directions /= jnp.linalg.norm(directions, axis=-1, keepdims=True)
     norms = jnp.sqrt(jnp.linspace(0.05, 1.0, n) * CHECK_AMPLIFICATION)
-    return directions * norms[:, None], orthogonal_gaussian_projection(key_f, 2 * d, d)
+    return directions * norms[:, None], orthogonal_gaussian_projection(key_f, m, d)
 
 
-def check_feature_map(fn: FeatureMap) -> None:
-    """Raises unless `fn` behaves as ENLA runs it, on `check_inputs` (|x|^2 up to k = 6):
+def check_feature_map(fn: FeatureMap, m: int = CHECK_M, d: int = CHECK_D) -> None:
+    """Raises unless `fn` behaves as ENLA runs it, on `check_inputs` (|x|^2 up to k = 6) with m
+    random features of width d (the model's `num_random_features` and embedding width, or
+    small sizes); O(m d) per input row:
 
     * `fn(x [B, N, d], F [m, d]) -> [B, N, m']` (any width m' >= 1: ENLA only needs
       `phi(q) . phi(k)`), finite and non-negative, for keys (`is_query=False`, the whole
@@ -212,11 +219,11 @@ def check_feature_map(fn: FeatureMap) -> None:
     * images are mapped independently: one image's key features do not depend on the others'.
     """
     with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
-        _check_feature_map_values(fn)
+        _check_feature_map_values(fn, m, d)
 
 
-def _check_feature_map_values(fn: FeatureMap) -> None:
-    x, projection = check_inputs()
+def _check_feature_map_values(fn: FeatureMap, m: int, d: int) -> None:
+    x, projection = check_inputs(d=d, m=m)
     if registry.accepts(fn, 'is_query'):
         key_map = functools.partial(fn, is_query=False)
         query_map = functools.partial(fn, is_query=True)
@@ -224,13 +231,14 @@ def _check_feature_map_values(fn: FeatureMap) -> None:
         key_map = query_map = fn
     keys = jnp.asarray(key_map(x, projection))
     if keys.ndim != 3 or keys.shape[:2] != x.shape[:2] or keys.shape[-1] < 1:
-        raise ValueError(f'phi(x [2, 12, 4], F [8, 4]) has shape {list(keys.shape)}, expected '
-                         "[2, 12, m'] (phi(x [..., d], F [m, d]) -> [..., m'])")
+        raise ValueError(f'phi(x {list(x.shape)}, F [{m}, {d}]) has shape {list(keys.shape)}, '
+                         f"expected [{x.shape[0]}, {x.shape[1]}, m'] (phi(x [..., d], F [m, d]) "
+                         "-> [..., m'])")
     queries = jnp.asarray(query_map(x[0], projection))
     if queries.shape != keys.shape[1:]:
-        raise ValueError(f'phi(x [12, 4], F, is_query=True) has shape {list(queries.shape)}, '
-                         f'the keys\' features {list(keys.shape[1:])}: queries and keys need the '
-                         'same feature width')
+        raise ValueError(f'phi(x {list(x.shape[1:])}, F, is_query=True) has shape '
+                         f'{list(queries.shape)}, the keys\' features {list(keys.shape[1:])}: '
+                         'queries and keys need the same feature width')
     for name, out, inputs in (('keys', keys, x), ('queries', queries, x[0])):
         if not bool(jnp.all(jnp.isfinite(out))):
             raise ValueError(f'phi(x, F) of the {name} is not finite at |x|^2 <= '
@@ -257,13 +265,14 @@ def _close(a: Array, b: Array) -> bool:
     return bool(jnp.max(jnp.abs(a - b)) <= 1e-5 * (jnp.max(jnp.abs(b)) + 1e-30))
 
 
-def check_projection(fn: ProjectionSampler) -> None:
-    """Raises unless `fn(key, 6, 4)` gives a finite `[6, 4]` matrix."""
+def check_projection(fn: ProjectionSampler, m: int = 6, d: int = CHECK_D) -> None:
+    """Raises unless `fn(key, m, d)` gives a finite `[m, d]` matrix (the model's sizes, or
+    small ones)."""
     with jax.ensure_compile_time_eval():  # concrete even when first used inside a jit trace
-        out = jnp.asarray(fn(jax.random.key(0), 6, 4))
-        if out.shape != (6, 4):
-            raise ValueError(f'sampler(key, m=6, d=4) has shape {list(out.shape)}, expected '
-                             '[6, 4] (sampler(key, m, d) -> F [m, d])')
+        out = jnp.asarray(fn(jax.random.key(0), m, d))
+        if out.shape != (m, d):
+            raise ValueError(f'sampler(key, m={m}, d={d}) has shape {list(out.shape)}, expected '
+                             f'[{m}, {d}] (sampler(key, m, d) -> F [m, d])')
         if not bool(jnp.all(jnp.isfinite(out))):
             raise ValueError('sampler(key, m, d) must be finite')
 
@@ -283,22 +292,23 @@ PROJECTIONS.register('iid', iid_gaussian_projection, trusted=True)
 PROJECTIONS.register('orthogonal_haar', haar_orthogonal_projection, trusted=True)
 
 
-def get_feature_map(spec: registry.Spec, eps: float | None = None) -> FeatureMap:
+def get_feature_map(spec: registry.Spec, eps: float | None = None, **sizes: int) -> FeatureMap:
     """The feature map `spec` selects (a name or `MODULE:NAME`, with options, or a callable), its
-    `eps` option set to `eps` if given (`model.kernel_eps`, a shorthand for `NAME(eps=...)`).
+    `eps` option set to `eps` if given (`model.kernel_eps`, a shorthand for `NAME(eps=...)`),
+    checked (`check_feature_map`) at `sizes` (`m`, `d`: the model's) or small ones.
 
     Raises:
       ValueError: an unknown or invalid map; `eps` for a map without an `eps` option, or for a
         spec that sets `eps` itself.
     """
-    return registry.with_option(FEATURE_MAPS.get(spec), 'eps', eps, spec=spec,
+    return registry.with_option(FEATURE_MAPS.get(spec, **sizes), 'eps', eps, spec=spec,
                                 key=FEATURE_MAPS.key, shorthand='model.kernel_eps')
 
 
-def get_projection(spec: registry.Spec) -> ProjectionSampler:
+def get_projection(spec: registry.Spec, **sizes: int) -> ProjectionSampler:
     """The projection sampler `spec` selects (a name or `MODULE:NAME`, with options, or a
-    callable)."""
-    return PROJECTIONS.get(spec)
+    callable), checked (`check_projection`) at `sizes` (`m`, `d`: the model's) or small ones."""
+    return PROJECTIONS.get(spec, **sizes)
 
 
 def register_feature_map(name: str, fn: FeatureMap, *, replace: bool = False) -> FeatureMap:

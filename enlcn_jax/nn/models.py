@@ -136,8 +136,8 @@ class ENLCAConfig:
 
     The three functions are specs (`registry`): a name or `MODULE:NAME`, with options
     (`'softmax_kernel(eps=0.0)'`), or in code the function itself. `from_config` resolves them
-    (checking each function once, as the model runs it), so a bad choice fails before anything
-    is compiled.
+    (checking each function as the model runs it, at the model's m and d: `check_functions`),
+    so a bad choice fails before anything is compiled.
     """
     attention: registry.Spec = 'enla'
     reduction: int = 4
@@ -155,14 +155,29 @@ class ENLCAConfig:
         if self.amplification <= 0:
             raise ValueError(f'model.amplification must be > 0, got {self.amplification}')
 
-    def attention_fn(self) -> attention_lib.AttentionFn:
-        return attention_lib.get_attention(self.attention)
+    def attention_fn(self, **sizes: int) -> attention_lib.AttentionFn:
+        """The attention function, checked (`registry.Registry.get`) at `sizes` (`m`, `d`)."""
+        return attention_lib.get_attention(self.attention, **sizes)
 
-    def feature_map_fn(self) -> features.FeatureMap:
-        return features.get_feature_map(self.feature_map, self.kernel_eps)
+    def feature_map_fn(self, **sizes: int) -> features.FeatureMap:
+        """The feature map with `kernel_eps` bound, checked at `sizes` (`m`, `d`)."""
+        return features.get_feature_map(self.feature_map, self.kernel_eps, **sizes)
 
-    def projection_fn(self) -> features.ProjectionSampler:
-        return features.get_projection(self.projection)
+    def projection_fn(self, **sizes: int) -> features.ProjectionSampler:
+        """The projection sampler, checked at `sizes` (`m`, `d`)."""
+        return features.get_projection(self.projection, **sizes)
+
+    def check_functions(self, d: int) -> None:
+        """Resolves the three functions and checks each as the model runs it, at the model's
+        sizes: m = `num_random_features` random features of width d (the embedding width,
+        `n_feats // reduction`), so that a function that misbehaves only at some sizes (a map
+        negative for m > 8) fails here, not in training. Later calls without sizes reuse these.
+
+        Raises:
+          ValueError: one line naming the config key, the value and the sizes at fault.
+        """
+        for resolve in (self.attention_fn, self.feature_map_fn, self.projection_fn):
+            resolve(m=self.num_random_features, d=d)
 
     def attend(self, q: Array, k: Array, v: Array, projection: Array, *,
                spatial_shape: tuple[int, int], mask: Array | None = None,
@@ -467,11 +482,13 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     """The network of a flat model config (`config.model`, or a checkpoint's `model_config.json`).
 
     Keys of `ENLCAConfig` configure every ENLCA module; `attention='none'` gives plain EDSR (the
-    other ENLCA keys are then unused); the rest are `ENLCN` fields.
+    other ENLCA keys are then unused); the rest are `ENLCN` fields. The attention, feature map
+    and projection are checked at the network's sizes (`ENLCAConfig.check_functions`).
 
     Raises:
       ValueError: an unknown key, or an invalid value (naming the `model.*` key; `ENLCAConfig`
-        and `ENLCN` check their own fields).
+        and `ENLCN` check their own fields), or a function that fails its check (naming the key
+        and the sizes).
     """
     config = dict(config)
     network_keys = {f.name for f in dataclasses.fields(ENLCN)} - {'enlca', 'parent', 'name'}
@@ -482,12 +499,11 @@ def from_config(config: Mapping[str, Any]) -> ENLCN:
     enlca = {key: config.pop(key) for key in ENLCA_KEYS if key in config}
     if enlca.get('attention') == 'none':
         return ENLCN(enlca=None, **config)
-    enlca_config = ENLCAConfig(**enlca)
-    for resolve in (enlca_config.attention_fn, enlca_config.feature_map_fn,
-                    enlca_config.projection_fn):
-        resolve()  # an unknown name or a function failing its check raises here
-    BLOCKS.get(config.get('block', 'enlca'))
-    return ENLCN(enlca=enlca_config, **config)
+    network = ENLCN(enlca=ENLCAConfig(**enlca), **config)
+    # An unknown name or a function failing its check raises here.
+    network.enlca.check_functions(d=network.n_feats // network.enlca.reduction)
+    BLOCKS.get(network.block)
+    return network
 
 
 SPEC_KEYS = ('attention', 'feature_map', 'projection', 'block')

@@ -141,11 +141,11 @@ class Registry(Generic[Fn]):
         like a function of this kind on a small input.
     """
 
-    def __init__(self, kind: str, key: str, check: Callable[[Fn], None]):
+    def __init__(self, kind: str, key: str, check: Callable[..., None]):
         self.kind, self.key, self._check = kind, key, check
         self._fns: dict[str, Fn] = {}
-        # spec (a string, or a callable's id) -> (the spec, the checked function).
-        self._checked: dict[str | int, tuple[Spec, Fn]] = {}
+        # (spec (a string, or a callable's id), sizes) -> (the spec, the checked function).
+        self._checked: dict[tuple[str | int, tuple], tuple[Spec, Fn]] = {}
         self._trusted: set[int] = set()  # ids of the package's own functions
 
     def names(self) -> list[str]:
@@ -178,18 +178,22 @@ class Registry(Generic[Fn]):
         self._fns.pop(name, None)
         self._checked.clear()
 
-    def get(self, spec: Spec) -> Fn:
-        """The function `spec` selects (see the module docstring), options bound, checked once.
+    def get(self, spec: Spec, **sizes: int) -> Fn:
+        """The function `spec` selects (see the module docstring), options bound, checked once
+        per `sizes`.
 
         Args:
           spec: a name, `MODULE:NAME`, either with `(option=value, ...)`, or a callable
             (used as is).
+          sizes: the sizes the function will run at, passed to `check` (`m` and `d` for the
+            model's functions, `models.from_config`); none: any sizes it was checked at
+            already, else the check's own small sizes.
         Raises:
           ValueError: unknown name, unimportable module, missing attribute, an option the
             function does not take, or a function that fails `check`; the message names the
-            config key and the value.
+            config key, the value and the sizes.
         """
-        cache_key = spec if isinstance(spec, str) else id(spec)
+        cache_key = (spec if isinstance(spec, str) else id(spec), tuple(sorted(sizes.items())))
         if cache_key in self._checked and (isinstance(spec, str)
                                            or self._checked[cache_key][0] is spec):
             return self._checked[cache_key][1]
@@ -201,12 +205,15 @@ class Registry(Generic[Fn]):
             raise ValueError(f'{self.key}={spec!r}: expected a name, MODULE:NAME or a callable')
         try:
             if id(fn) not in self._trusted:
-                self._check(fn)
+                self._check(fn, **sizes)
         except Exception as e:  # pylint: disable=broad-except  # any failure is a bad function
             first_line = (str(e).strip().splitlines() or [''])[0]
+            shown_sizes = ', '.join(f'{key}={size}' for key, size in sizes.items())
+            at = f' (checked at {shown_sizes})' if sizes else ''
             raise ValueError(f'{self.key}={describe(spec)!r}: not a valid {self.kind}: '
-                             f'{type(e).__name__}: {first_line}') from e
+                             f'{type(e).__name__}: {first_line}{at}') from e
         self._checked[cache_key] = (spec, fn)
+        self._checked.setdefault((cache_key[0], ()), (spec, fn))  # for a get without sizes
         return fn
 
     def _resolve(self, spec: str) -> Fn:

@@ -169,3 +169,23 @@ def test_enla_forward_runs_at_256x256():
 def test_unknown_attention_is_a_clear_error():
     with pytest.raises(ValueError, match="model.attention='lsh': unknown attention.*'enla'"):
         attention.get_attention('lsh')
+
+
+def enla_not_finite_above_width_4(q, k, v, projection, feature_map):
+    """ENLA, but NaN when the embedding is wider than 4: valid for d <= 4 only."""
+    out = attention.enla(q, k, v, projection, feature_map)
+    return out * jnp.nan if q.shape[-1] > 4 else out
+
+
+def test_attention_is_checked_at_the_models_embedding_width():
+    attention.register_attention('nan_above_width_4', enla_not_finite_above_width_4)
+    tiny = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1, num_random_features=8,
+                attention='nan_above_width_4')
+    try:
+        models.from_config(tiny)                                                  # d = 16 / 4
+        with pytest.raises(ValueError, match=r"^model.attention='nan_above_width_4': not a "
+                                             r"valid attention: ValueError: attention output is "
+                                             r"not finite .*\(checked at m=8, d=8\)$"):
+            models.from_config({**tiny, 'n_feats': 32})
+    finally:
+        attention.ATTENTIONS.unregister('nan_above_width_4')

@@ -263,3 +263,40 @@ def test_plain_two_argument_feature_map_from_the_readme_runs_with_the_quickstart
     variables = numpy_variables(lambda: models.init_variables(model, jax.random.key(0), (6, 6)))
     sr = model.apply(variables, jnp.full((1, 6, 6, 3), 0.5))
     assert sr.shape == (1, 12, 12, 3) and bool(jnp.all(jnp.isfinite(sr)))
+
+
+def softmax_kernel_negated_above_8_rows(x, projection):
+    """The softmax-kernel features, negated when F has more than 8 rows: a valid map at small
+    sizes only."""
+    phi = features.softmax_kernel_features(x, projection)
+    return -phi if projection.shape[0] > 8 else phi
+
+
+def gaussian_rows_at_most_4_wide(key, m, d):
+    """iid Gaussian rows, but never wider than 4: a valid sampler for d <= 4 only."""
+    return jax.random.normal(key, (m, min(d, 4)), jnp.float32)
+
+
+def test_functions_are_checked_at_the_models_m_and_d(register):
+    """A map valid at m = 8 and negative at m = 16 (trains to 9.9 dB when unchecked) is refused
+    at m = 16 in one line naming the key and the sizes, after being accepted at m = 8 (the
+    checks are remembered per size); a sampler valid only for d <= 4 likewise at d = 8."""
+    name = register('negative_above_8_rows', softmax_kernel_negated_above_8_rows)
+    tiny = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1)
+    models.from_config(dict(feature_map=name, num_random_features=8, **tiny))
+    with pytest.raises(ValueError) as info:
+        models.from_config(dict(feature_map=name, num_random_features=16, **tiny))
+    message = str(info.value)
+    assert message.startswith(f"model.feature_map='{name}': not a valid feature map: ValueError: "
+                              'phi(x, F) of the keys is negative')
+    assert message.endswith('(checked at m=16, d=4)') and '\n' not in message
+
+    features.register_projection('at_most_4_wide', gaussian_rows_at_most_4_wide)
+    try:
+        models.from_config(dict(projection='at_most_4_wide', **tiny))             # d = 16 / 4
+        with pytest.raises(ValueError, match=r"^model.projection='at_most_4_wide': not a valid "
+                                             r"projection: .*expected \[128, 8\].*"
+                                             r"\(checked at m=128, d=8\)$"):
+            models.from_config(dict(projection='at_most_4_wide', **{**tiny, 'n_feats': 32}))
+    finally:
+        features.PROJECTIONS.unregister('at_most_4_wide')

@@ -109,7 +109,8 @@ def spec_string(spec: Spec) -> str:
 
     Raises:
       ValueError: a function that cannot be imported back by name (a lambda, a nested function,
-        a partial with positional arguments): register it, or put it in a module.
+        a partial with positional arguments): register it, or put it in a module; or an option
+        whose value `parse_spec` could not read back.
     """
     if isinstance(spec, str):
         return spec
@@ -127,6 +128,15 @@ def spec_string(spec: Spec) -> str:
     if not importable:
         raise ValueError(f'cannot record {fn!r} by name: it is not a module-level attribute; '
                          'register it, or define it in a module and pass "MODULE:NAME"')
+    for key, value in options.items():
+        try:
+            readable = ast.literal_eval(repr(value)) == value
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            readable = False
+        if not readable:
+            raise ValueError(f'cannot record option {key}={value!r} of {module}:{name}: its value '
+                             'is not a Python literal that reads back (inf, nan and NumPy scalars '
+                             'are not); give a plain number, string, bool, None or container')
     arguments = ', '.join(f'{key}={value!r}' for key, value in options.items())
     return f'{module}:{name}' + (f'({arguments})' if options else '')
 

@@ -111,10 +111,6 @@ def test_without_brackets_a_list_splits_at_every_separator(text, separator):
     assert registry.split_specs(text, separator) == expected
 
 
-@pytest.mark.xfail(strict=True, reason='spec_string records an option whose repr is not a Python '
-                   'literal (inf, nan, a NumPy scalar) without an error; the text it writes then '
-                   'does not parse: spec_string(partial(relu_features, eps=float("inf"))) -> '
-                   '"enlcn_jax.nn.features:relu_features(eps=inf)", which parse_spec refuses')
 @pytest.mark.parametrize('eps', [math.inf, -math.inf, math.nan, np.float32(0.5)], ids=repr)
 def test_a_recorded_option_is_read_back_or_refused_when_recorded(eps):
     """The values the property above leaves out (plain examples: a failing hypothesis test,

@@ -301,7 +301,7 @@ def test_a_run_recorded_with_the_softmax_names_resumes_and_loads(trained, tmp_pa
 def test_every_key_outside_the_safe_list_is_a_refused_change():
     """Each leaf of the full config, changed alone: refused unless `SAFE_TO_CHANGE` names it."""
     config = default_config().to_dict()
-    flat = workdir_lib._flatten(config)  # pylint: disable=protected-access
+    flat = workdir_lib.flatten(config)
     assert 'train.lr_decay_epochs' in flat and 'train.contrastive.start_epoch' in flat
     for key, value in flat.items():
         changed = json.loads(json.dumps(config))

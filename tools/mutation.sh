@@ -71,9 +71,15 @@ tomllib.load(open(path, 'rb'))
 EOF
   echo "== $module: tests $selection"
   start=$(date +%s)
-  (cd "$work" && mutmut run --max-children "$CHILDREN" 2>&1 | tr '\r' '\n' | grep -v '^⠀*[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]' > mutmut.log) || true
+  status=0
+  (cd "$work" && mutmut run --max-children "$CHILDREN" 2>&1 | tr '\r' '\n' |
+     grep -v '^⠀*[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]' > mutmut.log; exit "${PIPESTATUS[0]}") || status=$?
   seconds=$(($(date +%s) - start))
   tail -n 3 "$work/mutmut.log"
+  if ((status)); then
+    echo "$module: mutmut failed (exit $status); see it with: cd $work && mutmut run" >&2
+    continue
+  fi
   (cd "$work" && python - "$module" "$seconds" "$selection" <<'EOF'
 import collections, json, subprocess, sys
 from mutmut.stats import status_by_exit_code

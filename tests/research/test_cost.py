@@ -24,7 +24,8 @@ def scaled_values(q, k, v, projection, feature_map, scale=1.0):
 
 
 class ValueBlock(nn.Module):
-    """A researcher's block: one 1x1 convolution C -> C added back; q = k = the input."""
+    """A researcher's block: one 1x1 convolution C -> C added back; q = k = the input (sown with
+    the convolution's output as v, as the block contract asks)."""
     config: models.ENLCAConfig = models.ENLCAConfig()
     res_scale: float = 0.1
     dtype: object = jnp.float32
@@ -34,6 +35,7 @@ class ValueBlock(nn.Module):
         b, h, w, c = x.shape
         y = nn.Conv(c, (1, 1), name='conv')(x)
         flat = x.reshape(b, h * w, c)
+        self.sow('intermediates', 'embeddings', (flat, flat, y.reshape(b, h * w, c)))
         return x + self.res_scale * y, (flat, flat)
 
 

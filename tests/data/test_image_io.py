@@ -182,3 +182,11 @@ def test_a_multi_frame_image_warns_that_only_its_first_frame_is_used(tmp_path):
     with pytest.warns(UserWarning) as record:  # one frame: the palette warning only
         load_image(tmp_path / "still.gif")
     assert not any("frames" in str(w.message) for w in record)
+
+
+def test_the_sixteen_bit_rgb_warning_is_exactly_one_clause(tmp_path):
+    path = tmp_path / 'rgb16.png'
+    _write_png16_rgb(path, np.full((2, 3, 3), 65535, np.uint16))
+    with pytest.warns(UserWarning) as record:
+        np.testing.assert_array_equal(load_image(path), 255)
+    assert [str(w.message) for w in record] == [f'{path}: 16-bit RGB reduced to 8 bits']

@@ -73,12 +73,3 @@ def test_an_empty_folder_names_the_suffixes_it_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf'^no image files \(\.bmp, \.jpeg, \.jpg, \.png, '
                                                 rf'\.tif, \.tiff\) in folder {tmp_path}$'):
         image_io.list_images(tmp_path)
-
-
-def test_the_sixteen_bit_rgb_warning_is_exactly_one_clause(tmp_path):
-    from test_image_io import _write_png16_rgb  # pylint: disable=import-outside-toplevel
-    path = tmp_path / 'rgb16.png'
-    _write_png16_rgb(path, np.full((2, 3, 3), 65535, np.uint16))
-    with pytest.warns(UserWarning) as record:
-        np.testing.assert_array_equal(image_io.load_image(path), 255)
-    assert [str(w.message) for w in record] == [f'{path}: 16-bit RGB reduced to 8 bits']

@@ -1,5 +1,7 @@
 """The dihedral group of the square on images: training augmentation and self-ensemble."""
 
+import numpy as np
+
 
 def _flip(x, axis: int):
     index = [slice(None)] * x.ndim
@@ -22,8 +24,8 @@ def dihedral(x, k: int, axes: tuple[int, int] = (-3, -2)):
     Returns:
       Array of the same kind; H and W are exchanged when ``k & 4``.
     """
-    if k not in range(8):
-        raise ValueError(f"dihedral index must be in 0..7, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k not in range(8):
+        raise ValueError(f"dihedral index must be an int in 0..7, got {k!r}")
     row, col = axes
     if k & 4:
         x = x.swapaxes(row, col)

@@ -548,3 +548,29 @@ def test_a_best_model_of_another_run_is_moved_aside_not_scored_as_this_run_s(tmp
     # The same run again keeps its best/.
     loop.train_and_evaluate(tiny_config(train__epochs=2, train__seed=3, train__lr=5e-4), workdir)
     assert len([p for p in workdir.iterdir() if p.name.startswith('best.')]) == 1
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs (not an Exception, not a Ctrl-C)."""
+
+
+def test_a_kill_right_after_a_save_loses_no_logged_step(tmp_path, monkeypatch):
+    """A checkpoint between two log steps: the steps since the last log are checked and written
+    before it is saved, so a kill right after the save loses none of them on resume."""
+    real_save = checkpoints.save_checkpoint
+
+    def save_then_die(manager, step, *args, **kwargs):
+        real_save(manager, step, *args, **kwargs)
+        checkpoints.wait_until_saved(manager)
+        raise Killed
+
+    monkeypatch.setattr(checkpoints, 'save_checkpoint', save_then_die)
+    config = short_config(train__epochs=2, train__log_every=4, train__checkpoint_every_steps=3)
+    with pytest.raises(Killed):
+        loop.train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in records] == [3]  # steps 1-3, logged before the save at 3
+    monkeypatch.setattr(checkpoints, 'save_checkpoint', real_save)
+    loop.train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in records] == [3, 4, 6]  # every step is in one logged window

@@ -4,7 +4,6 @@ and every example block through training, evaluation and the research tools."""
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn

@@ -185,6 +185,11 @@ def tiny_config(**overrides):
     return config
 
 
+def short_config(**overrides):
+    """`tiny_config` for one epoch (3 steps, a checkpoint at 3) without validation."""
+    return tiny_config(**{'train__epochs': 1, 'data__val_source': 'none', **overrides})
+
+
 def cli_overrides(**overrides) -> list[str]:
     flat = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
     return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}'

@@ -10,14 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import cli_overrides, run, tiny_config
+from conftest import cli_overrides, run, short_config, tiny_config
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import loop
-
-
-def short_config(**overrides):
-    return tiny_config(**{'train__epochs': 1, 'data__val_source': 'none', **overrides})
 
 
 @pytest.fixture(scope='module')

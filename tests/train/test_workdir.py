@@ -12,17 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_overrides, run, tiny_config, tmpfs
+from conftest import REPO, cli_overrides, run, short_config, tiny_config, tmpfs
 from configs.default import get_config as default_config
 from enlcn_jax import upscale
 from enlcn_jax.data import datasets, image_io
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import interruption, loop, metric_writer
 from enlcn_jax.train import workdir as workdir_lib
-
-
-def short_config(**overrides):
-    return tiny_config(**{'train__epochs': 1, 'data__val_source': 'none', **overrides})
 
 
 @pytest.fixture(scope='module')

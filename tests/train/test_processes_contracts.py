@@ -19,7 +19,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_together(calls, timeout=30):
+def run_together(calls, timeout=15):
     """Runs each `(function, *args)` in its own thread; the error (or None) of each, in order."""
     errors = [None] * len(calls)
 
@@ -40,7 +40,7 @@ def run_together(calls, timeout=30):
 
 def test_an_id_given_twice_is_the_same_line_on_every_process():
     address = f'localhost:{free_port()}'
-    errors = run_together([(processes.handshake, address, 3, i, 20) for i in (0, 2, 2)])
+    errors = run_together([(processes.handshake, address, 3, i, 5) for i in (0, 2, 2)])
     assert [str(e) for e in errors] == ['--process_id=2 was given to 2 processes: give each '
                                         'process its own id, 0 .. 2'] * 3
     assert all(isinstance(e, processes.ProcessMismatchError) for e in errors)
@@ -48,7 +48,7 @@ def test_an_id_given_twice_is_the_same_line_on_every_process():
 
 def test_a_second_process_0_joins_as_a_client_and_learns_of_the_duplicate():
     address = f'localhost:{free_port()}'
-    errors = run_together([(processes.handshake, address, 2, 0, 20)] * 2)
+    errors = run_together([(processes.handshake, address, 2, 0, 5)] * 2)
     assert [str(e) for e in errors] == ['--process_id=0 was given to 2 processes: give each '
                                         'process its own id, 0 .. 1'] * 2
 
@@ -56,8 +56,8 @@ def test_a_second_process_0_joins_as_a_client_and_learns_of_the_duplicate():
 @pytest.mark.parametrize('wrong', [2, -1])
 def test_an_id_outside_the_count_is_named_with_the_range(wrong):
     address = f'[localhost]:{free_port()}'  # brackets as an IPv6 address has them
-    errors = run_together([(processes.handshake, address, 2, 0, 20),
-                           (processes.handshake, address, 2, wrong, 20)])
+    errors = run_together([(processes.handshake, address, 2, 0, 5),
+                           (processes.handshake, address, 2, wrong, 5)])
     assert [str(e) for e in errors] == [
         f'--process_id={wrong} is outside 0 .. 1 (--num_processes=2)'] * 2
 
@@ -77,11 +77,11 @@ def test_a_connection_that_is_not_a_process_is_ignored():
                     break
             except OSError:
                 threading.Event().wait(0.05)
-        processes.handshake(address, 2, 1, 20)
+        processes.handshake(address, 2, 1, 5)
 
     def server():
         started.set()
-        processes.handshake(address, 2, 0, 20)
+        processes.handshake(address, 2, 0, 5)
 
     assert run_together([(server,), (stranger,)]) == [None, None]
 

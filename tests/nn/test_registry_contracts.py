@@ -89,3 +89,80 @@ def test_code_fingerprints_import_the_external_targets_from_the_working_director
 def test_a_target_the_record_lacks_is_not_counted_as_changed():
     assert registry.changed_code({}, {'lab:f': 'a' * 16}) == []
     assert registry.changed_code({'lab:g': 'b' * 16}, {'lab:f': 'a' * 16}) == []
+
+
+class Scale:
+    """A callable object: it has a module but no name of its own to be imported by."""
+
+    def __call__(self, x):
+        return x
+
+
+SCALE = Scale()
+
+
+def with_options(x, projection, eps=1.0, *, flag, **rest):
+    del projection, eps, flag, rest
+    return x
+
+
+def test_a_function_without_options_is_recorded_without_parentheses():
+    assert registry.spec_string(double) == f'{__name__}:double'
+    assert registry.spec_string(functools.partial(double)) == f'{__name__}:double'
+
+
+def test_what_cannot_be_imported_back_by_name_is_refused_when_recorded():
+    def nested(x):
+        return x
+
+    for fn in (nested, SCALE, (1).__add__):  # a local, an object without a name, no module
+        with pytest.raises(ValueError) as info:
+            registry.spec_string(fn)
+        assert str(info.value) == (f'cannot record {fn!r} by name: it is not a module-level '
+                                   'attribute; register it, or define it in a module and pass '
+                                   '"MODULE:NAME"')
+    positional = functools.partial(double, 2)
+    with pytest.raises(ValueError) as info:
+        registry.spec_string(positional)
+    assert str(info.value) == (f'cannot record {positional!r} by name: a partial with positional '
+                               'arguments (give the options as keywords)')
+    with pytest.raises(ValueError) as info:
+        registry.spec_string(functools.partial(double, eps=float('inf')))
+    assert str(info.value) == (
+        f'cannot record option eps=inf of {__name__}:double: its value is not a Python literal '
+        'that reads back (inf, nan and NumPy scalars are not); give a plain number, string, '
+        'bool, None or container')
+
+
+def test_the_options_of_a_function_are_its_parameters_with_defaults_and_keyword_only():
+    assert registry.option_names(with_options) == ['eps', 'flag']
+
+
+def test_a_module_in_a_package_in_the_working_directory_is_imported(tmp_path, monkeypatch):
+    (tmp_path / 'lab_package').mkdir()
+    (tmp_path / 'lab_package' / '__init__.py').write_text('')
+    (tmp_path / 'lab_package' / 'kernels.py').write_text('def relu2(x):\n    return x * x\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, 'path', [p for p in sys.path if p not in ('', '.', str(tmp_path))])
+    try:
+        module = registry._import_module('lab_package.kernels')  # pylint: disable=protected-access
+        assert module.relu2(3) == 9
+    finally:
+        sys.modules.pop('lab_package.kernels', None)
+        sys.modules.pop('lab_package', None)
+
+
+def test_a_missing_dependency_of_an_importable_module_is_raised_as_is(tmp_path, monkeypatch):
+    """The module is found (on sys.path), its own import fails: the working directory, where
+    nothing was missing, is not added to sys.path."""
+    found, cwd = tmp_path / 'found', tmp_path / 'cwd'
+    found.mkdir()
+    cwd.mkdir()
+    (found / 'lab_needs_dep.py').write_text('import lab_no_such_dependency\n')
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, 'path', [str(found)] + [p for p in sys.path if p not in ('', '.')])
+    path = list(sys.path)
+    with pytest.raises(ModuleNotFoundError) as info:
+        registry._import_module('lab_needs_dep')  # pylint: disable=protected-access
+    assert info.value.name == 'lab_no_such_dependency' and sys.path == path
+    sys.modules.pop('lab_needs_dep', None)

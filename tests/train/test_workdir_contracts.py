@@ -7,11 +7,14 @@ import json
 import logging
 import os
 import socket
+import textwrap
 import time
 
+import ml_collections
 import numpy as np
 import pytest
 
+from enlcn_jax.nn import registry
 from enlcn_jax.storage import checkpoints
 from enlcn_jax.train import workdir as workdir_lib
 
@@ -39,9 +42,30 @@ def test_the_config_digest_is_12_hex_digits_of_the_sha256_of_sorted_json():
     assert workdir_lib.config_digest({'b': {'c': None}, 'a': [1, 2]}) == expected
 
 
-def test_a_workdir_with_nothing_in_it_resumes_anything(tmp_path):
+def test_a_workdir_with_nothing_in_it_resumes_anything_and_is_left_untouched(tmp_path):
     assert workdir_lib.check_resume(tmp_path, CONFIG) is None
     assert workdir_lib.check_resume(tmp_path / 'not-there', CONFIG) is None
+    assert list(tmp_path.iterdir()) == []  # the check reads: no checkpoints/ made
+
+
+def test_a_config_recorded_with_old_spec_names_or_without_a_model_has_no_changes():
+    old = {'model': {'attention': 'softmax', 'feature_map': 'softmax(eps=0.0)', 'n_feats': 16}}
+    new = {'model': {'attention': 'exact', 'feature_map': 'softmax_kernel(eps=0.0)',
+                     'n_feats': 16, 'block': 'enlca'}, 'train': {'contrastive': {'margin': None}}}
+    assert workdir_lib.config_changes(old, new) == []
+    assert workdir_lib.config_changes({'seed': 1}, {**new, 'seed': 1}) == [
+        'model.attention: (absent) -> \'exact\'',
+        'model.feature_map: (absent) -> \'softmax_kernel(eps=0.0)\'',
+        'model.n_feats: (absent) -> 16']
+
+
+def test_code_fingerprints_cover_the_model_s_and_the_contrastive_loss_s_outside_functions():
+    config = ml_collections.ConfigDict({
+        'model': {'attention': 'exact', 'feature_map': 'json:dumps', 'projection': None},
+        'train': {'contrastive': {'loss': 'textwrap:dedent'}}})
+    assert workdir_lib.code_fingerprints(config) == {
+        'json:dumps': registry.source_fingerprint(json.dumps),
+        'textwrap:dedent': registry.source_fingerprint(textwrap.dedent)}
 
 
 def test_a_changed_config_json_is_refused_in_one_line_or_continued_with_a_warning(
@@ -188,6 +212,11 @@ def test_a_holder_that_wrote_nothing_is_another_process(tmp_path):
                 r'is being trained by another process; wait')):
             with workdir_lib.WorkdirLock(tmp_path):
                 pass
+
+
+def test_a_new_workdir_is_made_with_its_missing_parents(tmp_path):
+    with workdir_lib.WorkdirLock(tmp_path / 'runs' / 'x2' / 'try1'):
+        assert (tmp_path / 'runs' / 'x2' / 'try1' / workdir_lib.LOCK_FILE).is_file()
 
 
 def test_a_workdir_that_cannot_be_made_is_named_with_the_reason(tmp_path):

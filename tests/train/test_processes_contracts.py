@@ -5,6 +5,7 @@ collective's semantics: every process gets every process's array, stacked in pro
 
 import socket
 import threading
+import time
 
 import jax
 import numpy as np
@@ -36,6 +37,13 @@ def run_together(calls, timeout=15):
         thread.join(timeout)
         assert not thread.is_alive()
     return errors
+
+
+def test_the_handshake_ends_as_soon_as_every_process_is_there():
+    address = f'localhost:{free_port()}'
+    start = time.monotonic()
+    assert run_together([(processes.handshake, address, 3, i, 8) for i in (1, 0, 2)]) == [None] * 3
+    assert time.monotonic() - start < 4  # not at the 8 s deadline
 
 
 def test_an_id_given_twice_is_the_same_line_on_every_process():
@@ -102,6 +110,60 @@ def test_a_listener_that_never_answers_is_named_as_another_run():
                 r'using this address\?\)$')):
             processes.handshake(f'localhost:{port}', 2, 1, 5)
         thread.join(10)
+
+
+def test_a_listener_that_stays_silent_is_no_answer_at_the_deadline():
+    with socket.create_server(('localhost', 0)) as listener:
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(processes.ProcessMismatchError, match=r'^process 1: no answer from'):
+            processes.handshake(f'localhost:{port}', 2, 1, 0.3)  # accepted by the backlog
+        assert time.monotonic() - start < 0.9
+
+
+def test_a_client_with_no_process_0_is_one_line_at_the_deadline():
+    port = free_port()
+    with pytest.raises(processes.ProcessMismatchError) as raised:
+        processes.handshake(f'localhost:{port}', 2, 1, 0.5)
+    assert str(raised.value) == (
+        f'process 1: process 0 did not start at localhost:{port} within the start-up timeout '
+        '(check --coordinator_address and that process 0 runs)')
+
+
+def test_a_process_0_that_starts_late_is_joined_at_the_next_retry():
+    address = f'localhost:{free_port()}'
+
+    def late_server():
+        time.sleep(0.3)
+        processes.handshake(address, 2, 0, 5)
+
+    start = time.monotonic()
+    assert run_together([(processes.handshake, address, 2, 1, 5), (late_server,)]) == [None] * 2
+    assert time.monotonic() - start < 1.0  # retried every 0.2 s
+
+
+def test_a_hello_in_pieces_is_read_whole_and_strangers_that_close_or_send_bytes_are_ignored():
+    port = free_port()
+    answers = []
+
+    def others():
+        for _ in range(100):  # until process 0 listens
+            try:
+                socket.create_connection(('localhost', port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        with socket.create_connection(('localhost', port), timeout=5) as conn:
+            conn.sendall(b'\xff\xfe not utf-8\n')
+            conn.recv(1)
+        with socket.create_connection(('localhost', port), timeout=5) as conn:
+            conn.sendall(b'enlcn-jax process ')
+            time.sleep(0.2)
+            conn.sendall(b'1\n')
+            answers.append(conn.recv(100))
+
+    errors = run_together([(processes.handshake, f'localhost:{port}', 2, 0, 5), (others,)])
+    assert errors == [None, None] and answers == [b'ok\n']
 
 
 def test_initialize_shakes_hands_only_when_address_count_and_id_are_all_given(monkeypatch):

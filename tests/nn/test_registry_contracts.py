@@ -166,3 +166,41 @@ def test_a_missing_dependency_of_an_importable_module_is_raised_as_is(tmp_path, 
         registry._import_module('lab_needs_dep')  # pylint: disable=protected-access
     assert info.value.name == 'lab_no_such_dependency' and sys.path == path
     sys.modules.pop('lab_needs_dep', None)
+
+
+def test_a_name_is_registered_once_unless_replaced_and_only_callables_with_plain_names():
+    kinds = fresh_registry()
+    for name in ('double', 'Xformer', 'relu_2.x'):  # only ':' and parentheses are reserved
+        kinds.register(name, double)
+    with pytest.raises(ValueError, match=r"^thing 'double' is already registered; pass "
+                                         r'replace=True to replace it, or choose another name$'):
+        kinds.register('double', triple)
+    assert kinds.get('double') is double
+    for name in ('lab:double', 'double(eps=1)', 'f)'):
+        with pytest.raises(ValueError) as info:
+            kinds.register(name, triple)
+        assert str(info.value) == (f"register thing {name!r}: ':' and parentheses are reserved "
+                                   'for MODULE:NAME(options)')
+    with pytest.raises(TypeError) as info:
+        kinds.register('three', 3)
+    assert str(info.value) == "register thing 'three': 3 is not callable"
+    assert kinds.names() == ['Xformer', 'double', 'relu_2.x']
+
+
+@pytest.mark.parametrize('spec, message', [
+    (':double', "model.thing=':double': expected MODULE:NAME"),
+    ('lab_package.missing:f', "model.thing='lab_package.missing:f': cannot import module "
+                              "'lab_package.missing' (ModuleNotFoundError: No module named "
+                              "'lab_package'); put lab_package/missing.py in the working "
+                              'directory or on PYTHONPATH'),
+    ('sys:no_such_name', "model.thing='sys:no_such_name': module 'sys' (?) has no attribute "
+                         "'no_such_name'"),
+    ('lab_kernels:relu2:x', "model.thing='lab_kernels:relu2:x': module 'lab_kernels' ({file}) "
+                            "has no attribute 'relu2:x'"),
+    ('math:pi', "model.thing='math:pi': math.pi is not callable"),
+])
+def test_a_target_that_cannot_be_imported_is_one_line_naming_the_key_and_the_spec(
+        researcher_module, spec, message):
+    with pytest.raises(ValueError) as info:
+        fresh_registry().get(spec)
+    assert str(info.value) == message.format(file=researcher_module)

@@ -59,6 +59,13 @@ def test_a_config_recorded_with_old_spec_names_or_without_a_model_has_no_changes
         'model.n_feats: (absent) -> 16']
 
 
+def test_a_recorded_key_the_new_config_lacks_is_a_change_even_when_it_was_none():
+    old = {'seed': None, 'train': {'lr': 0.5, 'epochs': 1}}
+    new = {'train': {'lr': 0.5, 'epochs': 1, 'contrastive': {'margin': None}},
+           'model': {'block': 'enlca'}}
+    assert workdir_lib.config_changes(old, new) == ['seed: None -> (absent)']
+
+
 def test_code_fingerprints_cover_the_model_s_and_the_contrastive_loss_s_outside_functions():
     config = ml_collections.ConfigDict({
         'model': {'attention': 'exact', 'feature_map': 'json:dumps', 'projection': None},

@@ -53,8 +53,10 @@ def test_an_unregistered_name_is_unknown_even_after_it_was_checked():
     assert kinds.get('double') is double and kinds.checked == [double]
     kinds.unregister('double')
     assert kinds.names() == []
-    with pytest.raises(ValueError, match=r"^model.thing='double': unknown thing; known: \[\]"):
+    with pytest.raises(ValueError) as info:
         kinds.get('double')
+    assert str(info.value) == ("model.thing='double': unknown thing; known: [], or MODULE:NAME for "
+                               'a function NAME in an importable module MODULE')
     kinds.unregister('never_registered')  # removing an absent name is no error
     kinds.register('double', triple)
     assert kinds.get('double') is triple
@@ -204,3 +206,24 @@ def test_a_target_that_cannot_be_imported_is_one_line_naming_the_key_and_the_spe
     with pytest.raises(ValueError) as info:
         fresh_registry().get(spec)
     assert str(info.value) == message.format(file=researcher_module)
+
+
+def test_a_trusted_function_is_not_checked_but_with_options_it_is():
+    kinds = fresh_registry()
+    kinds.register('with_options', with_options, trusted=True)
+    assert kinds.get('with_options') is with_options and kinds.checked == []
+    bound = kinds.get('with_options(eps=2.0)')
+    assert bound.keywords == {'eps': 2.0} and kinds.checked == [bound]
+
+
+def test_an_option_the_function_does_not_take_is_named_with_the_options_it_has():
+    def two_options(x, eps=1.0, *, flag=False):
+        del eps, flag
+        return x
+
+    kinds = fresh_registry()
+    kinds.register('two', two_options)
+    with pytest.raises(ValueError) as info:
+        kinds.get('two(eps=2.0, scale=3, flag=1)')
+    assert str(info.value) == ("model.thing='two(eps=2.0, scale=3, flag=1)': two takes no "
+                               "option(s) ['scale']; its options: ['eps', 'flag']")

@@ -227,3 +227,9 @@ def test_an_option_the_function_does_not_take_is_named_with_the_options_it_has()
         kinds.get('two(eps=2.0, scale=3, flag=1)')
     assert str(info.value) == ("model.thing='two(eps=2.0, scale=3, flag=1)': two takes no "
                                "option(s) ['scale']; its options: ['eps', 'flag']")
+
+
+def test_a_closing_parenthesis_without_an_opening_one_is_unbalanced():
+    with pytest.raises(ValueError) as info:
+        registry.parse_spec(' relu) ')
+    assert str(info.value) == "unbalanced parentheses in 'relu)'"

@@ -6,6 +6,7 @@ collective's semantics: every process gets every process's array, stacked in pro
 import socket
 import threading
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -243,6 +244,35 @@ def test_more_than_five_differing_keys_show_the_first_five_and_count_the_rest(mo
     errors = check_all(monkeypatch, [base, {k: 1 for k in base}])
     assert str(errors[0]).endswith('k4: 0 -> 1 (and 1 more): start every process with the '
                                    'same command')
+    errors = check_all(monkeypatch, [base, {**base, **{f'k{i}': 1 for i in range(5)}}])
+    assert str(errors[0]).endswith('k4: 0 -> 1: start every process with the same command')
+
+
+def test_identical_runs_pass_whatever_their_digest(monkeypatch):
+    """A thousand runs: among them are runs whose digest bytes, read as anything but bytes,
+    would not equal themselves (a float NaN)."""
+    for seed in range(1000):
+        run = {'seed': seed}
+        assert check_all(monkeypatch, [run, run]) == [None, None], seed
+
+
+def test_a_run_holding_values_json_lacks_is_compared_by_their_text(monkeypatch):
+    run = {'config': {'feature_map': np.tanh, 'workdir': Path('/w')}}
+    assert check_all(monkeypatch, [run, dict(run)]) == [None, None]
+    errors = check_all(monkeypatch, [run, {'config': {**run['config'], 'feature_map': np.sin}}])
+    assert str(errors[0]) == (
+        "the processes run different configs: process 1 differs from process 0 in "
+        "config.feature_map: \"<ufunc 'tanh'>\" -> \"<ufunc 'sin'>\": start every process with "
+        "the same command")
+
+
+def test_each_process_is_compared_with_process_0(monkeypatch):
+    base = {'a': 1, 'b': 2}
+    errors = check_all(monkeypatch, [base, {'b': 2}, {'b': 3}])
+    assert str(errors[0]) == (
+        'the processes run different configs: process 1 differs from process 0 in a: 1 -> None; '
+        'process 2 differs from process 0 in a: 1 -> None; b: 2 -> 3: start every process with '
+        'the same command')
 
 
 def test_one_process_checks_nothing(monkeypatch):

@@ -65,6 +65,15 @@ def test_the_commit_is_none_outside_a_checkout_or_without_git(checkout, monkeypa
     assert store.git_commit() is None
 
 
+def test_a_checkout_without_a_commit_or_whose_state_git_cannot_read_has_none(checkout):
+    git(checkout, 'init', '-q')
+    assert store.git_commit() is None  # no HEAD yet
+    git(checkout, 'add', '.')
+    git(checkout, 'commit', '-q', '-m', 'one')
+    (checkout / '.git' / 'index').write_bytes(b'not an index')
+    assert store.git_commit() is None  # HEAD known, uncommitted changes unknown
+
+
 def test_the_ledger_names_the_commit_the_versions_the_device_and_the_date(monkeypatch):
     monkeypatch.setattr(store, 'git_commit', lambda: 'abc+dirty')
     before = time.time()
@@ -92,6 +101,15 @@ def test_a_record_is_stored_under_its_kind_and_digest_and_reads_back(tmp_path):
     assert results.get('runs', {**identity, 'seed': 2}) is None
     assert [r['result'] for r in results.records('runs')] == [{'psnr': 30.5}]
     assert list(results.records('costs')) == []
+
+
+def test_the_same_record_is_the_same_file_whatever_the_order_of_its_keys(tmp_path):
+    results = store.ResultStore(tmp_path)
+    result = {'psnr': 30.5, 'ssim': 0.9, 'seconds': 12}
+    first = results.put('runs', {'seed': 1}, result, {'jax': '0.1', 'commit': 'abc'}).read_text()
+    again = results.put('runs', {'seed': 1}, dict(reversed(result.items())),
+                        {'commit': 'abc', 'jax': '0.1'}).read_text()
+    assert again == first
 
 
 def test_an_unknown_kind_is_named_with_the_known_ones(tmp_path):

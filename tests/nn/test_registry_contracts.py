@@ -233,3 +233,10 @@ def test_a_closing_parenthesis_without_an_opening_one_is_unbalanced():
     with pytest.raises(ValueError) as info:
         registry.parse_spec(' relu) ')
     assert str(info.value) == "unbalanced parentheses in 'relu)'"
+
+
+def test_options_that_do_not_parse_are_named_with_the_form_they_need():
+    with pytest.raises(ValueError) as info:
+        registry.parse_spec('relu(eps=')
+    assert str(info.value) == ("cannot read the options of 'relu(eps=': expected "
+                               'NAME(option=value, ...)')

@@ -3,6 +3,7 @@ fingerprints of a researcher's code, the default separator of a spec list (no JA
 
 import functools
 import hashlib
+import operator
 import sys
 
 import pytest
@@ -74,6 +75,10 @@ def test_the_fingerprint_of_a_function_is_the_hash_of_its_source_file(researcher
 def test_a_function_without_a_source_file_is_fingerprinted_by_its_qualified_name():
     assert registry.source_fingerprint(len) == sha16(b'builtins.len')
     assert registry.source_fingerprint(functools.partial(len)) == sha16(b'builtins.len')
+    # Without a module or a qualified name, '?' and the repr stand in.
+    assert registry.source_fingerprint((1).__add__) == sha16(b'?.int.__add__')
+    get_first = operator.itemgetter(0)
+    assert registry.source_fingerprint(get_first) == sha16(f'operator.{get_first!r}'.encode())
 
 
 def test_code_fingerprints_import_the_external_targets_from_the_working_directory(

@@ -47,6 +47,23 @@ def test_the_handshake_ends_as_soon_as_every_process_is_there():
     assert time.monotonic() - start < 4  # not at the 8 s deadline
 
 
+def test_missing_processes_are_reported_at_the_deadline_not_later():
+    start = time.monotonic()
+    with pytest.raises(processes.ProcessMismatchError, match='^only 1 of --num_processes=2'):
+        processes.handshake(f'localhost:{free_port()}', 2, 0, 0.4)
+    assert time.monotonic() - start < 0.9
+
+
+def test_a_process_that_starts_more_than_a_second_after_process_0_is_joined():
+    address = f'localhost:{free_port()}'
+
+    def late_client():
+        time.sleep(1.3)
+        processes.handshake(address, 2, 1, 5)
+
+    assert run_together([(processes.handshake, address, 2, 0, 5), (late_client,)]) == [None] * 2
+
+
 def test_an_id_given_twice_is_the_same_line_on_every_process():
     address = f'localhost:{free_port()}'
     errors = run_together([(processes.handshake, address, 3, i, 5) for i in (0, 2, 2)])

@@ -82,3 +82,20 @@ def test_a_loss_that_training_cannot_use_is_refused_in_one_line(loss, message):
     with pytest.raises(ValueError, match=r"^train.contrastive.loss='<lambda>': not a valid "
                                          r'contrastive loss: ValueError: ' + message):
         losses.get_contrastive_loss(loss)
+
+
+def test_l1_is_the_mean_absolute_difference():
+    sr = jnp.asarray([[[[1.0, 2.0, 3.0]]]])
+    hr = jnp.asarray([[[[2.0, 2.0, -1.0]]]])
+    assert float(losses.l1_loss(sr, hr)) == pytest.approx((1 + 0 + 4) / 3)
+
+
+def test_a_loss_that_does_not_return_an_array_is_refused_in_one_line():
+    with pytest.raises(ValueError) as info:
+        losses.get_contrastive_loss(lambda q, k: (jnp.sum(q), jnp.sum(k)))
+    text = str(info.value)
+    assert text.endswith("<lambda>': not a valid contrastive loss: ValueError: loss(q [1024, 8], "
+                         'k [1024, 8]) gives (ShapeDtypeStruct(shape=(), dtype=float32), '
+                         'ShapeDtypeStruct(shape=(), dtype=float32)) , expected a float scalar '
+                         'of shape ()')
+    assert '\n' not in text

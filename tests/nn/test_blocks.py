@@ -23,7 +23,10 @@ from enlcn_jax.train import loop
 sys.path.insert(0, str(REPO))
 from examples import temperature_block  # pylint: disable=wrong-import-position
 
-RNGS = {'params': jax.random.key(0), models.RANDOM_FEATURES: jax.random.key(1)}
+
+def rngs() -> dict:
+    """The init rngs (made when called: no XLA at import, for mutmut's fork server)."""
+    return {'params': jax.random.key(0), models.RANDOM_FEATURES: jax.random.key(1)}
 
 
 class FromScratch(nn.Module):
@@ -95,7 +98,7 @@ def test_enlca_sows_what_its_attention_receives():
     config = models.ENLCAConfig(num_random_features=8)
     block = models.ENLCA(config, res_scale=0.5)
     x = jax.random.normal(jax.random.key(2), (1, 3, 5, 8))
-    (y, (q, k)), variables = block.init_with_output(RNGS, x, mutable=True)
+    (y, (q, k)), variables = block.init_with_output(rngs(), x, mutable=True)
     (sown_q, sown_k, v), = variables['intermediates']['embeddings']
     np.testing.assert_array_equal(sown_q, q)
     np.testing.assert_array_equal(sown_k, k)
@@ -109,9 +112,9 @@ def test_a_subclass_overriding_embed_adds_its_parameters_to_enlca_s():
     """The example's `embed` creates a parameter of its own beside ENLCA's unchanged ones, and
     k is its amplification: q and k have norm sqrt(exp(log_amplification))."""
     x = jax.random.normal(jax.random.key(2), (1, 3, 5, 8))
-    enlca = models.ENLCA().init(RNGS, x)
+    enlca = models.ENLCA().init(rngs(), x)
     example = temperature_block.LearnedAmplificationENLCA()
-    variables = example.init(RNGS, x)
+    variables = example.init(rngs(), x)
     assert set(variables['params']) == set(enlca['params']) | {'log_amplification'}
     assert jax.tree.map(jnp.shape, enlca['params']) == jax.tree.map(
         jnp.shape, {name: p for name, p in variables['params'].items()

@@ -122,7 +122,7 @@ def test_each_passes_the_attention_check_it_is_trusted_to_pass(name):
     attention.check_attention(attention.get_attention(name))
 
 
-X = jnp.linspace(0.0, 1.0, 5 * 6 * 3).reshape(1, 5, 6, 3)
+X = np.linspace(0.0, 1.0, 5 * 6 * 3, dtype=np.float32).reshape(1, 5, 6, 3)  # no XLA at import
 TINY = dict(scale=2, n_resblocks=1, n_feats=16, attention_every=1, num_random_features=8)
 
 

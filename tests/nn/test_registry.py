@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_MODEL as TINY, unit
 from enlcn_jax.nn import attention, features, models, registry
 
-X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
+X = np.linspace(0.0, 1.0, 6 * 7 * 3, dtype=np.float32).reshape(1, 6, 7, 3)  # no XLA at import
 
 RESEARCH_MODULE = '''
 import jax
@@ -217,7 +217,8 @@ def test_linear_attention_with_an_all_zero_feature_row_is_finite_with_finite_gra
 def test_enlcn_without_additive_constant_has_finite_output_and_gradients(config):
     model = models.from_config({**TINY, **config})
     variables = models.init_variables(model, jax.random.key(0), (6, 7))
-    x = X.at[:, :3].set(0.0)  # flat regions: identical embeddings, zero ReLU rows are likely
+    # Flat regions: identical embeddings, zero ReLU rows are likely.
+    x = jnp.asarray(X).at[:, :3].set(0.0)
     grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({**variables, 'params': p}, x))))(
         variables['params'])
     assert bool(jnp.all(jnp.isfinite(jax.jit(model.apply)(variables, x))))

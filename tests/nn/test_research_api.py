@@ -18,7 +18,7 @@ from enlcn_jax.nn import attention, features, local, losses, models, registry
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from examples import temperature_block  # pylint: disable=wrong-import-position
 
-X = jnp.linspace(0.0, 1.0, 6 * 7 * 3).reshape(1, 6, 7, 3)
+X = np.linspace(0.0, 1.0, 6 * 7 * 3, dtype=np.float32).reshape(1, 6, 7, 3)  # no XLA at import
 
 
 def init(config, lr_size=(6, 7)):

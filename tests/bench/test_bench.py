@@ -120,6 +120,7 @@ def test_compiled_flops_counts_a_matmul_and_reads_every_cost_analysis_form():
     assert bench_lib.compiled_flops(SimpleNamespace(cost_analysis=lambda: None)) is None
 
 
+@pytest.mark.slow  # 16 s: the benchmark's plumbing, outside the default run's 6 minutes
 def test_profile_splits_the_train_step_into_parts_that_add_up(tmp_path, capsys):
     """`bench profile`: the split is the differences of the timed programs, so it adds up to the
     step; each part's FLOPs are XLA's count (the forward about a third of the L1 step's, the

@@ -5,6 +5,7 @@ what is derived from the timings (FLOP rates, the share of the matmul peak) and 
 The commands run with XLA's optimizations off, which compiles faster and leaves XLA's FLOP
 counts as they are. `gpu` needs two devices, so a process of its own: it starts with the module
 (`START_EARLY`) and runs beside the tests in this process; the tests that read it come last.
+It and `profile` are slow tests (`-m slow`), outside the default run's 6 minutes.
 """
 
 import json
@@ -148,6 +149,7 @@ def test_profile_splits_the_train_step_into_parts_that_add_up(tmp_path, capsys):
 
 # --- the gpu command, last: its process runs beside the tests above --------------------------
 
+@pytest.mark.slow  # the gpu command's run (a process of its own, 20 s)
 def test_gpu_bench_writes_every_part_in_one_json_and_each_table(gpu_run):
     stdout, report, out_dir = gpu_run
     assert {'machine', 'train', 'attention', 'eval', 'peak MiB'} <= set(report)
@@ -175,6 +177,7 @@ def test_gpu_bench_writes_every_part_in_one_json_and_each_table(gpu_run):
         assert row['peak MiB'] is None and row['MiB'] > 0
 
 
+@pytest.mark.slow  # the gpu command's run (a process of its own, 20 s)
 def test_train_flops_match_a_hand_count_of_the_convolutions(gpu_run):
     _, report, _ = gpu_run
     rows = {(r['dtype'], r['devices'], r['phase']): r for r in report['train']['rows']
@@ -191,6 +194,7 @@ def test_train_flops_match_a_hand_count_of_the_convolutions(gpu_run):
             assert row['GFLOP/step'] < rows[(dtype, devices, 'L1 + contrastive')]['GFLOP/step']
 
 
+@pytest.mark.slow  # the gpu command's run (a process of its own, 20 s)
 def test_train_flop_rate_and_share_of_the_matmul_peak(gpu_run):
     _, report, _ = gpu_run
     peaks = report['train']['matmul peak GFLOP/s (one device)']

@@ -130,19 +130,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path,
     val_every = train_cfg.eval_every_epochs * train_cfg.steps_per_epoch
     saves = saving.Checkpointing(workdir, train_cfg.keep_checkpoints,
                                  {'config': config.to_dict(), 'data': fingerprints, 'code': code})
-    restored = checkpoints.restore_latest(saves.latest, state.checkpoint_items())
-    if restored is not None:
-        state = state.from_checkpoint_items(restored)
-    start_step = int(state.step)
-    # Every process draws the same global batches and feeds its rows: the result does not
-    # depend on the number of processes.
     try:
-        loader = input_pipeline.PatchLoader(
-            train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
-            start_step=start_step, num_workers=config.data.num_workers,
-            shard=(jax.process_index(), jax.process_count()))
-    except ValueError as e:
-        raise datasets.DataError(f'config.data.lr_patch={config.data.lr_patch}: {e}') from e
+        restored = checkpoints.restore_latest(saves.latest, state.checkpoint_items())
+        if restored is not None:
+            state = state.from_checkpoint_items(restored)
+        start_step = int(state.step)
+        # Every process draws the same global batches and feeds its rows: the result does not
+        # depend on the number of processes.
+        try:
+            loader = input_pipeline.PatchLoader(
+                train_ds, config.data.batch_size, config.data.lr_patch, seed=train_cfg.seed,
+                start_step=start_step, num_workers=config.data.num_workers,
+                shard=(jax.process_index(), jax.process_count()))
+        except ValueError as e:
+            raise datasets.DataError(f'config.data.lr_patch={config.data.lr_patch}: {e}') from e
+    except BaseException:
+        # Closed now, so that no background work of the managers outlives the error.
+        with contextlib.suppress(files.WriteError):
+            saves.finish()
+        raise
     if is_main:  # only once the run is known to resume (or start) cleanly
         workdir_lib.record_config(workdir, config.to_dict(), config.model.to_dict())
     if start_step:

@@ -428,6 +428,14 @@ def _read_step(manager: ocp.CheckpointManager, step: int, where: Path) -> tuple[
         return variables, saved_record(manager, step) or {}
 
 
+def _save_in_flight(directory: Path) -> bool:
+    """Whether `directory` holds a step orbax is still writing (its temporary folder)."""
+    try:
+        return any('.orbax-checkpoint-tmp' in path.name for path in directory.iterdir())
+    except OSError:
+        return False
+
+
 def _read_workdir_step(workdir: Path, which: str) -> tuple[dict, dict, int, Path]:
     """`(variables, record, step, folder)` of the `which` step of a workdir, which a training run
     may be writing meanwhile: orbax lists only committed steps (written in a temporary folder,
@@ -454,8 +462,10 @@ def _read_workdir_step(workdir: Path, which: str) -> tuple[dict, dict, int, Path
             continue
         with manager:
             step = manager.best_step() if which == 'best' else manager.latest_step()
-            # Steps but no best: its metrics were read while the step was being deleted.
-            if step is None and (last or not manager.all_steps()):
+            # Steps but no best: its metrics were read while the step was being deleted; no
+            # step but one being written: the old one was deleted before the new one's rename.
+            if step is None and (last or not (manager.all_steps()
+                                              or _save_in_flight(manager.directory))):
                 raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
             if step is not None:
                 where = manager.directory / str(step)

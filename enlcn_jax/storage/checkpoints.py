@@ -533,6 +533,17 @@ def save_best(manager: ocp.CheckpointManager, step: int, variables: dict, psnr_y
     _save(manager, step, {VARIABLES: variables}, record, metrics={BEST_METRIC: psnr_y})
 
 
+def latest_record(manager: ocp.CheckpointManager) -> tuple[int | None, dict | None]:
+    """`(step, record)` of `manager`'s latest step (`saved_record`); `(None, None)` when its
+    folder is missing or holds no step.
+
+    Raises:
+      CheckpointError: the record is there but cannot be read.
+    """
+    step = manager.latest_step() if manager.directory.is_dir() else None
+    return step, (None if step is None else saved_record(manager, step))
+
+
 def saved_record(manager: ocp.CheckpointManager, step: int) -> dict | None:
     """The record saved with `step` (`{'format', 'config', 'data'}`), or None for a checkpoint
     written before records existed.

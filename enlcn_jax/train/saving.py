@@ -116,8 +116,7 @@ def restart_best_tracking(workdir: Path, config: dict, val_fingerprint: dict | N
     if not best_dir.is_dir():
         return
     with checkpoints.best_manager(workdir, read_only=True) as manager:
-        step = manager.latest_step()
-        record = None if step is None else checkpoints.saved_record(manager, step)
+        step, record = checkpoints.latest_record(manager)
     if not record:
         return  # empty, or saved before records existed
     old_val = record.get('data', {}).get('val')

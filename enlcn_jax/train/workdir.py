@@ -117,12 +117,19 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _refuse_or_warn(message: str, allow_changes: bool, refusal: str, continuing: str) -> None:
+    """Raises `WorkdirError('<message>: <refusal>')`, or with `allow_changes` logs the warning
+    `'<message>; <continuing>'`."""
+    if not allow_changes:
+        raise WorkdirError(f'{message}: {refusal}')
+    logging.warning('%s; %s', message, continuing)
+
+
 def _recorded_config(workdir: Path) -> tuple[dict | None, int | None, dict | None]:
     """`(config, latest step, its record)`: the config the latest checkpoint was trained with
     (its record's, else `config.json`'s), or None where neither says."""
     with checkpoints.latest_manager(workdir, read_only=True) as manager:
-        step = manager.latest_step() if manager.directory.is_dir() else None
-        record = None if step is None else checkpoints.saved_record(manager, step)
+        step, record = checkpoints.latest_record(manager)
     if record is not None and 'config' in record:
         return record['config'], step, record
     path = workdir / CONFIG_FILE
@@ -159,22 +166,19 @@ def check_resume(workdir: str | os.PathLike, config: dict,
         return None
     if old is None:
         if step is not None:
-            message = (f'{workdir} holds checkpoint step {step} but no record of the config that '
-                       f'trained it (no record in the checkpoint, no {CONFIG_FILE})')
-            if not allow_changes:
-                raise WorkdirError(f'{message}: pass --allow_config_changes to resume it with '
-                                   'this config, or use a new --workdir')
-            logging.warning('%s; resuming it with this config as asked', message)
+            _refuse_or_warn(
+                f'{workdir} holds checkpoint step {step} but no record of the config that trained '
+                f'it (no record in the checkpoint, no {CONFIG_FILE})', allow_changes,
+                refusal='pass --allow_config_changes to resume it with this config, or use a new '
+                '--workdir', continuing='resuming it with this config as asked')
         return record
     changes = config_changes(old, config)
-    if changes and not allow_changes:
-        raise WorkdirError(
-            f'{workdir} holds a run with another config ({"; ".join(changes)}): use a new '
-            '--workdir for a new run, or pass --allow_config_changes to continue this one '
-            'with the change')
     if changes:
-        logging.warning('resuming %s with config changes, as asked: %s', workdir,
-                        '; '.join(changes))
+        _refuse_or_warn(
+            f'{workdir} holds a run with another config ({"; ".join(changes)})', allow_changes,
+            refusal='use a new --workdir for a new run, or pass --allow_config_changes to '
+            'continue this one with the change', continuing='continuing it with the change, as '
+            'asked')
     return record
 
 
@@ -193,14 +197,12 @@ def check_data(record: dict | None, fingerprints: dict, allow_changes: bool = Fa
     new = fingerprints['train']
     if old is None or old == new:
         return
-    message = (f'the training images differ from the ones that trained the checkpoint '
-               f'({old["images"]} images, fingerprint {old["sha256"][:12]} -> {new["images"]}, '
-               f'{new["sha256"][:12]})')
-    if not allow_changes:
-        raise WorkdirError(f'{message}: restore them, use a new --workdir, or pass '
-                           '--allow_config_changes to continue on these')
-    logging.warning('%s; continuing on them as asked: the run no longer repeats a straight one',
-                    message)
+    _refuse_or_warn(
+        f'the training images differ from the ones that trained the checkpoint ({old["images"]} '
+        f'images, fingerprint {old["sha256"][:12]} -> {new["images"]}, {new["sha256"][:12]})',
+        allow_changes, refusal='restore them, use a new --workdir, or pass '
+        '--allow_config_changes to continue on these',
+        continuing='continuing on them as asked: the run no longer repeats a straight one')
 
 
 def code_fingerprints(config: ml_collections.ConfigDict) -> dict[str, str]:
@@ -225,13 +227,12 @@ def check_code(record: dict | None, fingerprints: dict[str, str],
     changed = registry.changed_code((record or {}).get('code') or {}, fingerprints)
     if not changed:
         return
-    message = (f'the source of {", ".join(changed)} changed since the checkpoint was trained '
-               "with it (its file's fingerprint differs)")
-    if not allow_changes:
-        raise WorkdirError(f'{message}: restore it, use a new --workdir, or pass '
-                           '--allow_config_changes to continue with it as it is now')
-    logging.warning('%s; continuing with it as it is now, as asked: the run no longer repeats a '
-                    'straight one', message)
+    _refuse_or_warn(
+        f'the source of {", ".join(changed)} changed since the checkpoint was trained with it '
+        "(its file's fingerprint differs)", allow_changes, refusal='restore it, use a new '
+        '--workdir, or pass --allow_config_changes to continue with it as it is now',
+        continuing='continuing with it as it is now, as asked: the run no longer repeats a '
+        'straight one')
 
 
 def record_config(workdir: str | os.PathLike, config: dict, model_config: dict) -> None:

@@ -37,6 +37,18 @@ def save_step(workdir, step, record):
             item.rmdir()
 
 
+def assert_refused_then_warned(check, why, refusal, continuing, caplog):
+    """`check(allow_changes)` raises `WorkdirError('<why>: <refusal>')` without leave, and with
+    it returns, logging only the warning `'<why>; <continuing>'`; gives what it returned."""
+    with pytest.raises(workdir_lib.WorkdirError) as raised:
+        check(False)
+    assert str(raised.value) == f'{why}: {refusal}'
+    with caplog.at_level(logging.WARNING):
+        result = check(True)
+    assert [r.getMessage() for r in caplog.records] == [f'{why}; {continuing}']
+    return result
+
+
 def test_the_config_digest_is_12_hex_digits_of_the_sha256_of_sorted_json():
     expected = hashlib.sha256(b'{"a": [1, 2], "b": {"c": null}}').hexdigest()[:12]
     assert workdir_lib.config_digest({'b': {'c': None}, 'a': [1, 2]}) == expected
@@ -81,17 +93,12 @@ def test_a_changed_config_json_is_refused_in_one_line_or_continued_with_a_warnin
     assert workdir_lib.check_resume(tmp_path, {**CONFIG, 'train': {**CONFIG['train'],
                                                                    'epochs': 9}}) is None
     changed = {**CONFIG, 'train': {**CONFIG['train'], 'lr': 0.002}, 'seed': 3}
-    with pytest.raises(workdir_lib.WorkdirError) as raised:
-        workdir_lib.check_resume(tmp_path, changed)
-    assert str(raised.value) == (
+    assert assert_refused_then_warned(
+        lambda allow: workdir_lib.check_resume(tmp_path, changed, allow_changes=allow),
         f'{tmp_path} holds a run with another config (seed: (absent) -> 3; train.lr: 0.001 -> '
-        '0.002): use a new --workdir for a new run, or pass --allow_config_changes to continue '
-        'this one with the change')
-    with caplog.at_level(logging.WARNING):
-        assert workdir_lib.check_resume(tmp_path, changed, allow_changes=True) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        f'resuming {tmp_path} with config changes, as asked: seed: (absent) -> 3; train.lr: '
-        '0.001 -> 0.002']
+        '0.002)', 'use a new --workdir for a new run, or pass --allow_config_changes to '
+        'continue this one with the change', 'continuing it with the change, as asked',
+        caplog) is None
 
 
 def test_an_unreadable_config_json_with_nothing_trained_says_to_move_it(tmp_path):
@@ -130,16 +137,12 @@ def test_a_record_without_a_config_falls_back_to_config_json(tmp_path):
 def test_a_checkpoint_with_no_record_and_no_config_json_resumes_only_when_allowed(
         tmp_path, caplog):
     save_step(tmp_path, 4, None)
-    why = (f'{tmp_path} holds checkpoint step 4 but no record of the config that trained it (no '
-           'record in the checkpoint, no config.json)')
-    with pytest.raises(workdir_lib.WorkdirError) as raised:
-        workdir_lib.check_resume(tmp_path, CONFIG)
-    assert str(raised.value) == (f'{why}: pass --allow_config_changes to resume it with this '
-                                 'config, or use a new --workdir')
-    with caplog.at_level(logging.WARNING):
-        assert workdir_lib.check_resume(tmp_path, CONFIG, allow_changes=True) is None
-    assert [r.getMessage() for r in caplog.records] == [
-        f'{why}; resuming it with this config as asked']
+    assert assert_refused_then_warned(
+        lambda allow: workdir_lib.check_resume(tmp_path, CONFIG, allow_changes=allow),
+        f'{tmp_path} holds checkpoint step 4 but no record of the config that trained it (no '
+        'record in the checkpoint, no config.json)', 'pass --allow_config_changes to resume it '
+        'with this config, or use a new --workdir', 'resuming it with this config as asked',
+        caplog) is None
 
 
 TRAIN_A = {'images': 800, 'sha256': 'a' * 64}
@@ -150,17 +153,13 @@ def test_other_training_images_are_refused_naming_both_or_continued_with_a_warni
     for record in (None, {}, {'data': {}}, {'data': {'train': None}},
                    {'data': {'train': TRAIN_A}}):
         workdir_lib.check_data(record, {'train': TRAIN_A, 'val': None})
-    why = ('the training images differ from the ones that trained the checkpoint (800 images, '
-           f'fingerprint {"a" * 12} -> 20, {"b" * 12})')
-    with pytest.raises(workdir_lib.WorkdirError) as raised:
-        workdir_lib.check_data({'data': {'train': TRAIN_A}}, {'train': TRAIN_B})
-    assert str(raised.value) == (f'{why}: restore them, use a new --workdir, or pass '
-                                 '--allow_config_changes to continue on these')
-    with caplog.at_level(logging.WARNING):
-        workdir_lib.check_data({'data': {'train': TRAIN_A}}, {'train': TRAIN_B},
-                               allow_changes=True)
-    assert [r.getMessage() for r in caplog.records] == [
-        f'{why}; continuing on them as asked: the run no longer repeats a straight one']
+    assert_refused_then_warned(
+        lambda allow: workdir_lib.check_data({'data': {'train': TRAIN_A}}, {'train': TRAIN_B},
+                                             allow_changes=allow),
+        'the training images differ from the ones that trained the checkpoint (800 images, '
+        f'fingerprint {"a" * 12} -> 20, {"b" * 12})', 'restore them, use a new --workdir, or '
+        'pass --allow_config_changes to continue on these',
+        'continuing on them as asked: the run no longer repeats a straight one', caplog)
 
 
 def test_changed_functions_are_refused_naming_them_or_continued_with_a_warning(caplog):
@@ -168,17 +167,12 @@ def test_changed_functions_are_refused_naming_them_or_continued_with_a_warning(c
     for record in (None, {}, {'code': None}, {'code': now}, {'code': {'mine:attend': '1' * 16}}):
         workdir_lib.check_code(record, now)
     record = {'code': {'mine:attend': '0' * 16, 'mine:loss': '3' * 16}}
-    why = ("the source of mine:attend, mine:loss changed since the checkpoint was trained with it "
-           "(its file's fingerprint differs)")
-    with pytest.raises(workdir_lib.WorkdirError) as raised:
-        workdir_lib.check_code(record, now)
-    assert str(raised.value) == (f'{why}: restore it, use a new --workdir, or pass '
-                                 '--allow_config_changes to continue with it as it is now')
-    with caplog.at_level(logging.WARNING):
-        workdir_lib.check_code(record, now, allow_changes=True)
-    assert [r.getMessage() for r in caplog.records] == [
-        f'{why}; continuing with it as it is now, as asked: the run no longer repeats a straight '
-        'one']
+    assert_refused_then_warned(
+        lambda allow: workdir_lib.check_code(record, now, allow_changes=allow),
+        "the source of mine:attend, mine:loss changed since the checkpoint was trained with it "
+        "(its file's fingerprint differs)", 'restore it, use a new --workdir, or pass '
+        '--allow_config_changes to continue with it as it is now', 'continuing with it as it '
+        'is now, as asked: the run no longer repeats a straight one', caplog)
 
 
 def test_record_config_writes_both_files_as_indented_sorted_json(tmp_path):

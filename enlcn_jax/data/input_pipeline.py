@@ -88,6 +88,8 @@ class PatchLoader:
     ``num_workers`` grain threads compute up to ``prefetch`` batches ahead, returned in step
     order. Use ``close()`` (or ``with``) to stop them.
 
+    Attributes:
+      step: the step of the batch the next ``next()`` returns.
     Yields:
       ``{'lr': uint8 [B / n, p, p, 3], 'hr': uint8 [B / n, p*s, p*s, 3]}``.
     """
@@ -118,12 +120,11 @@ class PatchLoader:
         for name, lr in zip(dataset.names, dataset.lr):
             _check_fits(lr, lr_patch, name)
         self.dataset = dataset
-        self.batch_size = batch_size
         self.rows = range(index * batch_size // count, (index + 1) * batch_size // count)
         self.lr_patch = lr_patch
         self.seed = seed
         self.augment = augment
-        self.step = start_step  # step of the batch the next ``next()`` returns
+        self.step = start_step
         batches = grain.MapDataset.range(start_step, sys.maxsize).map(self.batch)
         self._iterator = iter(batches.to_iter_dataset(
             grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=prefetch)))

@@ -36,6 +36,8 @@ command -v mutmut >/dev/null || { echo "mutmut not found: pip install -e '.[test
 
 cd "$REPO"
 mkdir -p mutants
+# The copies live under mutants/, so the tests find ../shared (tests/conftest.py) by this.
+export ENLCN_SHARED=${ENLCN_SHARED:-$(cd "$REPO/.." && pwd)/shared}
 for module in "${MODULES[@]}"; do
   [[ -f $module && $module == enlcn_jax/*.py ]] || { echo "not a module under enlcn_jax/: $module" >&2; exit 2; }
   dotted=${module%.py}; dotted=${dotted//\//.}

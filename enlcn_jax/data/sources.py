@@ -289,7 +289,8 @@ def load_folder(
 
 
 def _div2k_help(split: str, scale: int, data_dir: str | os.PathLike | None) -> str:
-    folder_split = "train" if split == "train" else "valid"
+    # A TFDS split may be sliced ("train[:100]"): its name is what precedes the brackets.
+    folder_split = "train" if split.partition("[")[0].strip() == "train" else "valid"
     where = data_dir if data_dir is not None else "~/tensorflow_datasets"
     return (
         f"DIV2K (div2k/bicubic_x{scale}) must be prepared as array_record under {where}; "

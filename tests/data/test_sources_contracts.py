@@ -386,8 +386,6 @@ def test_a_missing_tensorflow_datasets_is_a_dataset_not_found(monkeypatch):
     assert help_text == DIV2K_HELP_VALID_X3
 
 
-@pytest.mark.xfail(strict=True, reason='the help of a sliced training split ("train[:100]", as the '
-                                       'docstring offers) names the DIV2K_valid folders')
 def test_a_sliced_train_split_points_to_the_train_folders(fake_tfds):
     fake_tfds['prepared'] = False
     with pytest.raises(sources.DatasetNotFoundError) as info:

@@ -8,6 +8,7 @@ import json
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -124,11 +125,29 @@ def test_rgb_range_is_inferred_from_the_mean_shift(rgb_range):
 
 
 def test_the_release_mean_and_std_come_back_as_the_exact_config_values():
-    """float32 biases of the DIV2K mean at rgb_range 255 give back the 6-decimal constants."""
-    state = torch_state([R], rgb_range=255, mean=models.DIV2K_RGB_MEAN, std=(1.0, 1.0, 1.0))
+    """The float32 mean-shift convs of the DIV2K mean at rgb_range 255 give back the 6-decimal
+    constants they were built from (1 / float32(1 / 1.7) is 1.6999999 in float32)."""
+    std = (1.7, 2.9, 1.0)
+    state = torch_state([R], rgb_range=255, mean=models.DIV2K_RGB_MEAN, std=std)
     config, _ = convert.convert_state_dict(state, 2)
-    assert config['rgb_mean'] == tuple(models.DIV2K_RGB_MEAN) and config['rgb_std'] == (1, 1, 1)
+    assert config['rgb_mean'] == tuple(models.DIV2K_RGB_MEAN) and config['rgb_std'] == std
     assert config['rgb_range'] == 255.0
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float64])
+def test_variables_are_float32_whatever_the_state_dict_dtype(dtype):
+    """A half- or double-precision state_dict gives the model's float32 parameters (the values
+    of a float16 one exactly)."""
+    state = {k: v.astype(dtype) for k, v in torch_state([E, R, E]).items()}
+    _, variables = convert.convert_state_dict(state, 2)
+    want = expected_variables({k: v.astype(np.float32) for k, v in state.items()}, [E, R, E], 1)
+    if dtype == np.float16:
+        assert_trees_equal(variables, want)
+    for leaf in jax.tree_util.tree_leaves(variables):
+        assert leaf.dtype == np.float32
+    enlca = {k.removeprefix('body.0.'): v for k, v in state.items() if k.startswith('body.0.')}
+    for leaf in jax.tree_util.tree_leaves(convert.convert_enlca_state_dict(enlca)):
+        assert leaf.dtype == np.float32
 
 
 def test_a_given_rgb_range_overrides_the_inferred_one():
@@ -434,7 +453,14 @@ def test_the_cli_usage(capsys):
     text = ' '.join(capsys.readouterr().out.split())
     assert text.startswith('usage: python -m enlcn_jax.convert [-h] --scale SCALE --out OUT '
                            '[--rgb_range RGB_RANGE] weights '
-                           "Import the authors' PyTorch ENLCN / EDSR weights into Flax variables.")
+                           "Import the authors' PyTorch ENLCN / EDSR weights into Flax variables. "
+                           'positional arguments: weights PyTorch .pt/.pth state_dict, or .npz '
+                           'of one ')
+    for option in ('--scale SCALE SR scale the weights were trained for',
+                   '--out OUT output checkpoint directory',
+                   '--rgb_range RGB_RANGE PyTorch rgb_range (default: inferred from the mean '
+                   'shift, 1 or 255)'):
+        assert option in text, option
 
 
 def test_cli_errors_are_one_line_naming_the_option_or_file(tmp_path, capsys, monkeypatch):

@@ -35,10 +35,10 @@ def nan_for_query_images(x, projection, is_query=False):
 
 
 def nan_for_key_images(x, projection, is_query=False):
-    """As `nan_for_query_images`, NaN for the keys instead; and for queries not given as the
-    rows of one image `[n, d]` (which ENLA never does)."""
+    """As `nan_for_query_images`, NaN for the keys (given as a batch `[B, N, d]`) instead; and for
+    queries not given as the rows of one image `[n, d]` (which ENLA never does)."""
     features = jax.nn.softplus(x @ projection.T)
-    wrong = (not is_query and x.shape[-2] > 100) or (is_query and x.ndim != 2)
+    wrong = (not is_query and x.ndim == 3 and x.shape[-2] > 100) or (is_query and x.ndim != 2)
     return jnp.where(wrong, jnp.nan, features)
 
 
@@ -106,7 +106,9 @@ def test_checkpoint_items_give_back_every_field_of_the_state():
     projection = {'body_0': {'projection': np.ones((2, 3), np.float32)}}
     saved = stand_in_state({'w': np.full(2, 7.0, np.float32)}, step=6, random_features=projection,
                            tx=optax.adam(0.1))
-    saved = saved.replace(rng=jnp.array([9, 8], jnp.uint32))
+    # One Adam step: its moments are not a fresh state's.
+    saved = saved.apply_gradients(grads={'w': np.array([1.0, -2.0], np.float32)})
+    saved = saved.replace(step=jnp.int32(6), rng=jnp.array([9, 8], jnp.uint32))
     items = saved.checkpoint_items()
     assert set(items) == {checkpoints.VARIABLES, checkpoints.TRAIN}
     assert items[checkpoints.VARIABLES] == {'params': saved.params, 'random_features': projection}

@@ -207,6 +207,12 @@ def test_the_initial_state_is_the_model_s_init_and_redraw_key_of_the_split_key()
                                    rtol=1e-5)
 
 
+def test_a_network_without_attention_starts_with_no_random_features():
+    config = tiny_config(model__attention='none')
+    state = recipe.create_train_state(config, recipe.create_model(config), jax.random.PRNGKey(0))
+    assert state.random_features == {} and state.variables == {'params': state.params}
+
+
 # --- random features ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize('every', ['epoch', 'steps'])

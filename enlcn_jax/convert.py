@@ -119,7 +119,10 @@ def _infer_model_config(state: StateDict, scale: int, rgb_range: float | None) -
                       rgb_std=tuple(round(float(v), 6) for v in std))
     elif rgb_range is not None:
         config['rgb_range'] = float(rgb_range)
-    model = models.from_config(config)
+    try:
+        model = models.from_config(config)
+    except ValueError as e:  # e.g. a body without residual blocks: n_resblocks = 0
+        raise ConversionError(f'the state_dict describes no model ENLCN builds: {e}') from None
     if model.body_layout() != layout:
         raise ConversionError(f'body layout {layout} is not one ENLCN builds '
                               f'(an ENLCA first, then one every {config.get("attention_every")} blocks)')

@@ -47,7 +47,8 @@ def test_a_refused_value_is_one_line_naming_its_key(overrides, message):
     assert refusal(overrides) == message
 
 
-@pytest.mark.parametrize('key', config_check.POSITIVE_COUNTS)
+@pytest.mark.parametrize('key', config_check.POSITIVE_COUNTS + (
+    'data.lr_patch', 'data.batch_size', 'data.num_workers', 'train.eval_bucket'))
 def test_every_count_must_be_at_least_one(key):
     assert refusal({key: 0}) == f'config.{key} must be >= 1, got 0'
 

@@ -139,3 +139,89 @@ def test_iid_rows_are_float32_standard_gaussians():
     rows = features.iid_gaussian_projection(jax.random.key(3), 4000, 4)
     assert rows.dtype == jnp.float32 and rows.shape == (4000, 4)
     assert abs(float(jnp.mean(rows))) < 0.03 and abs(float(jnp.std(rows)) - 1) < 0.03
+
+
+def query_dependent(base, scale=1.0, delta=0.0):
+    """A map that is `base * scale` for keys (`[B, N, d]`) and for queries multiplies by
+    `1 + delta * rows`, so a block of query rows differs from the whole array by about
+    `delta * (12 - rows)` relative."""
+    def phi(x, f):
+        out = base(x, f) * scale
+        return out * (1 + delta * x.shape[0]) if x.ndim == 2 else out
+    return phi
+
+
+def refused(fn) -> str:
+    with pytest.raises(ValueError) as raised:
+        features.check_feature_map(fn)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize('scale', [1e3, 1.0, 1e-6])
+def test_query_rows_are_compared_relative_to_the_largest_feature(scale):
+    features.check_feature_map(query_dependent(features.softmax_kernel_features, scale, 1e-7))
+    assert refused(query_dependent(features.softmax_kernel_features, scale, 2e-6)) == (
+        'phi(x, F, is_query=True) of a block of query rows differs from the same rows mapped '
+        'with the others: ENLA maps queries a block at a time, so query rows must be mapped '
+        'independently (statistics over rows are allowed for keys only)')
+
+
+def test_keys_that_depend_on_the_other_images_are_refused_in_one_line():
+    def phi(x, f, is_query=False):
+        out = features.softmax_kernel_features(x, f)
+        return out if is_query else out * jnp.exp(jnp.mean(x))
+    assert refused(phi) == ("phi(x, F) of one image's keys depends on the other images of the "
+                            'batch: images must be mapped independently')
+
+
+@pytest.mark.parametrize('which', ['keys', 'queries'])
+def test_features_that_are_not_finite_are_refused_naming_keys_or_queries(which):
+    def phi(x, f, is_query=False):
+        out = features.softmax_kernel_features(x, f)
+        return out * jnp.inf if is_query == (which == 'queries') else out
+    assert refused(phi) == (f'phi(x, F) of the {which} is not finite at |x|^2 <= 6 (the model '
+                            'runs at |x|^2 = k)')
+
+
+@pytest.mark.parametrize('which', ['keys', 'queries'])
+def test_negative_features_are_refused_at_the_smallest_squared_norm_where_they_are(which):
+    """Zero features are allowed (ENLA guards rows without weight); the check's squared norms
+    are 0.3, 0.82, ..., 2.9, 3.4, ... 6: these features are 0 below 1, negative above 3."""
+    def phi(x, f, is_query=False):
+        norm = jnp.sum(x * x, -1, keepdims=True)
+        bad = jnp.where(norm < 1, 0.0, 1.0 - norm / 3) * jnp.ones(x.shape[:-1] + (8,))
+        good = features.softmax_kernel_features(x, f)
+        return bad if is_query == (which == 'queries') else good
+    assert refused(phi) == (f'phi(x, F) of the {which} is negative at |x|^2 = 3.4 (the model '
+                            'runs at |x|^2 = k, 6 by default): ENLA needs non-negative features')
+    features.check_feature_map(lambda x, f: jnp.zeros(x.shape[:-1] + (3,)))
+
+
+def test_kernel_eps_sets_the_eps_option_of_the_map_and_is_refused_where_it_cannot():
+    x, projection = features.check_inputs()
+    phi = features.get_feature_map('softmax_kernel', eps=0.5)
+    np.testing.assert_allclose(phi(x, projection),
+                               features.softmax_kernel_features(x, projection, eps=0.5),
+                               rtol=1e-6)
+    with pytest.raises(ValueError) as raised:
+        features.get_feature_map('elu_plus_one', eps=0.1)
+    assert str(raised.value) == ("model.kernel_eps=0.1 sets the eps option, and "
+                                 "model.feature_map='elu_plus_one' has none: leave "
+                                 'model.kernel_eps unset (None)')
+    with pytest.raises(ValueError) as raised:
+        features.get_feature_map('softmax_kernel(eps=0.0)', eps=0.1)
+    assert str(raised.value) == ("model.kernel_eps=0.1 and model.feature_map="
+                                 "'softmax_kernel(eps=0.0)' both set eps: leave "
+                                 'model.kernel_eps unset (None)')
+
+
+def test_a_registered_feature_map_is_replaced_only_when_asked():
+    try:
+        features.register_feature_map('contract_map', features.relu_features)
+        with pytest.raises(ValueError, match="feature map 'contract_map' is already registered"):
+            features.register_feature_map('contract_map', features.relu_features)
+        features.register_feature_map('contract_map', features.elu_plus_one_features,
+                                      replace=True)
+        assert features.get_feature_map('contract_map') is features.elu_plus_one_features
+    finally:
+        features.FEATURE_MAPS.unregister('contract_map')

@@ -45,6 +45,21 @@ def test_process_0_value_is_the_flag_as_a_bool():
         assert saving.process_0_value(flag) is bool(flag)
 
 
+def test_with_several_processes_every_process_takes_process_0_s_flag(monkeypatch):
+    sent = []
+
+    def broadcast(value):
+        sent.append(value)
+        return np.asarray(0, np.int32)  # process 0's flag: false
+    monkeypatch.setattr(saving.multihost_utils, 'broadcast_one_to_all', broadcast)
+    assert saving.process_0_value(True) is True  # one process: nothing is broadcast
+    assert sent == []
+    monkeypatch.setattr(saving.jax, 'process_count', lambda: 2)
+    assert saving.process_0_value(jnp.array(True)) is False
+    [value] = sent
+    assert value.dtype == np.int32 and value.shape == () and value == 1
+
+
 def test_saves_keep_the_latest_steps_and_the_best_model(tmp_path):
     saver = saving.Checkpointing(tmp_path, keep=2, record=RECORD)
     for step in (1, 2, 3):
@@ -101,6 +116,15 @@ def test_a_failed_save_is_raised_after_both_managers_are_closed(tmp_path, monkey
         saver.finish()
     assert closed == [saver.latest, saver.best]
 
+    def close_fails(manager):
+        closed.append(manager)
+        raise RuntimeError('close failed too')
+    for manager in (saver.latest, saver.best):
+        monkeypatch.setattr(manager, 'close', lambda m=manager: close_fails(m))
+    with pytest.raises(files.WriteError, match='^latest failed$'):  # the save's error, not close's
+        saver.finish()
+    assert closed[2:] == [saver.latest, saver.best]
+
 
 def make_best(workdir, record, step=7):
     with checkpoints.best_manager(workdir) as manager:
@@ -108,14 +132,18 @@ def make_best(workdir, record, step=7):
         checkpoints.wait_until_saved(manager)
 
 
-def test_best_of_the_same_run_and_validation_images_stays(tmp_path):
+def test_best_of_the_same_run_and_validation_images_stays_and_is_only_read(tmp_path):
     saving.restart_best_tracking(tmp_path, CONFIG, VAL, is_main=True)  # no best/: nothing
     assert list(tmp_path.iterdir()) == []
     make_best(tmp_path, RECORD)
+    # A save in flight (orbax's temporary folder) is left alone: best/ is opened read-only.
+    in_flight = tmp_path / checkpoints.BEST_DIR / '9.orbax-checkpoint-tmp-1'
+    in_flight.mkdir()
     saving.restart_best_tracking(tmp_path, {**CONFIG, 'train': {**CONFIG['train'],
                                                                 'epochs': 9}}, VAL, True)
     saving.restart_best_tracking(tmp_path, CONFIG, None, True)  # no validation images to compare
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.BEST_DIR]
+    assert in_flight.is_dir()
 
 
 def test_best_without_a_record_stays(tmp_path):
@@ -124,23 +152,25 @@ def test_best_without_a_record_stays(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.BEST_DIR]
 
 
+@pytest.mark.parametrize('leftover', [True, False])
 @pytest.mark.parametrize('change', ['config', 'val'])
 def test_best_of_another_run_or_other_validation_images_is_moved_aside_by_process_0(
-        tmp_path, caplog, change):
+        tmp_path, caplog, change, leftover):
     make_best(tmp_path, RECORD)
     config, val = CONFIG, VAL
     if change == 'config':
-        config = {**CONFIG, 'seed': 3}
+        config = {**CONFIG, 'seed': 3, 'train': {**CONFIG['train'], 'lr': 0.5}}
         aside = f'{checkpoints.BEST_DIR}.run-{workdir_lib.config_digest(CONFIG)}'
-        why = 'was trained by another run (seed: (absent) -> 3)'
+        why = 'was trained by another run (seed: (absent) -> 3; train.lr: 0.001 -> 0.5)'
     else:
         val = {'images': 9, 'sha256': 'd' * 64}
         aside = f'{checkpoints.BEST_DIR}.val-{"c" * 12}'
         why = 'was chosen on other validation images (5 -> 9 images)'
     saving.restart_best_tracking(tmp_path, config, val, is_main=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.BEST_DIR]
-    (tmp_path / aside).mkdir()  # an older leftover of the same name is replaced
-    (tmp_path / aside / 'old').write_text('')
+    if leftover:  # an older leftover of the same name is replaced
+        (tmp_path / aside).mkdir()
+        (tmp_path / aside / 'old').write_text('')
     with caplog.at_level(logging.WARNING):
         saving.restart_best_tracking(tmp_path, config, val, is_main=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [aside]

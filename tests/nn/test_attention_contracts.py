@@ -167,3 +167,56 @@ def test_exact_attention_in_blocks_is_exact_attention_in_one_block():
                                attention.exact_attention(q, k, v), rtol=1e-6)
     assert jax.eval_shape(lambda: attention.exact_attention(q, k, v, query_block=10)).shape == (
         2, 10, 3)
+
+
+def whole_array_enla(q, k, v, projection, phi, mask):
+    """ENLA as one `linear_attention` of the whole arrays' features (autodiff's gradient)."""
+    return attention.linear_attention(phi(q, projection), phi(k, projection) * mask, v)
+
+
+def test_enla_in_query_blocks_and_its_written_out_gradient_are_the_whole_array_formula_s():
+    """With masked keys and a query row without weight (ReLU features with no constant, a query
+    row whose projections are all negative): values and the gradients of q, k, v and F."""
+    q, k, v, projection = (jnp.asarray(x, jnp.float32) for x in inputs(n=7))
+    projection = jnp.abs(projection)
+    q = q.at[0, 2].set(-jnp.abs(q[0, 2]))  # F q <= 0 on every row: no weight at all
+    mask = jnp.ones(q.shape[:2] + (1,)).at[1, 3].set(0.0)
+
+    def phi(x, f):
+        return jax.nn.relu(x @ f.T)
+
+    def loss(fn, q, k, v, projection):
+        out = fn(q, k, v, projection, phi, mask)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+    blocked = lambda q, k, v, f, phi, mask: attention.enla(q, k, v, f, phi, mask=mask,
+                                                           query_block=3)
+    values = blocked(q, k, v, projection, phi, mask)
+    np.testing.assert_allclose(values, whole_array_enla(q, k, v, projection, phi, mask),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(values[0, 2], 0.0)
+    grads = jax.grad(lambda *a: loss(blocked, *a), argnums=(0, 1, 2, 3))(q, k, v, projection)
+    expected = jax.grad(lambda *a: loss(whole_array_enla, *a), argnums=(0, 1, 2, 3))(
+        q, k, v, projection)
+    for got, want in zip(grads, expected):
+        assert bool(jnp.all(jnp.isfinite(got)))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_attention_divides_small_weights_by_their_sum():
+    rng = np.random.default_rng(4)
+    qf, kf, v = (rng.uniform(size=(1, 4, 3)) * 0.01, rng.uniform(size=(1, 5, 3)) * 0.01,
+                 rng.normal(size=(1, 5, 2)))
+    weights = qf[0] @ kf[0].T  # every row's sum far below 1
+    out = attention.linear_attention(*(jnp.asarray(x, jnp.float32) for x in (qf, kf, v)))
+    np.testing.assert_allclose(out[0], weights @ v[0] / weights.sum(-1, keepdims=True),
+                               rtol=1e-4)
+
+
+def test_get_attention_checks_a_function_at_the_sizes_given():
+    shapes = []
+
+    def mine(q, k, v, projection, feature_map):
+        shapes.append(projection.shape)
+        return attention.enla(q, k, v, projection, feature_map)
+    attention.get_attention(mine, m=5, d=3)
+    assert shapes == [(5, 3)]

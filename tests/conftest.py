@@ -57,6 +57,13 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_disable_most_optimizations', True)
 
 
+def error_message(call, error: type[Exception] = ValueError) -> str:
+    """The message of the `error` that `call()` raises; the test fails if it raises none."""
+    with pytest.raises(error) as raised:
+        call()
+    return str(raised.value)
+
+
 def require_data(path: Path) -> Path:
     """`path` if it exists; else skips the test (fails it under `CI=true`), naming the path."""
     if not Path(path).exists():

@@ -8,6 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from conftest import error_message
 from enlcn_jax.nn import features
 
 
@@ -101,9 +102,7 @@ def test_a_map_is_run_for_keys_and_for_queries_with_is_query_when_it_takes_it():
      "and keys need the same feature width"),
 ])
 def test_a_map_of_the_wrong_shape_is_refused_in_one_line(fn, message):
-    with pytest.raises(ValueError) as raised:
-        features.check_feature_map(fn)
-    assert str(raised.value) == message
+    assert error_message(lambda: features.check_feature_map(fn)) == message
 
 
 def test_a_map_of_width_one_is_enough():
@@ -112,13 +111,12 @@ def test_a_map_of_width_one_is_enough():
 
 
 def test_a_sampler_of_the_wrong_shape_or_not_finite_is_refused_in_one_line():
-    with pytest.raises(ValueError) as raised:
-        features.check_projection(lambda key, m, d: jnp.zeros((d, m)))
-    assert str(raised.value) == ('sampler(key, m=6, d=4) has shape [4, 6], expected [6, 4] '
-                                 '(sampler(key, m, d) -> F [m, d])')
-    with pytest.raises(ValueError) as raised:
-        features.check_projection(lambda key, m, d: jnp.full((m, d), jnp.nan))
-    assert str(raised.value) == 'sampler(key, m, d) must be finite'
+    assert error_message(lambda: features.check_projection(
+        lambda key, m, d: jnp.zeros((d, m)))) == ('sampler(key, m=6, d=4) has shape [4, 6], '
+                                                  'expected [6, 4] (sampler(key, m, d) -> F '
+                                                  '[m, d])')
+    assert error_message(lambda: features.check_projection(
+        lambda key, m, d: jnp.full((m, d), jnp.nan))) == 'sampler(key, m, d) must be finite'
 
 
 def test_a_registered_name_is_replaced_only_when_asked():
@@ -152,9 +150,7 @@ def query_dependent(base, scale=1.0, delta=0.0):
 
 
 def refused(fn) -> str:
-    with pytest.raises(ValueError) as raised:
-        features.check_feature_map(fn)
-    return str(raised.value)
+    return error_message(lambda: features.check_feature_map(fn))
 
 
 @pytest.mark.parametrize('scale', [1e3, 1.0, 1e-6])
@@ -203,16 +199,12 @@ def test_kernel_eps_sets_the_eps_option_of_the_map_and_is_refused_where_it_canno
     np.testing.assert_allclose(phi(x, projection),
                                features.softmax_kernel_features(x, projection, eps=0.5),
                                rtol=1e-6)
-    with pytest.raises(ValueError) as raised:
-        features.get_feature_map('elu_plus_one', eps=0.1)
-    assert str(raised.value) == ("model.kernel_eps=0.1 sets the eps option, and "
-                                 "model.feature_map='elu_plus_one' has none: leave "
-                                 'model.kernel_eps unset (None)')
-    with pytest.raises(ValueError) as raised:
-        features.get_feature_map('softmax_kernel(eps=0.0)', eps=0.1)
-    assert str(raised.value) == ("model.kernel_eps=0.1 and model.feature_map="
-                                 "'softmax_kernel(eps=0.0)' both set eps: leave "
-                                 'model.kernel_eps unset (None)')
+    assert error_message(lambda: features.get_feature_map('elu_plus_one', eps=0.1)) == (
+        "model.kernel_eps=0.1 sets the eps option, and model.feature_map='elu_plus_one' has "
+        'none: leave model.kernel_eps unset (None)')
+    assert error_message(lambda: features.get_feature_map('softmax_kernel(eps=0.0)', eps=0.1)) == (
+        "model.kernel_eps=0.1 and model.feature_map='softmax_kernel(eps=0.0)' both set eps: "
+        'leave model.kernel_eps unset (None)')
 
 
 def test_a_registered_feature_map_is_replaced_only_when_asked():

@@ -4,7 +4,7 @@ config key; the boundaries pass; a check applies only where its source or model 
 import jax
 import pytest
 
-from conftest import tiny_config
+from conftest import error_message, tiny_config
 from enlcn_jax.data import sources as data_lib
 from enlcn_jax.train import config_check
 
@@ -12,9 +12,7 @@ from enlcn_jax.train import config_check
 def refusal(overrides: dict, error=ValueError) -> str:
     config = tiny_config()
     config.update_from_flattened_dict(overrides)
-    with pytest.raises(error) as raised:
-        config_check.validate_config(config)
-    return str(raised.value)
+    return error_message(lambda: config_check.validate_config(config), error)
 
 
 def passes(overrides: dict) -> None:

@@ -171,11 +171,13 @@ def whole_array_enla(q, k, v, projection, phi, mask):
     return attention.linear_attention(phi(q, projection), phi(k, projection) * mask, v)
 
 
-def test_enla_in_query_blocks_and_its_written_out_gradient_are_the_whole_array_formula_s():
+@pytest.mark.parametrize('scale', [1.0, 0.01])
+def test_enla_in_query_blocks_and_its_written_out_gradient_are_the_whole_array_formula_s(scale):
     """With masked keys and a query row without weight (ReLU features with no constant, a query
-    row whose projections are all negative): values and the gradients of q, k, v and F."""
+    row whose projections are all negative): values and the gradients of q, k, v and F, with
+    feature sums above 1 and, at `scale` 0.01, far below."""
     q, k, v, projection = (jnp.asarray(x, jnp.float32) for x in inputs(n=7))
-    projection = jnp.abs(projection)
+    projection = jnp.abs(projection) * scale
     q = q.at[0, 2].set(-jnp.abs(q[0, 2]))  # F q <= 0 on every row: no weight at all
     mask = jnp.ones(q.shape[:2] + (1,)).at[1, 3].set(0.0)
 
@@ -217,3 +219,20 @@ def test_get_attention_checks_a_function_at_the_sizes_given():
         return attention.enla(q, k, v, projection, feature_map)
     attention.get_attention(mine, m=5, d=3)
     assert shapes == [(5, 3)]
+
+
+@pytest.mark.parametrize('leak, refused', [(3e-6, False), (6e-6, True)])
+def test_padding_may_move_the_output_by_at_most_1e_4_of_its_largest_value(leak, refused):
+    """The mask check's tolerance: on its inputs (largest output magnitude 0.81) an attention
+    that gives padded keys `leak` of a real key's weight moves the output by about 5.6e-5
+    (3e-6) or 1.1e-4 (6e-6), below and above 1e-4 x 0.81."""
+    def leaks(q, k, v, projection, feature_map, mask=None):
+        if mask is not None:
+            mask = mask + leak * (1 - mask)
+        return attention.enla(q, k, v, projection, feature_map, mask=mask)
+    if refused:
+        assert error_message(lambda: attention.check_attention(leaks)).startswith(
+            'with mask, the output on an image padded from 3x4 to 4x6 differs from the unpadded '
+            'output by 0.000112: ')
+    else:
+        attention.check_attention(leaks)

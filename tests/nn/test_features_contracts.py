@@ -217,3 +217,14 @@ def test_a_registered_feature_map_is_replaced_only_when_asked():
         assert features.get_feature_map('contract_map') is features.elu_plus_one_features
     finally:
         features.FEATURE_MAPS.unregister('contract_map')
+
+
+def test_the_map_check_runs_at_the_sizes_given():
+    shapes = []
+
+    def phi(x, f):
+        shapes.append((x.shape, f.shape))
+        return features.softmax_kernel_features(x, f)
+    features.check_feature_map(phi, m=5, d=3)
+    assert set(shapes) == {((2, 12, 3), (5, 3)), ((12, 3), (5, 3)), ((5, 3), (5, 3)),
+                           ((2, 3), (5, 3)), ((1, 12, 3), (5, 3))}

@@ -45,10 +45,12 @@ hypothesis.settings.register_profile('pinned', derandomize=True, deadline=None, 
                                      max_examples=25)
 hypothesis.settings.load_profile('pinned')
 
-# One persistent compilation cache for the test process and its subprocesses (`env`): the many
-# tiny trainings compile the same programs again under new `jax.jit` objects.
-COMPILATION_CACHE = Path(os.environ.get('JAX_COMPILATION_CACHE_DIR') or
-                         tempfile.mkdtemp(prefix='enlcn_jax_cache_'))
+# One persistent compilation cache for the test run: the many tiny trainings compile the same
+# programs again under new `jax.jit` objects. pytest-xdist's workers and the tests' subprocesses
+# (`env`) inherit it from the environment, set here in the first process that imports this file.
+# (A worker that reads an entry another one is still writing gets JAX's warning and compiles.)
+COMPILATION_CACHE = Path(os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                                               tempfile.mkdtemp(prefix='enlcn_jax_cache_')))
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 # XLA's optimisation passes cost more compile time than the tests' tiny programs save in run

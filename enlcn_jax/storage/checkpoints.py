@@ -202,9 +202,15 @@ def _manager(directory: Path, item_handlers: dict,
     absl_logger = std_logging.getLogger('absl')
     absl_logger.addFilter(_not_read_only_notice)
     try:
-        return ocp.CheckpointManager(directory, item_handlers=item_handlers, options=options)
+        manager = ocp.CheckpointManager(directory, item_handlers=item_handlers, options=options)
     finally:
         absl_logger.removeFilter(_not_read_only_notice)
+    if not options.read_only:
+        # A writer deletes the leftovers of interrupted saves in a background thread that only
+        # `save` waits for, not `close`: waited for here, it cannot outlive a run that stops at
+        # once (at interpreter exit it fails with a traceback).
+        manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
+    return manager
 
 
 def save_model(directory: str | Path, model_config: dict, variables: dict) -> Path:

@@ -85,6 +85,20 @@ def test_the_command_line_says_an_empty_step_folder_in_one_line(trained, tmp_pat
     assert f'move {workdir / checkpoints.CHECKPOINTS_DIR / "99"} out of the workdir' in fatal[0]
 
 
+@pytest.mark.parametrize('manager', [checkpoints.latest_manager, checkpoints.best_manager])
+def test_a_writer_has_removed_leftovers_of_interrupted_saves_when_it_is_returned(manager,
+                                                                                 tmp_path):
+    """Nothing of the manager works on after an early error: the leftovers are gone already
+    (orbax deletes them in a background thread that `close` does not wait for)."""
+    folder = manager(tmp_path, read_only=True).directory
+    leftover = folder / '7.orbax-checkpoint-tmp-1'
+    leftover.mkdir(parents=True)
+    with manager(tmp_path, read_only=True):
+        assert leftover.is_dir()  # a reader leaves them
+    with manager(tmp_path):
+        assert not leftover.exists()
+
+
 # --- best/ read while a training run rewrites it ------------------------------------------------
 
 def tiny_model():

@@ -59,6 +59,17 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_disable_most_optimizations', True)
 
 
+# The slowest test files, started first: xdist (`--dist loadfile`) hands files to whichever
+# worker is free in collection order, so a slow file collected last would run alone at the end.
+SLOW_FILES = ('train/test_train.py', 'test_readme.py', 'train/test_workdir.py',
+              'train/test_distributed.py', 'storage/test_damage.py', 'research/test_ablation.py')
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
+
+
 def error_message(call, error: type[Exception] = ValueError) -> str:
     """The message of the `error` that `call()` raises; the test fails if it raises none."""
     with pytest.raises(error) as raised:

@@ -435,9 +435,11 @@ def _read_step(manager: ocp.CheckpointManager, step: int, where: Path) -> tuple[
 
 
 def _save_in_flight(directory: Path) -> bool:
-    """Whether `directory` holds a step orbax is still writing (its temporary folder)."""
+    """Whether `directory` holds a step orbax is still writing (its temporary folder), or a
+    step now (one renamed into place since the manager listed the steps)."""
     try:
-        return any('.orbax-checkpoint-tmp' in path.name for path in directory.iterdir())
+        return any('.orbax-checkpoint-tmp' in path.name or path.name.isdigit()
+                   for path in directory.iterdir())
     except OSError:
         return False
 
@@ -469,7 +471,8 @@ def _read_workdir_step(workdir: Path, which: str) -> tuple[dict, dict, int, Path
         with manager:
             step = manager.best_step() if which == 'best' else manager.latest_step()
             # Steps but no best: its metrics were read while the step was being deleted; no
-            # step but one being written: the old one was deleted before the new one's rename.
+            # step but one being written, or renamed since: the old one was deleted before the
+            # new one's rename.
             if step is None and (last or not (manager.all_steps()
                                               or _save_in_flight(manager.directory))):
                 raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')

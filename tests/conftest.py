@@ -59,6 +59,20 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 jax.config.update('jax_disable_most_optimizations', True)
 
 
+def assert_replaced_only_when_asked(register, get, registry, first, second) -> None:
+    """`register(name, fn, replace=False)` of a registry's module makes `fn` selectable by
+    `get(name)`, refuses a registered name in one line, and replaces it with `replace=True`."""
+    name = f"contract_{registry.kind.replace(' ', '_')}"
+    try:
+        register(name, first)
+        assert error_message(lambda: register(name, first)).startswith(
+            f"{registry.kind} '{name}' is already registered; pass replace=True")
+        register(name, second, replace=True)
+        assert get(name) is second
+    finally:
+        registry.unregister(name)
+
+
 # The slowest test files, started first: xdist (`--dist loadfile`) hands files to whichever
 # worker is free in collection order, so a slow file collected last would run alone at the end.
 SLOW_FILES = ('train/test_train.py', 'test_readme.py', 'train/test_workdir.py',

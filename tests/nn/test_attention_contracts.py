@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import error_message
+from conftest import assert_replaced_only_when_asked, error_message
 from enlcn_jax.nn import attention, features
 
 
@@ -144,16 +144,8 @@ def test_the_check_runs_at_the_sizes_given():
 def test_a_registered_name_is_replaced_only_when_asked():
     def mine(q, k, v, projection, feature_map):
         return attention.exact_attention(q, k, v)
-    try:
-        attention.register_attention('contract_attention', mine)
-        with pytest.raises(ValueError, match="attention 'contract_attention' is already "
-                                             'registered; pass replace=True'):
-            attention.register_attention('contract_attention', mine)
-        attention.register_attention('contract_attention', attention.exact_attention,
-                                     replace=True)
-        assert attention.get_attention('contract_attention') is attention.exact_attention
-    finally:
-        attention.ATTENTIONS.unregister('contract_attention')
+    assert_replaced_only_when_asked(attention.register_attention, attention.get_attention,
+                                    attention.ATTENTIONS, mine, attention.exact_attention)
     with pytest.raises(ValueError, match="^model.attention='none': unknown attention; known: "):
         attention.get_attention('none')
 

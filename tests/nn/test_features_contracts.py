@@ -8,7 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from conftest import error_message
+from conftest import assert_replaced_only_when_asked, error_message
 from enlcn_jax.nn import features
 
 
@@ -122,15 +122,9 @@ def test_a_sampler_of_the_wrong_shape_or_not_finite_is_refused_in_one_line():
 def test_a_registered_name_is_replaced_only_when_asked():
     def sampler(key, m, d):
         return features.iid_gaussian_projection(key, m, d) * 2
-    try:
-        features.register_projection('contract_sampler', sampler)
-        with pytest.raises(ValueError, match='contract_sampler'):
-            features.register_projection('contract_sampler', sampler)
-        features.register_projection('contract_sampler', features.iid_gaussian_projection,
-                                     replace=True)
-        assert features.get_projection('contract_sampler') is features.iid_gaussian_projection
-    finally:
-        features.PROJECTIONS.unregister('contract_sampler')
+    assert_replaced_only_when_asked(features.register_projection, features.get_projection,
+                                    features.PROJECTIONS, sampler,
+                                    features.iid_gaussian_projection)
 
 
 def test_iid_rows_are_float32_standard_gaussians():
@@ -208,15 +202,9 @@ def test_kernel_eps_sets_the_eps_option_of_the_map_and_is_refused_where_it_canno
 
 
 def test_a_registered_feature_map_is_replaced_only_when_asked():
-    try:
-        features.register_feature_map('contract_map', features.relu_features)
-        with pytest.raises(ValueError, match="feature map 'contract_map' is already registered"):
-            features.register_feature_map('contract_map', features.relu_features)
-        features.register_feature_map('contract_map', features.elu_plus_one_features,
-                                      replace=True)
-        assert features.get_feature_map('contract_map') is features.elu_plus_one_features
-    finally:
-        features.FEATURE_MAPS.unregister('contract_map')
+    assert_replaced_only_when_asked(features.register_feature_map, features.get_feature_map,
+                                    features.FEATURE_MAPS, features.relu_features,
+                                    features.elu_plus_one_features)
 
 
 def test_the_map_check_runs_at_the_sizes_given():

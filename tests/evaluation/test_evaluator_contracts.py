@@ -175,6 +175,23 @@ def test_a_folder_s_images_are_named_by_stem_or_by_file_name_where_stems_repeat(
     assert re.search(r'mine x2: 100%\|[^|]*\| 3/3 ', capsys.readouterr().err)  # total given
 
 
+def test_a_folder_with_an_lr_folder_is_scored_on_its_lr_files(tmp_path):
+    """The LR images are read from `<lr_dir>/X2/<stem>x2.png` (here not the bicubic ones), and
+    HR files sharing a stem are refused, since one LR file would serve both."""
+    hr_dir, lr_dir = tmp_path / 'HR', tmp_path / 'LR'
+    hr_dir.mkdir()
+    hr, _ = pair(12, 13, 0)
+    image_io.save_image(hr_dir / 'b.png', hr)
+    lr = pair(12, 13, 1)[1]
+    image_io.save_image(lr_dir / 'X2' / 'bx2.png', lr)
+    source = sources.DatasetSource('mine', hr_dir, lr_dir)
+    result = evaluator.evaluate_dataset(source, Nearest(None), keep={'b'}, progress=False)
+    np.testing.assert_array_equal(result.kept['b'][1], lr)
+    image_io.save_image(hr_dir / 'b.bmp', hr)
+    with pytest.raises(sources.AmbiguousLRError):
+        evaluator.evaluate_dataset(source, Nearest(None), progress=False)
+
+
 def test_an_in_memory_dataset_is_scored_without_a_bar(capsys):
     (hr1, lr1), (hr2, lr2) = pair(12, 13, 0), pair(12, 12, 1)
     dataset = sources.SRDataset(['p', 'q'], [hr1, hr2], [lr1, lr2], 2)

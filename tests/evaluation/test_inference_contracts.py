@@ -251,7 +251,9 @@ def test_tiles_cut_mid_way_in_the_overlap_give_a_convolution_s_whole_image_outpu
     whole = expected(probe, variables, lr)
     for bucket, compiled in [(1, (1, 8, 8, 3)), (16, (1, 16, 16, 3))]:
         tiled = inference.ModelUpscaler(probe, variables, bucket=bucket, tile=8, tile_overlap=4)
-        np.testing.assert_allclose(tiled.predict(lr), whole, atol=1e-5)
+        sr = tiled.predict(lr)
+        assert sr.dtype == np.float32
+        np.testing.assert_allclose(sr, whole, atol=1e-5)
         assert tiled.compiled_shapes == [compiled]
     short = inference.ModelUpscaler(probe, variables, bucket=1, tile=8, tile_overlap=2)
     assert np.abs(short.predict(lr) - whole).max() > 1e-3

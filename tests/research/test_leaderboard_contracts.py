@@ -206,7 +206,7 @@ def test_each_missing_run_is_trained_once_stored_and_each_module_measured_once(t
 
 def test_the_progress_bar_names_the_run_in_flight_on_stderr(tmp_path, trainer, capsys):
     leaderboard.run_leaderboard(tmp_path, ['none'], ['tiny'], seeds=2, steps=3,
-                                cost_sides=[8], progress=True)
+                                cost_sides=[8])                     # a bar unless told not to
     err = capsys.readouterr().err
     assert 'leaderboard: 100%' in err and ' 2/2 ' in err and re.search(r'\d(run/s|s/run)', err)
     assert 'none on tiny, seed 1' in err

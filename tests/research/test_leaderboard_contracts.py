@@ -267,6 +267,14 @@ class Reversed(store.ResultStore):
         return reversed(list(super().records(kind)))
 
 
+class ByVariant(store.ResultStore):
+    """The same records ordered by variant and seed (each variant's seeds together)."""
+
+    def records(self, kind):
+        return sorted(super().records(kind), key=lambda r: (r['identity'].get('variant', ''),
+                                                            r['identity'].get('seed', 0)))
+
+
 def paired(difference, low, high, seeds, verdict, positive):
     return {'difference': pytest.approx(difference), 'low': pytest.approx(low),
             'high': pytest.approx(high), 'seeds': seeds, 'verdict': verdict,
@@ -287,6 +295,7 @@ def test_rows_hold_each_seed_an_interval_and_paired_verdicts_against_none_and_th
     put(results, 'identity', 1, result(None, params=101))
     put(results, 'exact', 1, result([20.0, 21.0], params=100))
     report = leaderboard.build_report(results)
+    assert leaderboard.build_report(Reversed(tmp_path))['groups'] == report['groups']
     assert report['reference'] == 'enla_k_cl' and report['stale'] == []
     (group,) = report['groups']
     assert group['steps'] == 3 and group['sets'] == {} and list(group['tasks']) == ['tiny v1']
@@ -348,7 +357,8 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
     put(results, 'none', 0, result([20.2, 21.0]), task_version=0)
     put(results, 'none', 0, result([19.0, 20.0]), task='mosaic')
     put(results, 'enla_k', 0, result([21.0, 22.0], params=120), steps=5)
-    put(results, 'none', 0, result([20.0, 20.5]), sets={'train.lr': 1e-3})
+    put(results, 'none', 0, result(None), sets={'train.lr': 1e-3})        # diverged
+    put(results, 'exact', 0, result([20.0, 20.5], params=150), sets={'train.lr': 1e-3})
     # Stale: the variant's config, its code, or the variant itself changed since.
     put(results, 'enla_k', 1, result([21.0, 22.0]), config='0' * 20)
     code = leaderboard.code_fingerprint(config_of('exact'))
@@ -376,12 +386,17 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
         (alone,) = report['groups'][0]['tasks']['tiny v1']['rows']   # no `none` in its budget
         assert alone['params_vs_none'] is None and alone['more_params'] is False
         assert alone['gap_closed'] is None and alone['vs_none'] is None
+        # `none` diverged on every seed: no gap and no comparison, but a parameter count.
+        exact, none = report['groups'][1]['tasks']['tiny v1']['rows']
+        assert none['variant'] == 'none' and none['psnr'] is None
+        assert exact['psnr'] == 20.25 and exact['gap_closed'] is None
+        assert exact['vs_none'] is None and exact['params_vs_none'] == pytest.approx(0.5)
         assert sorted(report['stale'], key=lambda s: s['variant']) == [
             {'variant': 'enla_k', 'task': 'tiny', 'seed': 1, 'steps': 3},
             {'variant': 'exact', 'task': 'tiny', 'seed': 0, 'steps': 3},
             {'variant': 'no_such_variant', 'task': 'tiny', 'seed': 1, 'steps': 4}]
         ledger = sorted(report['runs'], key=lambda r: json.dumps(r, sort_keys=True))
-        assert len(ledger) == 6
+        assert len(ledger) == 7
         plain = next(r for r in ledger if r['task'] == 'tiny' and r['task_version'] == 1
                      and r['steps'] == 3 and r['sets'] == {})
         assert plain == {'variant': 'none', 'task': 'tiny', 'task_version': 1, 'seed': 0,
@@ -421,8 +436,9 @@ def put_cost(results, name, sides, cost, date=None, **changes):
 def test_a_variant_s_cost_is_the_newest_measurement_of_its_module_as_it_is_now(tmp_path):
     results = store.ResultStore(tmp_path)
     for variant in ('none', 'enla_k', 'enla_k_cl', 'exact', 'exact_k'):
-        put(results, variant, 0, result([20.0, 21.0]))
-    put(results, 'none', 1, result([20.0, 21.0]), variant='no_such_variant')
+        for seed in (0, 1):
+            put(results, variant, seed, result([20.0, 21.0]))
+    put(results, 'none', 2, result([20.0, 21.0]), variant='no_such_variant')
     put_cost(results, 'enla_k', (8,), {'n': 'older'}, date='2026-01-02 00:00:00')
     put_cost(results, 'enla_k', (16,), {'n': 'newest'}, date='2026-01-03 00:00:00')
     put_cost(results, 'enla_k', (32,), {'n': 'undated'})
@@ -432,7 +448,7 @@ def test_a_variant_s_cost_is_the_newest_measurement_of_its_module_as_it_is_now(t
     code = leaderboard.cost_identity(config_of('exact'), (8,))['code']
     put_cost(results, 'exact', (8,), {'n': 'edited'}, date='2026-01-09 00:00:00',
              code={**code, 'model.attention': 'edited'})
-    for order in (store.ResultStore, Reversed):
+    for order in (store.ResultStore, Reversed, ByVariant):
         assert leaderboard.build_report(order(tmp_path))['costs'] == {
             'enla_k': {'n': 'newest'}, 'enla_k_cl': {'n': 'newest'}, 'exact_k': {'n': 'k = 6'}}
 
@@ -629,8 +645,8 @@ def test_the_cells_of_a_comparison_a_gap_a_name_a_cost_and_a_flop_count():
         '`v` (control) ⚑'
     assert leaderboard._row_name({'variant': 'v', 'control': False, 'more_params': False}) == \
         '`v`'
-    rows = [{'side': 8, 'fwd ms': 1.0}, {'side': 16, 'fwd ms': 2.0}]
-    assert leaderboard._largest({'rows': rows}, 'fwd ms') == 2.0
+    rows = [{'side': 8, 'fwd ms': 1.0}, {'side': 16, 'fwd ms': 2.0}, {'side': 32, 'fwd ms': 3.0}]
+    assert leaderboard._largest({'rows': rows}, 'fwd ms') == 3.0
     assert leaderboard._largest({'rows': rows}, 'GFLOP') is None
     for empty in (None, {}, {'rows': []}):
         assert leaderboard._largest(empty, 'fwd ms') is None

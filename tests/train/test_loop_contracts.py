@@ -352,7 +352,7 @@ def test_the_log_tells_each_validation_and_the_final_score(straight):
 # --- the run in four starts ------------------------------------------------------------------
 
 def test_a_run_stopped_by_ctrl_c_and_by_a_non_finite_loss_resumes_as_the_straight_one(
-        straight, resumed, tmp_path):
+        straight, resumed):
     """Ctrl-C saves the step in flight, unvalidated, and says how to resume; a non-finite loss
     stops at the next log naming its step and the last checkpoint (records logged after that
     checkpoint are dropped on resuming); a resumed run validates a saved step whose validation

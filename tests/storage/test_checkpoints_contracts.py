@@ -311,6 +311,27 @@ def test_reader_and_writer_options():
     assert writer.multiprocessing_options.barrier_sync_key_prefix == 'checkpoints'
 
 
+def test_each_manager_has_its_own_barriers_policy_and_metric(tmp_path, monkeypatch):
+    """With several processes the two managers of a workdir save concurrently: their barriers
+    are named after their folders; readers are read-only."""
+    calls, options = [], checkpoints._options  # pylint: disable=protected-access
+
+    def spy(name, read_only, policy, **kwargs):
+        calls.append((name, read_only, policy, kwargs))
+        return options(name, read_only, policy, **kwargs)
+    monkeypatch.setattr(checkpoints, '_options', spy)
+    checkpoints.latest_manager(tmp_path, read_only=True).close()
+    checkpoints.best_manager(tmp_path, read_only=True).close()
+    checkpoints.latest_manager(tmp_path, keep=5).close()
+    (latest, best, writer) = calls
+    assert latest[:3] == ('checkpoints', True, checkpoints.ocp.checkpoint_managers.LatestN(n=3))
+    assert latest[3] == {} and writer[:2] == ('checkpoints', False) and writer[2].n == 5
+    assert best[:2] == ('best', True) and best[2].n == 1
+    metric = checkpoints._best_metric  # pylint: disable=protected-access
+    assert best[2].get_metric_fn is metric and best[3] == {'best_fn': metric, 'best_mode': 'max'}
+    assert metric({'psnr_y': 31.5, 'loss': 0.1}) == 31.5
+
+
 def test_latest_keeps_the_last_steps_and_best_the_highest_psnr(tmp_path):
     workdir = make_workdir(tmp_path / 'w', steps=(1, 2, 3, 4, 5))
     with checkpoints.latest_manager(workdir, read_only=True) as manager:
@@ -745,7 +766,18 @@ def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path):
                        f"finished): the checkpoint is damaged; move {folder / '8'} out of the "
                        'workdir to resume from step 3')
     remove_tree(folder / '8')
-    (folder / '3' / checkpoints.VARIABLES / '_METADATA').unlink()
+    metadata = folder / '3' / checkpoints.VARIABLES / '_METADATA'
+    kept = metadata.read_text()
+    metadata.write_text('{')
+    cause = error_message(lambda: json.loads('{'))
+    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
+        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
+                                checkpoints.CheckpointError)
+    assert message == (f"{folder / '3'} cannot be read ({cause}): the checkpoint is damaged; move "
+                       f"{folder / '3'} out of the workdir to start afresh")
+    metadata.write_text(kept)
+    assert checkpoints.load_model(tmp_path / 'w')[2] == 3
+    metadata.unlink()
     with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
         message = error_message(lambda: checkpoints.restore_latest(manager, target()),
                                 checkpoints.CheckpointError)
@@ -802,6 +834,12 @@ def test_a_flipped_checksum_of_a_workdir_step_names_the_array(tmp_path, no_pause
     message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
     assert message == (f"{step_dir}: ['params']['conv']['kernel'] does not match the checksum "
                        'saved with it (the file is damaged); use another checkpoint')
+    for path in (step_dir / checkpoints.VARIABLES).rglob('*'):
+        if path.is_file() and path.parent.name == 'd':
+            path.unlink()
+    message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
+    assert message.startswith(f'{step_dir} cannot be read (') and '\n' not in message
+    assert message.endswith('): the checkpoint is damaged; use another checkpoint')
 
 
 def test_no_step_of_a_kind_is_file_not_found_at_once(tmp_path, no_pause, monkeypatch):
@@ -914,6 +952,25 @@ def test_a_step_read_again_after_a_failure_loads(tmp_path, no_pause, monkeypatch
     _, variables, step = checkpoints.load_model(workdir)
     assert (step, reads) == (2, [2, 2])
     assert_trees_equal(variables, tiny_variables(2))
+
+
+def test_a_step_that_is_not_the_latest_is_read_as_itself(tmp_path):
+    """Reading a step reads that step's metadata, arrays, checksums and record, whatever step is
+    the latest (in `best/`, a worse step is on disk until orbax deletes it)."""
+    later = {**tiny_variables(9), 'extra': {'w': np.ones(4, np.float32)}}
+    with checkpoints.latest_manager(tmp_path) as manager:
+        for step, variables in ((1, tiny_variables(1)), (4, later)):
+            checkpoints.save_checkpoint(manager, step, {checkpoints.VARIABLES: variables},
+                                        {'step': step})
+        checkpoints.wait_until_saved(manager)
+        where = manager.directory / '1'
+        variables, saved = checkpoints._read_step(  # pylint: disable=protected-access
+            manager, 1, where)
+        assert_trees_equal(variables, tiny_variables(1))
+        assert saved == {'format': 2, 'step': 1}
+        assert checkpoints._saved_checksums(manager, 1) == {  # pylint: disable=protected-access
+            checkpoints.VARIABLES: crc32_by_path(tiny_variables(1))}
+        assert checkpoints.saved_record(manager, 1) == {'format': 2, 'step': 1}
 
 
 def test_the_identity_of_a_step_folder(tmp_path):

@@ -188,8 +188,10 @@ def test_a_folder_with_an_lr_folder_is_scored_on_its_lr_files(tmp_path):
     result = evaluator.evaluate_dataset(source, Nearest(None), keep={'b'}, progress=False)
     np.testing.assert_array_equal(result.kept['b'][1], lr)
     image_io.save_image(hr_dir / 'b.bmp', hr)
-    with pytest.raises(sources.AmbiguousLRError):
+    with pytest.raises(sources.AmbiguousLRError) as info:
         evaluator.evaluate_dataset(source, Nearest(None), progress=False)
+    assert (f"share the stem 'b', so both would be paired with the LR image "
+            f"{lr_dir / 'X2' / 'bx2.png'}") in str(info.value)
 
 
 def test_an_in_memory_dataset_is_scored_without_a_bar(capsys):

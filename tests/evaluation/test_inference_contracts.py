@@ -108,6 +108,9 @@ def test_the_options_are_checked_at_their_limits_in_order():
                              ((1, 8, 8), 'tile_overlap must be in [0, tile=8), got 8'),
                              ((1, 8, -1), 'tile_overlap must be in [0, tile=8), got -1')]:
         assert error_message(lambda: check(*options)) == message, options
+        make = lambda: inference.ModelUpscaler(Probe(), weights(), bucket=options[0],
+                                               tile=options[1], tile_overlap=options[2])
+        assert error_message(make) == message, options  # the constructor checks them all
 
 
 def test_the_defaults_and_what_the_results_report():
@@ -128,7 +131,7 @@ def test_the_defaults_and_what_the_results_report():
 
 def test_the_bicubic_baseline_is_matlab_imresize_at_an_int_scale():
     upscaler = inference.BicubicUpscaler(np.int64(3))
-    assert upscaler.scale == 3 and type(upscaler.scale) is int  # pylint: disable=unidiomatic-typecheck
+    assert upscaler.scale == 3 and isinstance(upscaler.scale, int)  # np.int64 is not an int
     assert (upscaler.name, upscaler.precision, upscaler.checkpoint_step,
             tuple(upscaler.compiled_shapes)) == ('bicubic', 'float64', None, ())
     lr = random_lr((7, 5))
@@ -182,6 +185,15 @@ def test_the_image_is_padded_bottom_right_to_the_bucket_and_masked_there():
         mask = np.zeros((5, 6))
         mask[:4, :5] = 1.0  # shifted one up and left: the last row and column are padding
         np.testing.assert_array_equal(sr[..., 2], mask)
+
+
+def test_a_bucket_of_2_pads_and_masks_too():
+    lr = random_lr((5, 6))
+    upscaler = inference.ModelUpscaler(Probe('window', scale=1), weights(), bucket=2)
+    sr = upscaler.predict(lr)
+    assert upscaler.compiled_shapes == [(1, 6, 6, 3)]
+    rows = np.arange(5)[:, None] < 4  # shifted up by one: the last row shows the padding
+    np.testing.assert_array_equal(sr[..., 2], np.repeat(rows, 6, 1))
 
 
 def test_bucket_1_compiles_each_size_unpadded_without_a_mask():
@@ -260,18 +272,20 @@ def test_tiles_cut_mid_way_in_the_overlap_give_a_convolution_s_whole_image_outpu
 
 
 def test_the_spans_of_tiles_along_an_axis():
-    assert inference._tile_spans(10, 4, 2) == [(0, 0, 3), (2, 3, 5), (4, 5, 7), (6, 7, 10)]  # pylint: disable=protected-access
-    assert inference._tile_spans(9, 5, 1) == [(0, 0, 4), (4, 4, 9)]  # pylint: disable=protected-access
-    assert inference._tile_spans(5, 5, 0) == [(0, 0, 5)]  # pylint: disable=protected-access
-    assert inference._tile_spans(3, 5, 2) == [(0, 0, 3)]  # pylint: disable=protected-access
+    spans = inference._tile_spans  # pylint: disable=protected-access
+    assert spans(10, 4, 2) == [(0, 0, 3), (2, 3, 5), (4, 5, 7), (6, 7, 10)]
+    assert spans(9, 5, 1) == [(0, 0, 4), (4, 4, 9)]
+    assert spans(5, 5, 0) == [(0, 0, 5)]
+    assert spans(3, 5, 2) == [(0, 0, 3)]
 
 
 def explicitly_tiled(probe, variables, lr, tile, overlap):
     """The probe's output over `tile` tiles cut mid-way in `overlap`, in NumPy."""
     s = probe.scale
     out = np.zeros((lr.shape[0] * s, lr.shape[1] * s, 3))
-    for y0, ky0, ky1 in inference._tile_spans(lr.shape[0], tile, overlap):  # pylint: disable=protected-access
-        for x0, kx0, kx1 in inference._tile_spans(lr.shape[1], tile, overlap):  # pylint: disable=protected-access
+    spans = inference._tile_spans  # pylint: disable=protected-access
+    for y0, ky0, ky1 in spans(lr.shape[0], tile, overlap):
+        for x0, kx0, kx1 in spans(lr.shape[1], tile, overlap):
             sr = expected(probe, variables, lr[y0:y0 + tile, x0:x0 + tile])
             out[ky0 * s:ky1 * s, kx0 * s:kx1 * s] = sr[(ky0 - y0) * s:(ky1 - y0) * s,
                                                        (kx0 - x0) * s:(kx1 - x0) * s]
@@ -407,6 +421,7 @@ def test_load_upscaler_passes_the_checkpoint_s_model_step_and_the_options(monkey
 
     plain = inference.load_upscaler('run')
     assert calls.pop() == ('run', 'latest', False, False)
+    np.testing.assert_array_equal(plain.variables['w'], weights()['w'])
     assert (plain.precision, plain.model.dtype, plain.checkpoint_step, plain.bucket) == (
         'float32', 'float32', 7, 16)
 

@@ -191,9 +191,8 @@ CALLS: list[dict] = []
 
 def recording_attention(q, k, v, projection, feature_map, mask=None, spatial_shape=None,
                         layer=None):
-    """Returns v (attention to itself alone); records the keywords and the feature map."""
-    del q, k
-    CALLS.append({'mask': mask, 'spatial_shape': spatial_shape, 'layer': layer,
+    """Returns v (attention to itself alone); records its inputs."""
+    CALLS.append({'q': q, 'k': k, 'mask': mask, 'spatial_shape': spatial_shape, 'layer': layer,
                   'feature_map': feature_map, 'projection': projection})
     return v
 
@@ -220,7 +219,8 @@ def test_attend_passes_spatial_shape_as_a_tuple_the_layer_the_mask_and_the_featu
     out = config.attend(q, k, v, projection, spatial_shape=[2, 3], mask=mask, layer=2)
     (call,) = CALLS
     assert call['spatial_shape'] == (2, 3) and isinstance(call['spatial_shape'], tuple)
-    assert call['layer'] == 2 and call['mask'] is mask and call['projection'] is projection
+    assert call['q'] is q and call['k'] is k and call['projection'] is projection
+    assert call['layer'] == 2 and call['mask'] is mask
     np.testing.assert_array_equal(call['feature_map'](q, projection),
                                   features.softmax_kernel_features(q, projection, eps=0.25))
     assert out is v
@@ -297,13 +297,15 @@ def test_enlca_embeds_with_three_pointwise_convolutions_normalised_and_amplified
 
 
 class Minimal(nn.Module):
-    """The smallest block keeping the contract: q, k, v are slices of x, and y - x depends on each
-    position alone and is negative everywhere. The hooks break one clause each."""
+    """The smallest block keeping the contract: q, k, v are slices of x, and y - x (res_scale
+    times the `attention` hook) depends on each position alone and is negative everywhere. The
+    other hooks break one clause each."""
     config: models.ENLCAConfig = models.ENLCAConfig()
     res_scale: float = 0.1
     dtype: Any = jnp.float32
     sown = staticmethod(lambda q, k, v: [(q, k, v)])
     returns = staticmethod(lambda y, q, k, v, mask: (y, (q, k)))
+    attention = staticmethod(lambda x: -1e-3 * (1.5 + x))
     leak = staticmethod(lambda x: 0.0)
 
     @nn.compact
@@ -314,7 +316,7 @@ class Minimal(nn.Module):
         q, k, v = flat[..., :d], flat[..., d:2 * d], flat
         for sown in self.sown(q, k, v):
             self.sow('intermediates', 'embeddings', sown)
-        y = x - 1e-3 * (1.5 + x) + self.leak(x)
+        y = x + self.res_scale * (self.attention(x) + self.leak(x))
         return self.returns(y, q, k, v, mask)
 
 
@@ -382,6 +384,14 @@ def test_a_block_whose_output_leaks_masked_content_is_refused_relative_to_its_at
 def test_a_block_keeping_the_contract_passes_also_inside_a_jit_trace():
     models.check_block(Minimal)
     jax.jit(lambda x: (models.check_block(Minimal), x)[1])(jnp.zeros(()))
+
+
+def test_enlca_and_a_block_without_attention_pass():
+    """ENLCA (parameters from the `params` rng, random features from theirs, an output that
+    attends over the real positions alone); y = x exactly (no change at all with the masked
+    content, and nothing to compare it with) passes too."""
+    models.check_block(models.ENLCA)
+    models.check_block(breaking('Identity', attention=lambda x: 0.0 * x))
 
 
 # --- ENLCN ----------------------------------------------------------------------------------
@@ -509,13 +519,13 @@ def test_an_unknown_block_is_refused_by_from_config():
 
 
 def test_a_recorded_config_reads_old_spec_names_as_today_s_and_nothing_else():
-    recorded = {'attention': 'softmax(query_block=8)', 'feature_map': ' softmax (eps=0.0)',
+    recorded = {'attention': 'softmax(query_block=(8))', 'feature_map': ' softmax (eps=0.0)',
                 'projection': 'softmax', 'block': 'softmax', 'n_feats': 8}
     upgraded = models.upgrade_recorded_config(recorded)
-    assert upgraded == {'attention': 'exact(query_block=8)',
+    assert upgraded == {'attention': 'exact(query_block=(8))',
                         'feature_map': 'softmax_kernel(eps=0.0)', 'projection': 'softmax',
                         'block': 'softmax', 'n_feats': 8}
-    assert recorded['attention'] == 'softmax(query_block=8)'
+    assert recorded['attention'] == 'softmax(query_block=(8))'
     today = {'attention': 'softmax_kernel', 'feature_map': features.relu_features}
     assert models.upgrade_recorded_config(today) == today
     assert models.upgrade_recorded_config({'attention': 'softmax'}) == {'attention': 'exact'}

@@ -14,6 +14,8 @@ import os
 import sys
 import zlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import logging
@@ -164,10 +166,12 @@ def test_code_fingerprints_are_the_external_functions_source_hashes(maps_module)
 
 def test_changed_code_is_refused_naming_it_unless_allowed_which_warns(tmp_path, maps_module,
                                                                      caplog):
+    source = KERNELS + '\n\ndef sampler(key, m, d):\n    return None\n'
+    maps_module.write_text(source)
     config = {**CONFIG, 'feature_map': f'{MAPS}:relu_squared'}
     target = f'{MAPS}:relu_squared'
     where = tmp_path / 'ckpt'
-    now = {target: fingerprint(KERNELS)}
+    now = {target: fingerprint(source)}
     for recorded in (None, {}, now, {'other_module:fn': '0' * 16}):  # nothing that changed
         checkpoints.check_code(config, recorded, where, False)
     changed = {target: '0' * 16}
@@ -183,6 +187,11 @@ def test_changed_code_is_refused_naming_it_unless_allowed_which_warns(tmp_path, 
     assert [r.getMessage() for r in caplog.records] == [
         f'{said}; running it as it is now, as asked: the scores no longer belong to the trained '
         'model']
+    both = {**config, 'projection': f'{MAPS}:sampler'}
+    message = error_message(lambda: checkpoints.check_code(
+        both, {target: '0' * 16, f'{MAPS}:sampler': '1' * 16}, where, False),
+        checkpoints.CheckpointError)
+    assert message.startswith(f'{where}: the source of {target}, {MAPS}:sampler changed since')
 
 
 def test_a_workdir_step_refuses_code_changed_since_it_was_saved(tmp_path, maps_module):
@@ -223,6 +232,16 @@ def test_an_edited_model_config_is_refused_naming_each_differing_key(tmp_path):
         "recorded, 'exact' in the file; gone: 1 recorded, '(absent)' in the file; n_feats: 4 "
         "recorded, 8 in the file; new: '(absent)' recorded, 'x' in the file): the weights belong "
         'to the recorded model; restore model_config.json to it')
+
+
+def test_a_key_absent_on_one_side_differs_from_none_on_the_other(tmp_path):
+    path, where = tmp_path / 'model_config.json', tmp_path / 'step'
+    with_none = {**CONFIG, 'projection': None}
+    for recorded, now, said in ((with_none, CONFIG, "None recorded, '(absent)' in the file"),
+                                (CONFIG, with_none, "'(absent)' recorded, None in the file")):
+        message = error_message(lambda: checkpoints.check_model_config(now, recorded, path, where),
+                                checkpoints.CheckpointError)
+        assert f'(projection: {said})' in message
 
 
 def test_a_model_config_equal_once_recorded_as_today_passes(tmp_path):
@@ -371,6 +390,11 @@ def test_a_step_holds_its_items_checksums_and_record(tmp_path):
         assert checkpoints.saved_record(manager, 7) == {
             'format': 2, **record(data={'fingerprint': 'abc'})}
         assert checkpoints.latest_record(manager) == (7, checkpoints.saved_record(manager, 7))
+    for path in (step_dir / checkpoints.VARIABLES).rglob('*'):  # the record is read alone
+        if path.is_file() and path.parent.name == 'd':
+            path.unlink()
+    with checkpoints.latest_manager(workdir, read_only=True) as manager:
+        assert checkpoints.saved_record(manager, 7)['data'] == {'fingerprint': 'abc'}
     with checkpoints.latest_manager(tmp_path / 'none') as manager:
         checkpoints.save_checkpoint(manager, 1, items)  # no record: the format alone
         checkpoints.wait_until_saved(manager)
@@ -390,6 +414,8 @@ def test_latest_record_without_a_folder_a_step_or_a_record(tmp_path):
         remove_tree(workdir / checkpoints.CHECKPOINTS_DIR / str(step) / checkpoints.RECORD)
     with checkpoints.latest_manager(workdir, read_only=True) as manager:
         assert checkpoints.latest_record(manager) == (4, None)
+        remove_tree(workdir / checkpoints.CHECKPOINTS_DIR)  # gone since the manager listed it
+        assert checkpoints.latest_record(manager) == (None, None)
 
 
 def remove_tree(path):
@@ -627,7 +653,6 @@ def test_non_finite_weights_are_refused_naming_the_first_array(tmp_path):
 # --- checksums and finiteness ------------------------------------------------------------------
 
 def test_checksums_are_the_crc32_of_each_array_in_row_major_order():
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     grid = np.arange(12, dtype=np.float32).reshape(3, 4)
     tree = {'a': grid.T, 'b': {'c': np.array(7, np.int64)}, 'd': jnp.asarray(grid)}
     assert not tree['a'].flags.c_contiguous
@@ -691,6 +716,24 @@ def test_restore_latest_restores_the_items_of_the_latest_step(tmp_path):
             assert checkpoints.checksums(restored[name]) == checkpoints.checksums(tree)
         only = checkpoints.restore_latest(manager, {checkpoints.VARIABLES: tiny_variables()})
         assert only.keys() == {checkpoints.VARIABLES}
+        like = jax.tree.map(jnp.asarray, target())  # device arrays: restored as device arrays
+        restored = checkpoints.restore_latest(manager, like)
+        for leaf, model in zip(jax.tree.leaves(restored), jax.tree.leaves(like)):
+            assert isinstance(leaf, jax.Array) and leaf.sharding == model.sharding
+
+
+def test_a_train_state_that_cannot_be_restored_is_one_line_naming_the_folder(tmp_path):
+    make_workdir(tmp_path / 'w', steps=(3, 6))
+    folder = tmp_path / 'w' / checkpoints.CHECKPOINTS_DIR
+    other = {**target(), checkpoints.TRAIN: {'step': np.array(0, np.int32),
+                                             'momentum': np.zeros(3, np.float32)}}
+    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
+        with pytest.raises(checkpoints.CheckpointError) as raised:
+            checkpoints.restore_latest(manager, other)
+    cause = str(raised.value.__cause__).splitlines()[0]
+    assert str(raised.value) == (f"{folder / '6'} cannot be read ({cause}): the checkpoint is "
+                                 f"damaged; move {folder / '6'} out of the workdir to resume from "
+                                 'step 3')
 
 
 def test_restore_latest_refuses_another_model_naming_three_arrays(tmp_path):

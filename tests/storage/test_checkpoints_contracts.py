@@ -26,8 +26,8 @@ from enlcn_jax.storage import checkpoints, files
 
 CONFIG = dict(scale=2, n_resblocks=1, n_feats=4, attention_every=1, num_random_features=4)
 KERNELS = (REPO / 'examples' / 'my_kernels.py').read_text()
-MAPS = 'ckpt_contract_maps'
-RELU = 'enlcn_jax.nn.features:relu_features'  # the spec that records the function  # the module of researcher code the tests write and import
+MAPS = 'ckpt_contract_maps'  # the module of researcher code the tests write and import
+RELU = 'enlcn_jax.nn.features:relu_features'  # the spec that records the function
 
 
 def tiny_variables(offset: float = 0.0) -> dict:
@@ -120,8 +120,8 @@ def test_code_outside_the_package_is_refused_naming_targets_and_modules_once(tmp
                             checkpoints.UntrustedCodeError)
     assert message == (f'{where} names code outside enlcn_jax (aa.proj:draw, mm.blocks:Block, '
                        'zz_maps:attend, zz_maps:phi): loading it imports, and so runs, module(s) '
-                       'aa.proj, mm.blocks, zz_maps; pass --trust_code (trust_code=True) to import them if you trust '
-                       'whoever made the checkpoint')
+                       'aa.proj, mm.blocks, zz_maps; pass --trust_code (trust_code=True) to import '
+                       'them if you trust whoever made the checkpoint')
     assert issubclass(checkpoints.UntrustedCodeError, checkpoints.CheckpointError)
     checkpoints.check_trusted(config, where, True)  # trusted: nothing to refuse
     checkpoints.check_trusted({**CONFIG, 'feature_map': 'enlcn_jax.nn.features:relu'}, where,
@@ -390,9 +390,7 @@ def test_a_step_holds_its_items_checksums_and_record(tmp_path):
         assert checkpoints.saved_record(manager, 7) == {
             'format': 2, **record(data={'fingerprint': 'abc'})}
         assert checkpoints.latest_record(manager) == (7, checkpoints.saved_record(manager, 7))
-    for path in (step_dir / checkpoints.VARIABLES).rglob('*'):  # the record is read alone
-        if path.is_file() and path.parent.name == 'd':
-            path.unlink()
+    delete_arrays(step_dir / checkpoints.VARIABLES)  # the record is read alone
     with checkpoints.latest_manager(workdir, read_only=True) as manager:
         assert checkpoints.saved_record(manager, 7)['data'] == {'fingerprint': 'abc'}
     with checkpoints.latest_manager(tmp_path / 'none') as manager:
@@ -416,6 +414,14 @@ def test_latest_record_without_a_folder_a_step_or_a_record(tmp_path):
         assert checkpoints.latest_record(manager) == (4, None)
         remove_tree(workdir / checkpoints.CHECKPOINTS_DIR)  # gone since the manager listed it
         assert checkpoints.latest_record(manager) == (None, None)
+
+
+def delete_arrays(item_dir):
+    """Deletes the array data of an orbax item (its `d/` files), keeping its metadata."""
+    data = [p for p in item_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
+    assert data
+    for path in data:
+        path.unlink()
 
 
 def remove_tree(path):
@@ -543,10 +549,10 @@ def test_a_model_directory_that_cannot_be_written_is_one_write_error(tmp_path, m
 
 def test_a_folder_that_is_not_a_model_or_a_workdir_is_named(tmp_path):
     message = error_message(lambda: checkpoints.load_model_dir(tmp_path), FileNotFoundError)
-    assert message == f'{tmp_path} is not a model directory (needs model_config.json and variables/)'
+    not_a_model = f'{tmp_path} is not a model directory (needs model_config.json and variables/)'
+    assert message == not_a_model
     (tmp_path / 'variables').mkdir()
-    message = error_message(lambda: checkpoints.load_model(tmp_path), FileNotFoundError)
-    assert message == f'{tmp_path} is not a model directory (needs model_config.json and variables/)'
+    assert error_message(lambda: checkpoints.load_model(tmp_path), FileNotFoundError) == not_a_model
     workdir = tmp_path / 'w'
     workdir.mkdir()
     neither = (f'{workdir} is neither a model directory (model_config.json and variables/) nor a '
@@ -604,9 +610,7 @@ def test_unreadable_json_of_a_checkpoint_is_damage_naming_the_file(tmp_path):
 
 def test_damaged_model_variables_are_one_line_naming_the_folder(tmp_path):
     directory = checkpoints.save_model(tmp_path / 'model', CONFIG, tiny_variables())
-    for path in (directory / 'variables').rglob('*'):
-        if path.is_file() and path.parent.name == 'd':
-            path.unlink()
+    delete_arrays(directory / 'variables')
     message = error_message(lambda: checkpoints.load_model(directory), checkpoints.CheckpointError)
     assert message.startswith(f'{directory / "variables"} cannot be read (') and '\n' not in message
     assert message.endswith('): the checkpoint is damaged; use another checkpoint')
@@ -666,8 +670,9 @@ def test_verify_checksums_names_the_first_array_that_differs_or_is_not_saved(tmp
     checkpoints.verify_checksums(tree, saved, tmp_path)
     paths = list(saved)
     wrong = {**saved, paths[1]: saved[paths[1]] ^ 1, paths[2]: saved[paths[2]] ^ 1}
-    expected = lambda path: (f'{tmp_path}: {path} does not match the checksum saved with it (the '  # noqa: E731
-                             'file is damaged); use another checkpoint')
+    expected = lambda path: (  # noqa: E731
+        f'{tmp_path}: {path} does not match the checksum saved with it (the file is damaged); use '
+        'another checkpoint')
     message = error_message(lambda: checkpoints.verify_checksums(tree, wrong, tmp_path),
                             checkpoints.CheckpointError)
     assert message == expected(paths[1])
@@ -786,9 +791,7 @@ def test_restore_latest_calls_missing_or_broken_files_damage(tmp_path):
                                 checkpoints.CheckpointError)
     assert message == (f"{folder / '6' / 'checksums'} is missing: the checkpoint is damaged; use "
                        f'another checkpoint; {hint}')
-    for path in (folder / '3' / checkpoints.TRAIN).rglob('*'):
-        if path.is_file() and path.parent.name == 'd':
-            path.unlink()
+    delete_arrays(folder / '3' / checkpoints.TRAIN)
     remove_tree(folder / '6')
     with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
         message = error_message(lambda: checkpoints.restore_latest(manager, target()),
@@ -832,7 +835,8 @@ def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path):
 def test_damage_reasons_lose_tensorstore_s_spec(tmp_path):
     damaged = checkpoints._damaged(  # pylint: disable=protected-access
         tmp_path, 'NOT_FOUND: gone [tensorstore_spec={"a": 1}] [source_location=x]', 'then')
-    assert str(damaged) == f'{tmp_path} cannot be read (NOT_FOUND: gone): the checkpoint is damaged; then'
+    assert str(damaged) == (f'{tmp_path} cannot be read (NOT_FOUND: gone): the checkpoint is '
+                            'damaged; then')
     read_as_damage = checkpoints._read_as_damage  # pylint: disable=protected-access
     for error in (OSError(5, 'I/O error'), ValueError('bad\nvalue'), KeyError('k')):
         with pytest.raises(checkpoints.CheckpointError) as raised:
@@ -877,9 +881,7 @@ def test_a_flipped_checksum_of_a_workdir_step_names_the_array(tmp_path, no_pause
     message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
     assert message == (f"{step_dir}: ['params']['conv']['kernel'] does not match the checksum "
                        'saved with it (the file is damaged); use another checkpoint')
-    for path in (step_dir / checkpoints.VARIABLES).rglob('*'):
-        if path.is_file() and path.parent.name == 'd':
-            path.unlink()
+    delete_arrays(step_dir / checkpoints.VARIABLES)
     message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
     assert message.startswith(f'{step_dir} cannot be read (') and '\n' not in message
     assert message.endswith('): the checkpoint is damaged; use another checkpoint')
@@ -1011,6 +1013,7 @@ def test_a_step_that_is_not_the_latest_is_read_as_itself(tmp_path):
             manager, 1, where)
         assert_trees_equal(variables, tiny_variables(1))
         assert saved == {'format': 2, 'step': 1}
+        delete_arrays(tmp_path / checkpoints.CHECKPOINTS_DIR / '1' / checkpoints.VARIABLES)
         assert checkpoints._saved_checksums(manager, 1) == {  # pylint: disable=protected-access
             checkpoints.VARIABLES: crc32_by_path(tiny_variables(1))}
         assert checkpoints.saved_record(manager, 1) == {'format': 2, 'step': 1}

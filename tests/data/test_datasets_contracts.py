@@ -48,6 +48,10 @@ def test_each_source_calls_its_loader_with_its_fields(loaders):
         val_source='tfds', tfds_data_dir='/t', val_limit=0))
     assert loaders == [('load_folder', ('/h', 3, '/l', '/c', 7)),
                        ('load_div2k_tfds', ('validation', 3, '/t'))]
+    loaders.clear()
+    datasets.load_datasets(config(source='skimage', val_source='folder', val_hr_dir='/vh',
+                                  val_lr_dir='/vl', cache_dir='/c', num_workers=1, val_limit=0))
+    assert loaders[1] == ('load_folder', ('/vh', 3, '/vl', '/c', 1))
     assert train.names == ['load_folder1_0', 'load_folder1_1', 'load_folder1_2']
     assert val.names == ['load_div2k_tfds2_0', 'load_div2k_tfds2_1', 'load_div2k_tfds2_2']
 

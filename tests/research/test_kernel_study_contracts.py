@@ -122,13 +122,13 @@ def test_draws_below_two_are_refused_in_one_line():
 
 
 def test_the_defaults_are_seed_0_256_pairs_and_1024_output_rows():
-    """On N = 1025 positions the default study is the one with `seed=0, pairs=256,
+    """On N = 1025 positions the default study is the one with `draws=64, seed=0, pairs=256,
     output_rows=1024` given, measurement for measurement."""
     rng = np.random.default_rng(3)
     q, k, v = (jnp.asarray(rng.normal(size=(1025, c)), jnp.float32) for c in (2, 2, 1))
-    study = lambda **kw: kernel_study.approximation_study(q, k, v, ks=[1.0], ms=[2], draws=2,
+    study = lambda **kw: kernel_study.approximation_study(q, k, v, ks=[1.0], ms=[2],
                                                           projections=('iid',), **kw)
-    (default,), (given,) = study(), study(seed=0, pairs=256, output_rows=1024)
+    (default,), (given,) = study(), study(draws=64, seed=0, pairs=256, output_rows=1024)
     for column in kernel_study.STUDY_COLUMNS:
         assert default[column] == given[column], column
 
@@ -263,7 +263,11 @@ def test_plot_study_draws_the_variance_against_k_and_m_and_the_output_error_for_
 
 
 def test_plot_study_of_maps_that_all_estimate_exp_qk_lists_none_as_not_drawn(drawn, tmp_path):
-    rows = [r for r in study_rows() if r['feature_map'] == 'softmax_kernel']
+    """One amplification: one point per pair and panel; nothing listed as not drawn."""
+    rows = [r for r in study_rows() if r['feature_map'] == 'softmax_kernel' and r['k'] == 5.8]
     kernel_study.plot_study(rows, tmp_path / 'study.png')
-    for ax in drawn[0].axes[:2]:
+    by_k, by_m, output = drawn[0].axes
+    for ax in (by_k, by_m):
         assert not any(label.startswith('not estimates') for label in lines(ax))
+    assert [len(line.get_xdata()) for line in output.get_lines()] == [1] * len(PROJECTIONS)
+    assert len(lines(by_k)['softmax_kernel, iid'].get_xdata()) == 1

@@ -45,7 +45,7 @@ def tools(monkeypatch, tmp_path):
         seen['query_attention_maps'] = (args, {})
         h, w = args[2].shape[:2]
         peak = np.zeros((h, w))
-        peak[1, 2] = 1.0
+        peak[-1, -1] = 1.0
         return {'flat': np.full((h, w), 1.0 / (h * w)), 'peak': peak}
 
     rows = [{'k': 1.0, 'm': 2, 'feature_map': 'softmax_kernel', 'projection': 'iid',
@@ -112,7 +112,7 @@ def test_the_trust_flags_reach_the_checkpoint_loader(tools, tmp_path, capsys):
 
 
 def test_variance_passes_its_grid_maps_and_samplers_and_writes_the_rows(tools, tmp_path, capsys):
-    tiny_image(tmp_path / 'in.png')
+    image = tiny_image(tmp_path / 'in.png')
     printed = run(['variance', '--image', 'in.png', '--checkpoint', 'ckpt', '--module', '1',
                    '--ks', '0.5,6', '--ms', '4,16', '--draws', '2',
                    '--feature_map', 'softmax_kernel, relu', '--projection', 'iid', '--out', 'v'],
@@ -125,7 +125,10 @@ def test_variance_passes_its_grid_maps_and_samplers_and_writes_the_rows(tools, t
     assert args == ('q', 'k', 'v', [0.5, 6.0], [4, 16], 2)
     assert all(isinstance(m, int) for m in args[4])
     assert kwargs == {'feature_maps': ['softmax_kernel', 'relu'], 'projections': ['iid']}
-    assert tools['module_embeddings'][0][1:] == ('variables',) + tools['module_embeddings'][0][2:3] + (1,)
+    (model, variables, passed, module), _ = tools['module_embeddings']
+    assert (model.n_feats, len(model.body_layout()), variables, module) == (
+        TINY_MODEL['n_feats'], 5, 'variables', 1)
+    np.testing.assert_array_equal(passed, image)
     assert tools['plot_study'][0] == (tools['rows'], tmp_path.joinpath('v.png').relative_to(tmp_path))
     assert (tmp_path / 'v.json').read_text() == json.dumps(tools['rows'], indent=2)
 
@@ -144,19 +147,22 @@ def test_variance_defaults_are_the_paper_s_grid(tools, tmp_path, capsys):
 def test_without_a_checkpoint_the_untrained_quickstart_model_is_initialised_from_key_0(
         tools, monkeypatch, tmp_path, capsys):
     """ENLCN(scale=2, n_resblocks=8, n_feats=32, attention_every=4), its variables from
-    `models.init_variables(model, key(0))` (stood in for: the key is what comes back)."""
+    `models.init_variables(model, key(0))` (stood in for: the model's width and the key come
+    back)."""
     tiny_image(tmp_path / 'in.png')
-    monkeypatch.setattr(models, 'init_variables',
-                        lambda model, key: {'key': jax.random.key_data(key)})
+    monkeypatch.setattr(models, 'init_variables', lambda model, key: {
+        'key': jax.random.key_data(key), 'n_feats': jax.numpy.asarray(model.n_feats)})
     run(['maps', '--image', 'in.png', '--pixel', '0,0'], capsys)
     assert 'load_model' not in tools
     (model, variables, *_), _ = tools['query_attention_maps']
     assert (model.scale, model.n_resblocks, model.n_feats, model.attention_every) == (2, 8, 32, 4)
     np.testing.assert_array_equal(variables['key'], jax.random.key_data(jax.random.key(0)))
+    assert variables['n_feats'] == 32
 
 
 @pytest.mark.parametrize('shape, max_side, step', [
-    ((10, 7), 4, 3), ((7, 10), 5, 2), ((10, 7), 10, 1), ((10, 7), 11, 1), ((10, 7), 9, 2)])
+    ((10, 7), 4, 3), ((7, 10), 5, 2), ((10, 7), 10, 1), ((10, 7), 11, 1), ((10, 7), 9, 2),
+    ((2, 1), 2, 1)])
 def test_the_image_is_subsampled_by_the_smallest_step_that_fits_max_side(
         tools, tmp_path, capsys, shape, max_side, step):
     image = tiny_image(tmp_path / 'in.png', *shape)
@@ -194,6 +200,18 @@ def test_a_refused_option_is_one_line_naming_it(tools, tmp_path, capsys, flags, 
     command = f' {flags[0]}' if message.startswith('argument') else ''
     assert line == f'{PROG}{command}: error: {message}'
     assert 'query_attention_maps' not in tools and 'approximation_study' not in tools
+
+
+@pytest.mark.parametrize('flag, value, resolve', [
+    ('--feature_map', 'softmax_kernel,nope', kernel_study.study_feature_map),
+    ('--projection', 'iid,gaussian_blobs', lambda spec: visualize.features.get_projection(spec)),
+])
+def test_an_unknown_map_or_sampler_is_one_line_naming_the_flag(tools, capsys, flag, value, resolve):
+    with pytest.raises(ValueError) as error:
+        resolve(value.split(',')[1])
+    assert refusal(['variance', flag, value, '--checkpoint', 'ckpt'], capsys) == (
+        f'{PROG}: error: {flag}: {error.value}')
+    assert 'load_model' not in tools
 
 
 def test_the_last_pixel_and_module_and_two_draws_are_accepted(tools, tmp_path, capsys):
@@ -239,7 +257,8 @@ def test_each_command_s_help_describes_its_tool_and_every_option(capsys, command
     flat = ' '.join(text.split())
     assert text.startswith(f'usage: {PROG} {command} ')
     tool = attention_maps if command == 'maps' else kernel_study
-    assert tool.__doc__.strip().splitlines()[0] in text  # the description as written
+    bullet = next(line for line in tool.__doc__.splitlines() if line.startswith('  * '))
+    assert f'\n{bullet}\n' in text  # the description as written, not re-wrapped
     common = [('--checkpoint CHECKPOINT', 'training workdir or model directory (default: untrained)'),
               ('--trust_code', ' '.join(checkpoints.TRUST_CODE_HELP.split())),
               ('--allow_changed_code', ' '.join(checkpoints.ALLOW_CHANGED_CODE_HELP.split())),
@@ -256,5 +275,8 @@ def test_the_top_level_help_is_the_module_docstring(capsys):
         visualize.main(['--help'])
     text = capsys.readouterr().out
     assert text.startswith(f'usage: {PROG} ')
-    assert visualize.__doc__.strip().splitlines()[2] in text
+    example = next(line for line in visualize.__doc__.splitlines() if line.startswith('    python'))
+    assert f'\n{example}\n' in text  # the docstring as written, not re-wrapped
     assert refusal([], capsys).startswith(f'{PROG}: error: the following arguments are required')
+    assert refusal(['maps'], capsys) == (f'{PROG} maps: error: the following arguments are '
+                                         'required: --pixel')

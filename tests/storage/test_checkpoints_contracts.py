@@ -801,7 +801,7 @@ def test_restore_latest_calls_missing_or_broken_files_damage(tmp_path):
                             'workdir to start afresh')
 
 
-def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path):
+def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path, no_pause):
     make_workdir(tmp_path / 'w', steps=(3,))
     folder = tmp_path / 'w' / checkpoints.CHECKPOINTS_DIR
     (folder / '8').mkdir()
@@ -830,6 +830,10 @@ def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path):
     assert message == (f"{folder / '3'} cannot be read (the metadata of variables is missing or "
                        f"unreadable): the checkpoint is damaged; move {folder / '3'} out of the "
                        'workdir to start afresh')
+    message = error_message(lambda: checkpoints.load_model(tmp_path / 'w'),
+                            checkpoints.CheckpointError)
+    assert message == (f"{folder / '3'} cannot be read (the metadata of variables is missing or "
+                       'unreadable): the checkpoint is damaged; use another checkpoint')
 
 
 def test_damage_reasons_lose_tensorstore_s_spec(tmp_path):

@@ -212,7 +212,8 @@ def test_a_run_scores_each_held_out_image_by_psnr_y_of_the_whole_image(trainer):
     # Scoring another state reuses the upscaler's compiled forward.
     upscaler = trainer._upscaler
     assert trainer.score(trainer.initial_state(6)) != result['psnr_images']
-    assert trainer._upscaler is upscaler and len(upscaler.compiled_shapes) == 1
+    # Whole images, no padding: one forward, compiled for the 9 x 9 LR itself.
+    assert trainer._upscaler is upscaler and upscaler.compiled_shapes == [(1, 9, 9, 3)]
 
 
 def test_params_counts_the_trainable_scalars_of_the_network(trainer):

@@ -322,10 +322,11 @@ def test_real_repeats_draw_patches_redrawn_while_flat_or_repeated_then_layout_th
     assert {'edge', 'wide'} <= kept and redrawn == {'repeat', 'flat', 'flat too'}
 
 
-def test_photos_are_the_skimage_photos_in_rgb_loaded_once():
-    loaded = tasks.photos(('camera', 'coffee'))
-    assert tasks.photos(('camera', 'coffee')) is loaded
-    np.testing.assert_array_equal(loaded[0], np.repeat(skimage.data.camera()[..., None], 3, -1))
+def test_photos_are_the_skimage_photos_in_rgb_whole_and_loaded_once():
+    loaded = tasks.photos(('coins', 'coffee'))
+    assert tasks.photos(('coins', 'coffee')) is loaded
+    # coins is 303 x 384: whole, not cropped to a multiple of a scale.
+    np.testing.assert_array_equal(loaded[0], np.repeat(skimage.data.coins()[..., None], 3, -1))
     np.testing.assert_array_equal(loaded[1], skimage.data.coffee())
     assert all(image.dtype == np.uint8 for image in loaded)
 

@@ -406,6 +406,11 @@ def test_the_self_ensemble_is_the_float32_mean_of_the_8_back_transformed_outputs
     assert sr.dtype == np.float32
     np.testing.assert_allclose(sr, mean, atol=1e-5)
     assert ensemble.compiled_shapes == [(1, 9, 7, 3), (1, 7, 9, 3)]
+    # Each transformed image goes through the tiles (radius 1, overlap 2: exact).
+    tiled = inference.ModelUpscaler(probe, variables, bucket=1, tile=4, tile_overlap=2,
+                                    self_ensemble=True)
+    np.testing.assert_allclose(tiled.predict(lr), mean, atol=1e-5)
+    assert tiled.compiled_shapes == [(1, 4, 4, 3)]
 
 
 # ---------------------------------------------------------------- load_upscaler

@@ -177,8 +177,6 @@ def train(run, workdir: Path, starts: list[dict]) -> tuple[Spies, list]:
     return spies, results
 
 
-# The tests that read only `straight` take little time of their own, those of `resumed` more:
-# mutmut runs the fastest first, so that a mutant they kill does not pay for `resumed`.
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
     """`(workdir, spies, final state)` of the run trained at once."""
@@ -197,7 +195,23 @@ def resumed(tmp_path_factory):
 
 # --- the straight run --------------------------------------------------------------------------
 
-def test_logs_saves_and_validations_come_at_their_cadences_and_after_the_last_step(straight):
+def test_the_straight_run_logs_saves_and_validates_in_order_at_its_cadences(straight):
+    """Every check below on the run trained at once. One test: mutmut runs, for a mutant, the
+    tests that called the mutated function, and only the first test to use a module fixture
+    calls the loop."""
+    for check in (logs_saves_and_validations_come_at_their_cadences_and_after_the_last_step,
+                  the_random_features_are_redrawn_at_each_epoch_start,
+                  each_step_trains_on_the_batch_of_its_index_drawn_with_the_run_s_seed,
+                  each_save_and_validation_follows_the_log_of_its_step_and_the_workdir_check,
+                  each_record_holds_the_mean_of_its_window_and_the_speed,
+                  validation_scores_the_saved_model_with_the_eval_bucket_and_offers_it_to_best,
+                  every_checkpoint_records_the_config_data_and_code_of_the_run,
+                  the_progress_bar_counts_the_steps_and_shows_each_logged_window,
+                  the_log_tells_each_validation_and_the_final_score):
+        check(straight)
+
+
+def logs_saves_and_validations_come_at_their_cadences_and_after_the_last_step(straight) -> None:
     workdir, spies, state = straight
     assert int(state.step) == 14
     assert kinds(read_records(workdir)) == [(4, 'train'), (5, 'train'), (6, 'train'), (6, 'val'),
@@ -209,7 +223,7 @@ def test_logs_saves_and_validations_come_at_their_cadences_and_after_the_last_st
     assert checkpoints.latest_manager(workdir, read_only=True).all_steps() == [12, 14]
 
 
-def test_the_random_features_are_redrawn_at_each_epoch_start(straight):
+def the_random_features_are_redrawn_at_each_epoch_start(straight) -> None:
     """The final features are draw 6 (the start of the last epoch, step 13) from the run's key,
     not the initial ones."""
     _, _, state = straight
@@ -241,7 +255,7 @@ def assert_batches_drawn_with_the_run_s_seed(spies: Spies) -> None:
         loader.close()
 
 
-def test_each_step_trains_on_the_batch_of_its_index_drawn_with_the_run_s_seed(straight):
+def each_step_trains_on_the_batch_of_its_index_drawn_with_the_run_s_seed(straight) -> None:
     assert_batches_drawn_with_the_run_s_seed(straight[1])
     # The managers are closed once, after the last save.
     assert [e[0] for e in straight[1].events if e[0] in ('save', 'finish')][-2:] == [
@@ -249,7 +263,7 @@ def test_each_step_trains_on_the_batch_of_its_index_drawn_with_the_run_s_seed(st
     assert sum(e[0] == 'finish' for e in straight[1].events) == 1
 
 
-def test_each_save_and_validation_follows_the_log_of_its_step_and_the_workdir_check(straight):
+def each_save_and_validation_follows_the_log_of_its_step_and_the_workdir_check(straight):
     """Before each log the workdir lock is checked in place; a save finds its step's record
     written (flushed); best/ is offered the model before its score is recorded."""
     _, spies, _ = straight
@@ -265,7 +279,7 @@ def test_each_save_and_validation_follows_the_log_of_its_step_and_the_workdir_ch
     assert after['locks'] == [0, *LOGGED[:-1]]
 
 
-def test_each_record_holds_the_mean_of_its_window_and_the_speed(straight):
+def each_record_holds_the_mean_of_its_window_and_the_speed(straight) -> None:
     workdir, spies, _ = straight
     train = [r for r in read_records(workdir) if 'train/loss' in r]
     batch_size = config().data.batch_size
@@ -282,7 +296,7 @@ def test_each_record_holds_the_mean_of_its_window_and_the_speed(straight):
         previous = record['step']
 
 
-def test_validation_scores_the_saved_model_with_the_eval_bucket_and_offers_it_to_best(straight):
+def validation_scores_the_saved_model_with_the_eval_bucket_and_offers_it_to_best(straight):
     workdir, spies, _ = straight
     cfg = config()
     validations = [r for r in read_records(workdir) if 'val/psnr_y' in r]
@@ -304,7 +318,7 @@ def test_validation_scores_the_saved_model_with_the_eval_bucket_and_offers_it_to
         assert scores['ssim'] == pytest.approx(record['val/ssim_y'], abs=1e-12)
 
 
-def test_every_checkpoint_records_the_config_data_and_code_of_the_run(straight):
+def every_checkpoint_records_the_config_data_and_code_of_the_run(straight) -> None:
     workdir, spies, _ = straight
     cfg = config()
     train_ds, val_ds = datasets.load_datasets(cfg)
@@ -322,7 +336,7 @@ def test_every_checkpoint_records_the_config_data_and_code_of_the_run(straight):
         json.dumps(cfg.model.to_dict()))
 
 
-def test_the_progress_bar_counts_the_steps_and_shows_each_logged_window(straight):
+def the_progress_bar_counts_the_steps_and_shows_each_logged_window(straight) -> None:
     workdir, spies, _ = straight
     (bar,) = spies.bars
     assert bar.kwargs == {'total': 14, 'initial': 0, 'unit': 'step', 'disable': False,
@@ -336,7 +350,7 @@ def test_the_progress_bar_counts_the_steps_and_shows_each_logged_window(straight
     assert lr(3) != lr(4)  # step 5's lr is the decayed one, step 4's is not
 
 
-def test_the_log_tells_each_validation_and_the_final_score(straight):
+def the_log_tells_each_validation_and_the_final_score(straight) -> None:
     workdir, spies, _ = straight
     validations = [r for r in read_records(workdir) if 'val/psnr_y' in r]
     final = validations[-1]
@@ -349,7 +363,7 @@ def test_the_log_tells_each_validation_and_the_final_score(straight):
     assert not [m for m in spies.messages() if m.startswith('Resuming')]
 
 
-# --- the run in four starts ------------------------------------------------------------------
+# --- the run in three starts, and the straight one started again --------------------------------
 
 def test_a_run_stopped_by_ctrl_c_and_by_a_non_finite_loss_resumes_as_the_straight_one(
         straight, resumed):

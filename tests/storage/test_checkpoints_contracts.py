@@ -629,6 +629,15 @@ def test_a_config_that_builds_no_model_is_named(tmp_path):
     assert message.startswith(f'{directory / checkpoints.MODEL_CONFIG} builds no model: ')
 
 
+def test_a_workdir_config_that_builds_no_model_is_named(tmp_path):
+    workdir = make_workdir(tmp_path / 'w')
+    bad = {**CONFIG, 'n_feat': 4}
+    files.write_text(workdir / checkpoints.MODEL_CONFIG, json.dumps(bad))
+    cause = error_message(lambda: models.from_config(bad))
+    message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
+    assert message == f'{workdir / checkpoints.MODEL_CONFIG} builds no model: {cause}'
+
+
 def test_an_old_spec_name_recorded_in_model_config_still_loads(tmp_path):
     workdir = make_workdir(tmp_path / 'w', config={**CONFIG, 'attention': 'softmax'})
     model, _, _ = checkpoints.load_model(workdir)
@@ -980,6 +989,12 @@ def test_a_damaged_step_is_read_twice_and_a_changing_one_until_the_last_attempt(
     reads.clear()
     assert error_message(lambda: checkpoints.load_model(workdir),
                          checkpoints.CheckpointError) == f'damaged {checkpoints.READ_ATTEMPTS}'
+    # Changed during the first read and back as it was: not unchanged between two reads.
+    sequence = iter([(1, 0, 0), (2, 0, 0)] + [(1, 0, 0)] * 4)
+    monkeypatch.setattr(checkpoints, '_folder_identity', lambda where: next(sequence))
+    reads.clear()
+    assert error_message(lambda: checkpoints.load_model(workdir),
+                         checkpoints.CheckpointError) == 'damaged 3'
     # Damaged, then written again and damaged: two failures of the new folder are needed.
     sequence = iter([(1, 0, 0), (1, 0, 0), (2, 0, 0), (2, 0, 0), (2, 0, 0), (2, 0, 0)])
     monkeypatch.setattr(checkpoints, '_folder_identity', lambda where: next(sequence))

@@ -313,6 +313,8 @@ def test_real_repeats_draw_patches_redrawn_while_flat_or_repeated_then_layout_th
             casts = task.cast * reference.standard_normal((task.grid, task.grid))
             sample = task.draw(np.random.default_rng(seed), held_out)
             assert sample.origins == tuple(origins)
+            if not held_out:   # the default: training images, from the training photos
+                assert task.draw(np.random.default_rng(seed)).origins == sample.origins
             np.testing.assert_array_equal(sample.contents, np.stack(patches) / 255)
             np.testing.assert_array_equal(sample.layout, layout)
             np.testing.assert_array_equal(sample.casts, casts)

@@ -108,9 +108,16 @@ def test_the_options_are_checked_at_their_limits_in_order():
                              ((1, 8, 8), 'tile_overlap must be in [0, tile=8), got 8'),
                              ((1, 8, -1), 'tile_overlap must be in [0, tile=8), got -1')]:
         assert error_message(lambda: check(*options)) == message, options
-        make = lambda: inference.ModelUpscaler(Probe(), weights(), bucket=options[0],
-                                               tile=options[1], tile_overlap=options[2])
-        assert error_message(make) == message, options  # the constructor checks them all
+
+
+def test_the_constructor_checks_every_option():
+    cases = [((0, None, 0), 'bucket must be >= 1, got 0'),
+             ((1, 0, 0), 'tile must be >= 1, got 0'),
+             ((1, 8, 8), 'tile_overlap must be in [0, tile=8), got 8')]
+    for (bucket, tile, overlap), message in cases:
+        make = lambda: inference.ModelUpscaler(Probe(), weights(), bucket=bucket, tile=tile,
+                                               tile_overlap=overlap)
+        assert error_message(make) == message
 
 
 def test_the_defaults_and_what_the_results_report():

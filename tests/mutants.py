@@ -338,13 +338,6 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant('float_image_divided_by_255', 'model_input',
            '    return image.astype(np.float32)\n', '    return image.astype(np.float32) / 255.0\n',
            ('test_attention_maps.py::test_a_float_image_in_0_1_gives_the_maps_of_the_same_uint8_image',)),
-    Mutant('biased_maps_reported_unbiased', 'is_unbiased_estimate',
-           '            return False', '            continue',
-           ('test_kernel_study.py::test_the_study_says_which_maps_estimate_exp_qk_and_compares_all_by_'
-            'output',)),
-    Mutant('study_projection_flag_ignored', 'visualize:main',
-           'projections=projections)', "projections=('iid', 'orthogonal'))",
-           ('test_visualize.py::test_the_study_compares_the_projection_samplers_given',)),
     # --- convert guards (round 2) ---
     Mutant('add_mean_multiplies_by_std', 'ENLCN.__call__',
            'sr = (y + mean) / std / self.rgb_range', 'sr = (y * std + mean) / self.rgb_range',

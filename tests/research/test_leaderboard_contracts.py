@@ -19,7 +19,8 @@ from enlcn_jax.research import leaderboard, runs, store, tasks, variants, verdic
 TINY = tasks.MosaicTask(name='tiny', lr_size=12)
 # Stand-in ceilings (the real ones are `tasks.ceilings`' business), one set per task.
 CEILINGS = {'tiny': {'bicubic': 25.0, 'own cell': 26.0, 'oracle': 30.0},
-            'mosaic': {'bicubic': 24.0, 'own cell': 25.0, 'oracle': 28.0}}
+            'mosaic': {'bicubic': 24.0, 'own cell': 25.0, 'oracle': 28.0},
+            'control': {'bicubic': 23.0, 'own cell': 24.0, 'oracle': 24.5}}
 LEDGER = {'commit': 'abc', 'date': '2026-12-04 10:00:00'}
 
 
@@ -356,6 +357,7 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
     put(results, 'none', 0, result([20.0, 21.0]))
     put(results, 'none', 0, result([20.2, 21.0]), task_version=0)
     put(results, 'none', 0, result([19.0, 20.0]), task='mosaic')
+    put(results, 'none', 0, result([19.0, 20.0]), task='control')
     put(results, 'enla_k', 0, result([21.0, 22.0], params=120), steps=5)
     put(results, 'none', 0, result(None), sets={'train.lr': 1e-3})        # diverged
     put(results, 'exact', 0, result([20.0, 20.5], params=150), sets={'train.lr': 1e-3})
@@ -375,7 +377,7 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
         assert [(g['steps'], g['sets']) for g in report['groups']] == [
             (5, {}), (3, {'train.lr': 0.001}), (3, {})]       # steps down, then the sets' JSON
         assert [list(g['tasks']) for g in report['groups']] == [
-            ['tiny v1'], ['tiny v1'], ['mosaic v1', 'tiny v0', 'tiny v1']]
+            ['tiny v1'], ['tiny v1'], ['mosaic v1', 'control v1', 'tiny v0', 'tiny v1']]
         assert set(report['groups'][0]) == {'steps', 'sets', 'tasks'}
         old = report['groups'][2]['tasks']['tiny v0']
         assert old['version'] == 0 and old['current'] is False and old['ceilings'] is None
@@ -396,7 +398,8 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
             {'variant': 'exact', 'task': 'tiny', 'seed': 0, 'steps': 3},
             {'variant': 'no_such_variant', 'task': 'tiny', 'seed': 1, 'steps': 4}]
         ledger = sorted(report['runs'], key=lambda r: json.dumps(r, sort_keys=True))
-        assert len(ledger) == 7
+        assert len(ledger) == 8
+        assert [r['diverged'] for r in ledger if r['sets'] and r['variant'] == 'none'] == [True]
         plain = next(r for r in ledger if r['task'] == 'tiny' and r['task_version'] == 1
                      and r['steps'] == 3 and r['sets'] == {})
         assert plain == {'variant': 'none', 'task': 'tiny', 'task_version': 1, 'seed': 0,

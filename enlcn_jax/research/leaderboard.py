@@ -346,8 +346,8 @@ def _score_task(entry: dict, reference: str, group: dict, resolve: Resolver) -> 
             row['psnr'], row['low'], row['high'] = verdicts.interval(scores)
         else:
             row['psnr'] = row['low'] = row['high'] = None
-        row['more_params'] = (row['params_vs_none'] is not None
-                              and row['params_vs_none'] > PARAMS_FLAG)
+        # Compared in whole parameters: 1100 / 1000 - 1 is 0.10000000000000009 in floats.
+        row['more_params'] = bool(none_params) and params - none_params > PARAMS_FLAG * none_params
         row['gap_closed'] = (verdicts.gap_closed(row['psnr'], none_psnr,
                                                  entry['ceilings']['oracle'])
                              if entry['ceilings'] and row['psnr'] is not None

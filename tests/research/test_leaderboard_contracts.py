@@ -413,8 +413,6 @@ def test_budgets_and_task_versions_are_kept_apart_and_edited_runs_are_listed_sta
         'groups': [], 'costs': {}, 'stale': [], 'runs': [], 'reference': 'enla_k_cl'}
 
 
-@pytest.mark.xfail(strict=True, reason='params / none_params - 1 is 0.10000000000000009 for '
-                   '1100 / 1000: a row with exactly 10 % more parameters is flagged as more')
 def test_a_row_with_exactly_ten_percent_more_parameters_is_not_flagged(tmp_path):
     results = store.ResultStore(tmp_path)
     put(results, 'none', 0, result([20.0, 21.0], params=1000))

@@ -241,7 +241,9 @@ def test_slow_tests_command_selects_tests():
     The plain `python -m pytest -q` is the run this test is part of."""
     command = next(c for c, _ in readme_commands()
                    if c.startswith('python -m pytest') and '-m slow' in c)
-    result = subprocess.run([sys.executable, *shlex.split(command)[1:], '--collect-only'],
+    # Collected in one process: pytest.ini's xdist workers would each import every test module.
+    result = subprocess.run([sys.executable, *shlex.split(command)[1:], '--collect-only',
+                             '-n', '0'],
                             cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r'\b[1-9]\d* tests? collected', result.stdout), result.stdout[-1000:]

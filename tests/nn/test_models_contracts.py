@@ -9,7 +9,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -258,7 +257,7 @@ def embedding_reference(x, params, reduction, amplification, norm_eps, rounded=l
 
 
 def to_bfloat16(a):
-    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+    return np.asarray(a, np.float32).astype(jnp.bfloat16).astype(np.float32)
 
 
 @pytest.mark.parametrize('dtype, rounded', [(jnp.float32, lambda a: a),

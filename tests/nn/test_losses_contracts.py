@@ -2,7 +2,6 @@
 their boundaries, the paper loss's window of at least one key, the margin shorthand, the check
 run on every user loss and the embeddings it runs on (tiny shapes: seconds)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ each function called directly, and what `plot_maps` draws."""
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -79,6 +79,21 @@ SLOW_FILES = ('train/test_train.py', 'test_readme.py', 'train/test_workdir.py',
               'train/test_distributed.py', 'storage/test_damage.py', 'research/test_ablation.py')
 
 
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """The figures `research.plots.save_figure` saves during the test, in order (still saved)."""
+    from enlcn_jax.research import plots  # pylint: disable=import-outside-toplevel
+    figures = []
+    save = plots.save_figure
+
+    def keep(fig, out):
+        figures.append(fig)
+        return save(fig, out)
+
+    monkeypatch.setattr(plots, 'save_figure', keep)
+    return figures
+
+
 def pytest_collection_finish(session):
     """Under mutmut (tools/mutation.sh): a mutated Flax Module keeps each method's versions in a
     module-level `mutants_x...` dict filled from the class body, where Flax has wrapped every

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY_MODEL, random_variables, unit
 from enlcn_jax.nn import features, models
-from enlcn_jax.research import attention_maps, plots
+from enlcn_jax.research import attention_maps
 
 H, W = 6, 5  # a non-square image: a swapped height and width or x and y shows
 
@@ -148,33 +148,20 @@ def test_the_enlca_panel_is_named_after_the_configured_attention():
     assert name(functools.partial(upside_down)) == 'ENLCA (upside_down)'
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """`plot_maps` as called, with the figure it saved kept for inspection."""
-    figures = []
-    save = plots.save_figure
-
-    def keep(fig, out):
-        figures.append(fig)
-        return save(fig, out)
-
-    monkeypatch.setattr(plots, 'save_figure', keep)
-    return figures
-
-
 def panel_maps(count):
     rng = np.random.default_rng(count)
     return {f'kind {j}': softmax(rng.normal(size=H * W)).reshape(H, W) for j in range(count)}
 
 
-def test_plot_maps_draws_the_image_then_each_map_over_it_with_the_query_marked(drawn, tmp_path):
+def test_plot_maps_draws_the_image_then_each_map_over_it_with_the_query_marked(
+        saved_figures, tmp_path):
     """One row of panels: the image titled 'query' (or the title given), then per map the image
     seen through the heat map (jet, as the paper's figures), titled with the kind and its
     maximum; the query is a white cross at (x, y) on every panel; no axes."""
     img, maps, pixel = image(), panel_maps(3), (4, 1)
     out = attention_maps.plot_maps(img, maps, pixel, tmp_path / 'maps.png')
     assert out == tmp_path / 'maps.png' and out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    axes = drawn[0].axes
+    axes = saved_figures[0].axes
     assert len(axes) == 4
     boxes = [ax.get_position() for ax in axes]
     assert all(b.y0 == boxes[0].y0 for b in boxes)
@@ -196,11 +183,13 @@ def test_plot_maps_draws_the_image_then_each_map_over_it_with_the_query_marked(d
         assert mark.get_marker() == 'x' and mark.get_color() == 'white'
 
 
-def test_plot_maps_titles_the_image_panel_and_widens_with_the_panels(drawn, tmp_path):
+def test_plot_maps_titles_the_image_panel_and_widens_with_the_panels(
+        saved_figures, tmp_path):
     """Every panel keeps its size: the figure is as wide as its panels in sum."""
     attention_maps.plot_maps(image(), panel_maps(1), (0, 0), tmp_path / 'one.png',
                              title='module 1')
     attention_maps.plot_maps(image(), panel_maps(3), (0, 0), tmp_path / 'three.png')
-    (one_wide, one_high), (three_wide, three_high) = (f.get_size_inches() for f in drawn)
-    assert drawn[0].axes[0].get_title() == 'module 1'
+    (one_wide, one_high), (three_wide, three_high) = (f.get_size_inches()
+                                                      for f in saved_figures)
+    assert saved_figures[0].axes[0].get_title() == 'module 1'
     assert three_wide / one_wide == pytest.approx(4 / 2) and three_high == one_high

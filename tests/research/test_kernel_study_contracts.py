@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from enlcn_jax.nn import features
-from enlcn_jax.research import kernel_study, plots
+from enlcn_jax.research import kernel_study
 
 
 def test_eq7_is_the_closed_form_per_pair():
@@ -180,20 +180,6 @@ def test_describe_estimates_has_one_line_per_map_and_sampler_in_row_order():
         'at k = 2.5; kernel columns null)']
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """`plot_study` as called, with the figure it saved kept for inspection."""
-    figures = []
-    save = plots.save_figure
-
-    def keep(fig, out):
-        figures.append(fig)
-        return save(fig, out)
-
-    monkeypatch.setattr(plots, 'save_figure', keep)
-    return figures
-
-
 PROJECTIONS = ('iid', 'orthogonal', 'haar', 'mine')
 MARKERS = 'os^D'
 KS, MS = (6.9, 1.0, 5.8), (16, 2, 8)  # k_ref 5.8 (nearest to 6), m_ref 16
@@ -211,11 +197,11 @@ def lines(ax):
 
 
 def test_plot_study_draws_the_variance_against_k_and_m_and_the_output_error_for_all(
-        drawn, tmp_path):
+        saved_figures, tmp_path):
     rows = study_rows()
     out = kernel_study.plot_study(rows, tmp_path / 'study.png')
     assert out == tmp_path / 'study.png' and out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    (fig,) = drawn
+    (fig,) = saved_figures
     by_k, by_m, output = fig.axes
     assert [b.y0 for b in (ax.get_position() for ax in fig.axes)] == [by_k.get_position().y0] * 3
     assert by_k.get_position().x1 <= by_m.get_position().x0 <= by_m.get_position().x1 <= \
@@ -262,11 +248,12 @@ def test_plot_study_draws_the_variance_against_k_and_m_and_the_output_error_for_
     assert all(ax.xaxis.get_gridlines()[0].get_visible() for ax in fig.axes)
 
 
-def test_plot_study_of_maps_that_all_estimate_exp_qk_lists_none_as_not_drawn(drawn, tmp_path):
+def test_plot_study_of_maps_that_all_estimate_exp_qk_lists_none_as_not_drawn(
+        saved_figures, tmp_path):
     """One amplification: one point per pair and panel; nothing listed as not drawn."""
     rows = [r for r in study_rows() if r['feature_map'] == 'softmax_kernel' and r['k'] == 5.8]
     kernel_study.plot_study(rows, tmp_path / 'study.png')
-    by_k, by_m, output = drawn[0].axes
+    by_k, by_m, output = saved_figures[0].axes
     for ax in (by_k, by_m):
         assert not any(label.startswith('not estimates') for label in lines(ax))
     assert [len(line.get_xdata()) for line in output.get_lines()] == [1] * len(PROJECTIONS)

@@ -728,3 +728,14 @@ def test_the_outputs_are_the_markdown_the_json_and_a_plot_only_where_a_gap_is_dr
         paths = leaderboard.write_outputs(nothing_to_draw, tmp_path / 'bare')
         assert [p.name for p in paths] == ['leaderboard.md', 'leaderboard.json']
     assert len(drawn) == 1 and not (tmp_path / 'bare' / 'leaderboard.png').exists()
+
+
+def test_without_a_none_row_the_parameter_comparison_is_a_dash(tmp_path):
+    results = store.ResultStore(tmp_path)
+    put(results, 'exact', 0, result([20.0, 21.0], params=1100))
+    report = leaderboard.build_report(results)
+    (row,) = report['groups'][0]['tasks']['tiny v1']['rows']
+    assert row['params_vs_none'] is None and not row['more_params']
+    task_table_row = [line for line in leaderboard.markdown(report).splitlines()
+                      if line.startswith('| `exact`')][-1]
+    assert task_table_row.endswith(' | 1 | - |')

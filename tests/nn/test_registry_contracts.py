@@ -245,3 +245,107 @@ def test_options_that_do_not_parse_are_named_with_the_form_they_need():
         registry.parse_spec('relu(eps=')
     assert str(info.value) == ("cannot read the options of 'relu(eps=': expected "
                                'NAME(option=value, ...)')
+
+
+class Recorder:
+    """A `check` that records `(fn, sizes)` and raises `error` if one is set."""
+
+    def __init__(self, error: Exception | None = None):
+        self.calls, self.error = [], error
+
+    def __call__(self, fn, **sizes):
+        self.calls.append((fn, sizes))
+        if self.error is not None:
+            raise self.error
+
+
+class Unhashable:
+    """A callable that defines `__eq__` and so is not hashable."""
+
+    def __eq__(self, other):
+        return self is other
+
+    __hash__ = None
+
+    def __call__(self, x):
+        return x
+
+
+def test_get_checks_once_per_spec_and_sizes_and_a_get_without_sizes_takes_any_checked():
+    check = Recorder()
+    things = registry.Registry('thing', 'model.thing', check=check)
+    things.register('double', double)
+    assert things.get('double', m=4, d=2) is double
+    assert check.calls == [(double, {'m': 4, 'd': 2})]
+    assert things.get(''.join(['dou', 'ble']), d=2, m=4) is double   # an equal string, any order
+    assert things.get('double') is double                            # any sizes checked already
+    assert len(check.calls) == 1
+    assert things.get('double', m=8, d=2) is double and len(check.calls) == 2
+
+
+def test_a_callable_is_used_as_is_checked_once_and_told_from_another():
+    check = Recorder()
+    things = registry.Registry('thing', 'model.thing', check=check)
+    first, second, odd = (lambda x: x), (lambda x: 2 * x), Unhashable()
+    assert things.get(first, m=4) is first and things.get(first, m=4) is first
+    assert things.get(second, m=4) is second and things.get(first, m=4) is first
+    assert [fn for fn, _ in check.calls] == [first, second]
+    assert things.get(odd, m=4) is odd and things.get(odd, m=4) is odd   # no hash needed
+    assert len(check.calls) == 3
+    with pytest.raises(ValueError) as raised:
+        things.get(3)
+    assert str(raised.value) == 'model.thing=3: expected a name, MODULE:NAME or a callable'
+
+
+@pytest.mark.parametrize('sizes, at', [({'m': 4, 'd': 2}, ' (checked at m=4, d=2)'), ({}, '')])
+@pytest.mark.parametrize('error, shown', [(ZeroDivisionError('first\nsecond'), 'first'),
+                                          (ValueError(''), '')])
+def test_a_function_that_fails_its_check_is_one_line_naming_the_key_error_and_sizes(
+        sizes, at, error, shown):
+    things = registry.Registry('thing', 'model.thing', check=Recorder(error))
+    things.register('double', double)
+    with pytest.raises(ValueError) as raised:
+        things.get('double', **sizes)
+    assert str(raised.value) == (f"model.thing='double': not a valid thing: "
+                                 f'{type(error).__name__}: {shown}{at}')
+    assert raised.value.__cause__ is error
+
+
+@pytest.mark.parametrize('spec, message', [
+    ('relu(1)', "options of 'relu(1)' must be keyword arguments: NAME(option=value, ...)"),
+    ('relu(eps=1, **o)', "options of 'relu(eps=1, **o)' must be keyword arguments: "
+                         'NAME(option=value, ...)'),
+    ('relu(eps=x + 1)', "option eps of 'relu(eps=x + 1)' is not a Python literal (x + 1)"),
+])
+def test_positional_options_and_values_that_are_not_literals_are_refused_in_one_line(
+        spec, message):
+    with pytest.raises(ValueError) as raised:
+        registry.parse_spec(spec)
+    assert str(raised.value) == message
+
+
+def test_a_shorthand_refuses_an_option_the_spec_already_sets():
+    fn = functools.partial(double)
+    set_by_spec = functools.partial(lambda x, eps=0.0: x + eps, eps=1.0)
+    with pytest.raises(ValueError) as raised:
+        registry.with_option(set_by_spec, 'eps', 2.0, spec='relu(eps=1.0)',
+                             key='model.feature_map', shorthand='model.kernel_eps')
+    assert str(raised.value) == ("model.kernel_eps=2.0 and model.feature_map='relu(eps=1.0)' "
+                                 'both set eps: leave model.kernel_eps unset (None)')
+    assert registry.with_option(fn, 'eps', None, spec='double', key='k', shorthand='s') is fn
+
+
+def test_a_callable_without_a_signature_accepts_no_keyword():
+    assert registry.accepts(max, 'key') is False      # inspect.signature(max) raises
+
+
+@pytest.mark.parametrize('length', [registry.SHOWN_CHARACTERS, registry.SHOWN_CHARACTERS + 1])
+def test_describe_cuts_strings_after_the_shown_characters_and_names_functions(length):
+    text = 'a' * length
+    cut = length > registry.SHOWN_CHARACTERS
+    assert registry.describe(text) == (text[:registry.SHOWN_CHARACTERS] + '...' if cut else text)
+    assert registry.describe(double) == 'double'
+    assert registry.describe(functools.partial(double)) == 'double'
+    odd = Unhashable()
+    assert registry.describe(odd) == repr(odd)                      # no __qualname__
+    assert registry.describe(functools.partial(odd)) == repr(functools.partial(odd))

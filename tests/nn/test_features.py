@@ -251,6 +251,10 @@ def test_registered_feature_map_runs_in_an_enlcn_like_its_builtin_twin(register)
     assert np.abs(softmax - sr).max() > 1e-4
 
 
+# The default run covers this through the README's own command (`tests/test_readme.py`,
+# `test_kernel_commands_train_the_file_s_map_and_eval_loads_it`: quickstart with
+# `examples.my_kernels:relu_squared`).
+@pytest.mark.slow
 def test_plain_two_argument_feature_map_from_the_readme_runs_with_the_quickstart_config(register):
     """README: a feature map is a plain `phi(x, F)`: the configs' `model.kernel_eps` (None) is
     not bound to it."""

@@ -121,6 +121,15 @@ def error_message(call, error: type[Exception] = ValueError) -> str:
     return str(raised.value)
 
 
+def delete_array_data(directory: Path) -> None:
+    """Deletes the array data (orbax's `d/` files) under `directory` (a step or one of its
+    items), keeping the metadata; fails if there is none to delete."""
+    data = [p for p in directory.rglob('*') if p.is_file() and p.parent.name == 'd']
+    assert data
+    for path in data:
+        path.unlink()
+
+
 def require_data(path: Path) -> Path:
     """`path` if it exists; else skips the test (fails it under `CI=true`), naming the path."""
     if not Path(path).exists():

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from absl import logging
 
-from conftest import REPO, error_message
+from conftest import REPO, delete_array_data, error_message
 from enlcn_jax.nn import features, models, registry
 from enlcn_jax.storage import checkpoints, files
 
@@ -391,7 +391,7 @@ def test_a_step_holds_its_items_checksums_and_record(tmp_path):
         assert checkpoints.saved_record(manager, 7) == {
             'format': 2, **record(data={'fingerprint': 'abc'})}
         assert checkpoints.latest_record(manager) == (7, checkpoints.saved_record(manager, 7))
-    delete_arrays(step_dir / checkpoints.VARIABLES)  # the record is read alone
+    delete_array_data(step_dir / checkpoints.VARIABLES)  # the record is read alone
     with checkpoints.latest_manager(workdir, read_only=True) as manager:
         assert checkpoints.saved_record(manager, 7)['data'] == {'fingerprint': 'abc'}
     with checkpoints.latest_manager(tmp_path / 'none') as manager:
@@ -415,14 +415,6 @@ def test_latest_record_without_a_folder_a_step_or_a_record(tmp_path):
         assert checkpoints.latest_record(manager) == (4, None)
         remove_tree(workdir / checkpoints.CHECKPOINTS_DIR)  # gone since the manager listed it
         assert checkpoints.latest_record(manager) == (None, None)
-
-
-def delete_arrays(item_dir):
-    """Deletes the array data of an orbax item (its `d/` files), keeping its metadata."""
-    data = [p for p in item_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
-    assert data
-    for path in data:
-        path.unlink()
 
 
 def remove_tree(path):
@@ -611,7 +603,7 @@ def test_unreadable_json_of_a_checkpoint_is_damage_naming_the_file(tmp_path):
 
 def test_damaged_model_variables_are_one_line_naming_the_folder(tmp_path):
     directory = checkpoints.save_model(tmp_path / 'model', CONFIG, tiny_variables())
-    delete_arrays(directory / 'variables')
+    delete_array_data(directory / 'variables')
     message = error_message(lambda: checkpoints.load_model(directory), checkpoints.CheckpointError)
     assert message.startswith(f'{directory / "variables"} cannot be read (') and '\n' not in message
     assert message.endswith('): the checkpoint is damaged; use another checkpoint')
@@ -779,13 +771,18 @@ def set_checksum(step_dir, name, path, value):
     checksum_file.write_text(json.dumps(saved))
 
 
+def restore_refusal(workdir) -> str:
+    """The one-line `CheckpointError` that `restore_latest` raises for `workdir`'s latest step."""
+    with checkpoints.latest_manager(workdir, read_only=True) as manager:
+        return error_message(lambda: checkpoints.restore_latest(manager, target()),
+                             checkpoints.CheckpointError)
+
+
 def test_restore_latest_verifies_every_item_and_names_the_folder_to_move(tmp_path):
     make_workdir(tmp_path / 'w', steps=(3, 6))
     folder = tmp_path / 'w' / checkpoints.CHECKPOINTS_DIR
     set_checksum(folder / '6', checkpoints.TRAIN, "['step']", 0)
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message == (f"{folder / '6'}: ['step'] does not match the checksum saved with it (the "
                        'file is damaged); use another checkpoint; move '
                        f"{folder / '6'} out of the workdir to resume from step 3")
@@ -796,16 +793,12 @@ def test_restore_latest_calls_missing_or_broken_files_damage(tmp_path):
     folder = tmp_path / 'w' / checkpoints.CHECKPOINTS_DIR
     hint = f"move {folder / '6'} out of the workdir to resume from step 3"
     remove_tree(folder / '6' / checkpoints.CHECKSUMS)
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message == (f"{folder / '6' / 'checksums'} is missing: the checkpoint is damaged; use "
                        f'another checkpoint; {hint}')
-    delete_arrays(folder / '3' / checkpoints.TRAIN)
+    delete_array_data(folder / '3' / checkpoints.TRAIN)
     remove_tree(folder / '6')
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message.startswith(f"{folder / '3'} cannot be read (") and '\n' not in message
     assert message.endswith(f"): the checkpoint is damaged; move {folder / '3'} out of the "
                             'workdir to start afresh')
@@ -815,9 +808,7 @@ def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path, no_pause
     make_workdir(tmp_path / 'w', steps=(3,))
     folder = tmp_path / 'w' / checkpoints.CHECKPOINTS_DIR
     (folder / '8').mkdir()
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message == (f"{folder / '8'} cannot be read (no commit_success.txt: its save never "
                        f"finished): the checkpoint is damaged; move {folder / '8'} out of the "
                        'workdir to resume from step 3')
@@ -826,17 +817,13 @@ def test_a_step_folder_without_a_commit_or_metadata_is_damage(tmp_path, no_pause
     kept = metadata.read_text()
     metadata.write_text('{')
     cause = error_message(lambda: json.loads('{'))
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message == (f"{folder / '3'} cannot be read ({cause}): the checkpoint is damaged; move "
                        f"{folder / '3'} out of the workdir to start afresh")
     metadata.write_text(kept)
     assert checkpoints.load_model(tmp_path / 'w')[2] == 3
     metadata.unlink()
-    with checkpoints.latest_manager(tmp_path / 'w', read_only=True) as manager:
-        message = error_message(lambda: checkpoints.restore_latest(manager, target()),
-                                checkpoints.CheckpointError)
+    message = restore_refusal(tmp_path / 'w')
     assert message == (f"{folder / '3'} cannot be read (the metadata of variables is missing or "
                        f"unreadable): the checkpoint is damaged; move {folder / '3'} out of the "
                        'workdir to start afresh')
@@ -895,7 +882,7 @@ def test_a_flipped_checksum_of_a_workdir_step_names_the_array(tmp_path, no_pause
     message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
     assert message == (f"{step_dir}: ['params']['conv']['kernel'] does not match the checksum "
                        'saved with it (the file is damaged); use another checkpoint')
-    delete_arrays(step_dir / checkpoints.VARIABLES)
+    delete_array_data(step_dir / checkpoints.VARIABLES)
     message = error_message(lambda: checkpoints.load_model(workdir), checkpoints.CheckpointError)
     assert message.startswith(f'{step_dir} cannot be read (') and '\n' not in message
     assert message.endswith('): the checkpoint is damaged; use another checkpoint')
@@ -1033,7 +1020,7 @@ def test_a_step_that_is_not_the_latest_is_read_as_itself(tmp_path):
             manager, 1, where)
         assert_trees_equal(variables, tiny_variables(1))
         assert saved == {'format': 2, 'step': 1}
-        delete_arrays(tmp_path / checkpoints.CHECKPOINTS_DIR / '1' / checkpoints.VARIABLES)
+        delete_array_data(tmp_path / checkpoints.CHECKPOINTS_DIR / '1' / checkpoints.VARIABLES)
         assert checkpoints._saved_checksums(manager, 1) == {  # pylint: disable=protected-access
             checkpoints.VARIABLES: crc32_by_path(tiny_variables(1))}
         assert checkpoints.saved_record(manager, 1) == {'format': 2, 'step': 1}

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import cli_overrides, run, short_config, tiny_config
+from conftest import cli_overrides, delete_array_data, run, short_config, tiny_config
 from enlcn_jax.nn import models
 from enlcn_jax.storage import checkpoints, files
 from enlcn_jax.train import loop
@@ -29,15 +29,6 @@ def copy_of(workdir, tmp_path):
     return tmp_path / 'copy'
 
 
-def delete_data_files(step_dir):
-    """Deletes the array data (orbax's `d/` files) of every item of a step, keeping its
-    metadata."""
-    data = [p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd']
-    assert data
-    for path in data:
-        path.unlink()
-
-
 def test_an_empty_step_folder_on_resume_is_one_line_naming_it(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
     empty = workdir / checkpoints.CHECKPOINTS_DIR / '99'
@@ -53,7 +44,7 @@ def test_an_empty_step_folder_on_resume_is_one_line_naming_it(trained, tmp_path)
 def test_a_step_whose_data_files_were_deleted_is_one_line_naming_it(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
     step_dir = workdir / checkpoints.CHECKPOINTS_DIR / '3'
-    delete_data_files(step_dir)
+    delete_array_data(step_dir)
     reason = loop.run_training(short_config(train__epochs=2), workdir)
     assert reason is not None and '\n' not in reason, reason
     assert reason.startswith(f'{step_dir} cannot be read (') and 'damaged' in reason, reason
@@ -164,7 +155,7 @@ def test_a_damaged_best_step_is_still_damage_after_a_second_read(tmp_path, monke
     model_config, variables = tiny_model()
     workdir = workdir_with_best(tmp_path / 'w', model_config, variables)
     step_dir = workdir / checkpoints.BEST_DIR / '1'
-    delete_data_files(step_dir)
+    delete_array_data(step_dir)
     reads = []
     read_step = checkpoints._read_step  # pylint: disable=protected-access
     monkeypatch.setattr(checkpoints, '_read_step', lambda *args: reads.append(args[1]) or

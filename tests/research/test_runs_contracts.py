@@ -84,7 +84,8 @@ TASK = tasks.MosaicTask(name='runs_tiny', lr_size=9, cell=3, textures=2)
 STEPS = 3
 
 
-def tiny_config() -> ml_collections.ConfigDict:
+def tiny_runs_config() -> ml_collections.ConfigDict:
+    """`runs.base_config` of the tiny task with a 1-block, 8-feature network and 2-image batches."""
     config = runs.base_config(TASK, STEPS)
     config.model.n_resblocks, config.model.n_feats, config.model.attention_every = 1, 8, 1
     config.model.num_random_features = 8
@@ -95,7 +96,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope='module')
 def trainer():
-    return runs.VariantTrainer(tiny_config(), TASK)
+    return runs.VariantTrainer(tiny_runs_config(), TASK)
 
 
 def leaves(tree):
@@ -192,7 +193,7 @@ def psnr_y_by_hand(a, b, shave):
 
 def test_a_run_scores_each_held_out_image_by_psnr_y_of_the_whole_image():
     # A trainer of its own: everything its construction sets up is used here.
-    trainer = runs.VariantTrainer(tiny_config(), TASK)
+    trainer = runs.VariantTrainer(tiny_runs_config(), TASK)
     start = time.perf_counter()
     result = trainer.run(6, 1)
     took = time.perf_counter() - start

@@ -254,8 +254,22 @@ def _read_as_damage(where: Path, then: str = 'use another checkpoint'):
         yield
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError) as e:
-        raise _damaged(where, files.reason(e), then) from e
+    except Exception as e:  # pylint: disable=broad-except  # re-raised unless a read error
+        cause = _read_error(e)
+        if cause is None:
+            raise
+        raise _damaged(where, files.reason(cause), then) from e
+
+
+def _read_error(error: BaseException) -> BaseException | None:
+    """The orbax or tensorstore read error (`OSError`, `ValueError`, `KeyError`) that `error` is,
+    or that a bare `Exception` wraps (orbax's array reads raise one, "Encountered error while
+    reading array index", caused by tensorstore's); None for any other error."""
+    while error is not None and not isinstance(error, (OSError, ValueError, KeyError)):
+        if type(error) is not Exception:  # pylint: disable=unidiomatic-typecheck
+            return None
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def _items_metadata(manager: ocp.CheckpointManager, step: int, names, then: str) -> dict:
@@ -603,18 +617,18 @@ def restore_latest(manager: ocp.CheckpointManager, target: dict) -> dict | None:
         raise CheckpointError(f'step {step} in {manager.directory} holds another model than the '
                               f'config builds ({"; ".join(mismatches[:3])}'
                               f'{"; ..." if len(mismatches) > 3 else ""})')
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, tree))
-            for name, tree in target.items()}))
-        saved = _saved_checksums(manager, step)
-        if saved is not None:
-            for name in target:
-                verify_checksums(restored[name], saved[name], where)
-    except CheckpointError as e:
-        raise CheckpointError(f'{e}; {then}') from e
-    except (OSError, ValueError, KeyError) as e:
-        raise _damaged(where, files.reason(e), then) from e
+    with _read_as_damage(where, then):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                name: ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                                            tree))
+                for name, tree in target.items()}))
+            saved = _saved_checksums(manager, step)
+            if saved is not None:
+                for name in target:
+                    verify_checksums(restored[name], saved[name], where)
+        except CheckpointError as e:
+            raise CheckpointError(f'{e}; {then}') from e
     return {name: restored[name] for name in target}
 
 

@@ -1046,3 +1046,25 @@ def test_a_save_in_flight_is_a_temporary_folder_or_a_step_renamed_since(tmp_path
     (tmp_path / '5.orbax-checkpoint-tmp-1733').rmdir()
     (tmp_path / '12').mkdir()
     assert in_flight(tmp_path)
+
+
+def test_a_read_error_orbax_wraps_in_a_bare_exception_is_damage_in_one_line(tmp_path):
+    """orbax's array reads raise a bare `Exception` caused by tensorstore's `ValueError` (a
+    flipped byte of compressed data): still one line, naming the step and what to do."""
+    def wrapped():
+        try:
+            raise ValueError('FAILED_PRECONDITION: Data corruption detected')
+        except ValueError as e:
+            raise Exception('Encountered error while reading array index') from e  # pylint: disable=broad-exception-raised
+
+    with pytest.raises(checkpoints.CheckpointError) as raised:
+        with checkpoints._read_as_damage(tmp_path, 'then'):  # pylint: disable=protected-access
+            wrapped()
+    assert str(raised.value) == (f'{tmp_path} cannot be read (FAILED_PRECONDITION: Data '
+                                 'corruption detected): the checkpoint is damaged; then')
+    with pytest.raises(Exception, match='^other$'):  # any other bare Exception passes unchanged
+        with checkpoints._read_as_damage(tmp_path, 'then'):  # pylint: disable=protected-access
+            raise Exception('other')  # pylint: disable=broad-exception-raised
+    with pytest.raises(TypeError):
+        with checkpoints._read_as_damage(tmp_path, 'then'):  # pylint: disable=protected-access
+            raise TypeError('not a read error')
